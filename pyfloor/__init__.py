@@ -1,0 +1,46 @@
+"""pyfloor: how small a student can a teacher be distilled into before it hits a wall?
+
+Measures the features a teacher network stores in superposition (F), their sparsity (α) and
+importances with sparse autoencoders, and predicts the loss floor of distilling it into a student of
+any width (Sarkar & Deka 2026, arXiv 2604.04037).
+
+The numpy-only core is importable without torch::
+
+    import pyfloor
+    m = pyfloor.Measurement.from_summary(28665, mean_l0=218.29)
+    m.critical_width            # d* = F / g(α)
+    pyfloor.capacity(0.99)      # g(α)
+"""
+
+from ._version import __version__
+from .stats import CheckpointError, FeatureStats, Measurement, load_measurement
+from .theory import (
+    Calibration,
+    PackingLaw,
+    capacity,
+    critical_width,
+    effective_budget,
+    feature_budget,
+    fit_calibration,
+    fit_packing_law,
+    importance_floor,
+    uniform_floor,
+)
+
+__all__ = [
+    "__version__",
+    "CheckpointError",
+    "FeatureStats",
+    "Measurement",
+    "load_measurement",
+    "Calibration",
+    "PackingLaw",
+    "capacity",
+    "critical_width",
+    "effective_budget",
+    "feature_budget",
+    "fit_calibration",
+    "fit_packing_law",
+    "importance_floor",
+    "uniform_floor",
+]

@@ -1,0 +1,555 @@
+"""Per-feature activation statistics of SAE latents, and the measurement derived from them.
+
+:class:`FeatureStats` holds exact, mergeable sums over tokens (int64 counts, float64 sums); one
+process, many GPUs or a resumed run give the same statistics for the same tokens.
+:class:`Measurement` turns them into the paper's quantities (F, L0, α, g, d*, importances) with the
+definitions of Sarkar & Deka (2026):
+
+=============  ===============================================================
+active         z_i > 0 (SAE latent after its activation function)
+freq_i         (#tokens with z_i > 0) / n_tokens
+alive          freq_i > alive_threshold (default 1e-5)
+F              number of alive features
+L0             Σ_i fire_count_i / n_tokens
+α              1 − L0 / F
+importance I_i E[z_i²] over all tokens (zeros included)
+=============  ===============================================================
+
+numpy only; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import theory
+
+__all__ = ["FeatureStats", "Measurement", "CheckpointError", "load_measurement", "DEFAULT_ALIVE_THRESHOLD"]
+
+DEFAULT_ALIVE_THRESHOLD = 1e-5
+STATS_FORMAT = "pyfloor.FeatureStats"
+STATS_VERSION = 1
+MEASUREMENT_FORMAT = "pyfloor.Measurement"
+MEASUREMENT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A statistics file that pyfloor cannot use: unreadable, corrupt, foreign or from a newer version."""
+
+
+_ARRAYS = {"fire_count": np.int64, "act_sum": np.float64, "act_sq_sum": np.float64, "act_max": np.float64}
+
+
+@dataclass(eq=False)
+class FeatureStats:
+    """Exact per-latent sums over a stream of tokens.
+
+    Attributes
+    ----------
+    n_tokens:
+        Tokens counted (tokens excluded for non-finite activations are not among them).
+    fire_count:
+        int64 [m]: tokens on which latent i was active (z_i > 0).
+    act_sum, act_sq_sum:
+        float64 [m]: Σ z_i and Σ z_i² over the counted tokens.
+    act_max:
+        float64 [m]: max z_i over the counted tokens (0 where never active).
+    n_nonfinite:
+        Tokens left out because their activations held NaN or ±Inf.
+    """
+
+    n_tokens: int
+    fire_count: NDArray[np.int64]
+    act_sum: NDArray[np.float64]
+    act_sq_sum: NDArray[np.float64]
+    act_max: NDArray[np.float64]
+    n_nonfinite: int = 0
+
+    def __post_init__(self) -> None:
+        for name, dtype in _ARRAYS.items():
+            arr = np.asarray(getattr(self, name))
+            if arr.ndim != 1:
+                raise ValueError(f"FeatureStats.{name} must be 1-D; got shape {arr.shape}")
+            if arr.dtype != dtype:
+                if dtype is np.int64 and not np.issubdtype(arr.dtype, np.integer):
+                    raise ValueError(f"FeatureStats.{name} must hold integers; got dtype {arr.dtype}")
+                arr = arr.astype(dtype)
+            setattr(self, name, arr)
+        m = self.fire_count.size
+        for name in _ARRAYS:
+            if getattr(self, name).size != m:
+                raise ValueError(
+                    f"FeatureStats arrays must have one entry per latent; fire_count has {m}, "
+                    f"{name} has {getattr(self, name).size}"
+                )
+        for name in ("n_tokens", "n_nonfinite"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or int(value) != value or value < 0:
+                raise ValueError(f"FeatureStats.{name} must be a non-negative integer; got {value!r}")
+            setattr(self, name, int(value))
+        if m and (self.fire_count.min() < 0 or self.fire_count.max() > self.n_tokens):
+            raise ValueError(f"FeatureStats.fire_count must lie in [0, n_tokens={self.n_tokens}]")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, n_latents: int) -> "FeatureStats":
+        """Statistics of zero tokens over ``n_latents`` latents (the identity of :meth:`merge`)."""
+        if int(n_latents) != n_latents or n_latents < 0:
+            raise ValueError(f"n_latents must be a non-negative integer; got {n_latents!r}")
+        m = int(n_latents)
+        return cls(0, np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m))
+
+    @classmethod
+    def from_activations(cls, z: ArrayLike) -> "FeatureStats":
+        """Statistics of dense latents ``z`` of shape [..., m] (the numpy reference).
+
+        Latents must be non-negative (outputs of ReLU, JumpReLU or top-k). Tokens whose row holds
+        NaN or ±Inf are counted in ``n_nonfinite`` and left out of every sum.
+        """
+        arr = np.asarray(z)
+        if arr.ndim == 0:
+            raise ValueError("z must have a last dimension of latents; got a scalar")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"z must be numeric; got dtype {arr.dtype}")
+        rows = arr.reshape(-1, arr.shape[-1]).astype(np.float64)
+        finite = np.all(np.isfinite(rows), axis=1)
+        rows = rows[finite]
+        if np.any(rows < 0):
+            raise ValueError("latents must be non-negative (outputs of ReLU, JumpReLU or top-k); found negatives")
+        m = arr.shape[-1]
+        return cls(
+            n_tokens=rows.shape[0],
+            fire_count=np.count_nonzero(rows > 0, axis=0).astype(np.int64),
+            act_sum=rows.sum(axis=0),
+            act_sq_sum=np.square(rows).sum(axis=0),
+            act_max=rows.max(axis=0) if rows.shape[0] else np.zeros(m),
+            n_nonfinite=int(np.count_nonzero(~finite)),
+        )
+
+    # -- algebra ------------------------------------------------------------------------------
+    @property
+    def n_latents(self) -> int:
+        """Number of latents m."""
+        return int(self.fire_count.size)
+
+    def merge(self, *others: "FeatureStats") -> "FeatureStats":
+        """Statistics of the union of the token streams: counts and sums add, maxima take the max."""
+        out = self.copy()
+        for other in others:
+            if not isinstance(other, FeatureStats):
+                raise TypeError(f"can only merge FeatureStats; got {type(other).__name__}")
+            if other.n_latents != self.n_latents:
+                raise ValueError(f"cannot merge statistics of {self.n_latents} and {other.n_latents} latents")
+            out.n_tokens += other.n_tokens
+            out.n_nonfinite += other.n_nonfinite
+            out.fire_count += other.fire_count
+            out.act_sum += other.act_sum
+            out.act_sq_sum += other.act_sq_sum
+            np.maximum(out.act_max, other.act_max, out=out.act_max)
+        return out
+
+    def __add__(self, other: "FeatureStats") -> "FeatureStats":
+        if not isinstance(other, FeatureStats):
+            return NotImplemented
+        return self.merge(other)
+
+    def copy(self) -> "FeatureStats":
+        """A deep copy."""
+        return FeatureStats(
+            self.n_tokens,
+            self.fire_count.copy(),
+            self.act_sum.copy(),
+            self.act_sq_sum.copy(),
+            self.act_max.copy(),
+            self.n_nonfinite,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Bit-exact equality of every count, sum and maximum."""
+        if not isinstance(other, FeatureStats):
+            return NotImplemented
+        return (
+            self.n_tokens == other.n_tokens
+            and self.n_nonfinite == other.n_nonfinite
+            and all(np.array_equal(getattr(self, k), getattr(other, k)) for k in _ARRAYS)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureStats(n_latents={self.n_latents}, n_tokens={self.n_tokens:,}, "
+            f"n_nonfinite={self.n_nonfinite:,})"
+        )
+
+    # -- derived per-latent quantities ---------------------------------------------------------
+    def _per_token(self, values: NDArray) -> NDArray[np.float64]:
+        if self.n_tokens == 0:
+            raise ValueError("no tokens have been counted yet")
+        return values / self.n_tokens
+
+    @property
+    def frequency(self) -> NDArray[np.float64]:
+        """Firing frequency freq_i = fire_count_i / n_tokens."""
+        return self._per_token(self.fire_count.astype(np.float64))
+
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        """E[z_i] over all counted tokens."""
+        return self._per_token(self.act_sum)
+
+    @property
+    def importance(self) -> NDArray[np.float64]:
+        """Importance I_i = E[z_i²] over all counted tokens (zeros included)."""
+        return self._per_token(self.act_sq_sum)
+
+    # -- plain dicts and files ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, NDArray]:
+        """Plain numpy arrays (``counters`` = int64 [n_tokens, n_nonfinite]), e.g. for all-reduce."""
+        d: dict[str, NDArray] = {k: getattr(self, k) for k in _ARRAYS}
+        d["counters"] = np.array([self.n_tokens, self.n_nonfinite], dtype=np.int64)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureStats":
+        """Inverse of :meth:`to_dict` (accepts numpy arrays or anything ``np.asarray`` takes)."""
+        missing = [k for k in (*_ARRAYS, "counters") if k not in d]
+        if missing:
+            raise ValueError(f"FeatureStats dict lacks {', '.join(missing)}")
+        counters = np.asarray(d["counters"]).ravel()
+        if counters.size != 2:
+            raise ValueError(f"FeatureStats 'counters' must hold [n_tokens, n_nonfinite]; got {counters.size} values")
+        arrays = {k: np.asarray(d[k]) for k in _ARRAYS}
+        return cls(int(counters[0]), n_nonfinite=int(counters[1]), **arrays)
+
+    def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+        """Write to a safetensors file atomically (a temporary file renamed into place).
+
+        ``metadata`` adds string key/value pairs (kept apart from pyfloor's own keys).
+        """
+        from safetensors.numpy import save_file
+
+        meta = {"format": STATS_FORMAT, "version": str(STATS_VERSION)}
+        for key, value in (metadata or {}).items():
+            meta[f"user.{key}"] = str(value)
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        os.close(fd)
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in self.to_dict().items()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureStats":
+        """Read a file written by :meth:`save`; anything else raises :class:`CheckpointError`."""
+        return cls.load_with_metadata(path)[0]
+
+    @classmethod
+    def load_with_metadata(cls, path: str | os.PathLike) -> tuple["FeatureStats", dict[str, str]]:
+        """Like :meth:`load`, also returning the user metadata given to :meth:`save`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such file")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != STATS_FORMAT:
+                    raise CheckpointError(
+                        f"{path}: not a pyfloor FeatureStats file (format is {meta.get('format')!r})"
+                    )
+                version = int(meta.get("version", "0"))
+                if version > STATS_VERSION:
+                    raise CheckpointError(
+                        f"{path}: written by a newer pyfloor (format version {version}; this one reads "
+                        f"up to {STATS_VERSION}); upgrade pyfloor"
+                    )
+                data = {k: f.get_tensor(k) for k in f.keys()}
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path}: unreadable or corrupt statistics file ({exc})") from exc
+        try:
+            stats = cls.from_dict(data)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: inconsistent statistics ({exc})") from exc
+        user = {k[len("user."):]: v for k, v in meta.items() if k.startswith("user.")}
+        return stats, user
+
+
+def _check_fraction(value: float, name: str) -> float:
+    v = float(value)
+    if not (0.0 <= v < 1.0) or math.isnan(v):
+        raise ValueError(f"{name} must lie in [0, 1); got {value!r}")
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class Measurement:
+    """A teacher's superposition measurement and the floor it predicts.
+
+    Attributes
+    ----------
+    n_features:
+        F, the number of alive features.
+    mean_l0:
+        L0, the mean number of active latents per token.
+    alpha:
+        α = 1 − L0 / F.
+    importances:
+        Alive features' importances E[z_i²], sorted descending (``None`` for a summary given
+        only as F and L0).
+    feature_ids:
+        Latent index of each entry of ``importances`` (``None`` where unknown).
+    n_tokens, n_latents, alive_threshold:
+        Provenance, where known.
+    source:
+        Where the measurement came from (a path or a description).
+    """
+
+    n_features: int
+    mean_l0: float
+    alpha: float
+    importances: NDArray[np.float64] | None = None
+    feature_ids: NDArray[np.int64] | None = None
+    n_tokens: int | None = None
+    n_latents: int | None = None
+    alive_threshold: float | None = None
+    source: str = ""
+    _tails: NDArray[np.float64] | None = field(default=None, repr=False, init=False)
+
+    def __post_init__(self) -> None:
+        theory._check_alpha(self.alpha)
+        if self.importances is not None:
+            tails = theory.tail_sums(self.importances)
+            object.__setattr__(self, "importances", np.asarray(self.importances, dtype=np.float64))
+            object.__setattr__(self, "_tails", tails)
+            if tails.size - 1 != self.n_features:
+                raise ValueError(
+                    f"importances has {tails.size - 1} entries but n_features is {self.n_features}"
+                )
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_summary(
+        cls, n_features: int, *, mean_l0: float | None = None, alpha: float | None = None, source: str = ""
+    ) -> "Measurement":
+        """A measurement known only by F and L0 (or F and α), as papers publish it."""
+        f = theory._check_count(n_features, "n_features")
+        if f == 0:
+            raise ValueError("n_features must be > 0")
+        l0, a = _l0_and_alpha(f, mean_l0, alpha)
+        return cls(n_features=f, mean_l0=l0, alpha=a, source=source)
+
+    @classmethod
+    def from_importances(
+        cls,
+        importances: ArrayLike,
+        *,
+        mean_l0: float | None = None,
+        alpha: float | None = None,
+        feature_ids: ArrayLike | None = None,
+        source: str = "",
+    ) -> "Measurement":
+        """A measurement from the alive features' importances (any order) and L0 or α.
+
+        F is the number of importances. Published measurements such as the paper's layer-12
+        summary come in this form.
+        """
+        imp = np.asarray(importances, dtype=np.float64)
+        if imp.ndim != 1 or imp.size == 0:
+            raise ValueError(f"importances must be a non-empty 1-D array; got shape {imp.shape}")
+        order = np.argsort(-imp, kind="stable")
+        ids = None if feature_ids is None else np.asarray(feature_ids, dtype=np.int64)[order]
+        l0, a = _l0_and_alpha(imp.size, mean_l0, alpha)
+        return cls(
+            n_features=int(imp.size),
+            mean_l0=l0,
+            alpha=a,
+            importances=theory.check_importances(imp[order]),
+            feature_ids=ids,
+            source=source,
+        )
+
+    @classmethod
+    def from_stats(
+        cls, stats: FeatureStats, *, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD, source: str = ""
+    ) -> "Measurement":
+        """The paper's measurement from accumulated statistics (definitions in the module docstring)."""
+        thr = _check_fraction(alive_threshold, "alive_threshold")
+        if stats.n_tokens == 0:
+            raise ValueError("the statistics hold no tokens; nothing to measure")
+        alive = np.flatnonzero(stats.frequency > thr)
+        if alive.size == 0:
+            raise ValueError(
+                f"no latent fires on more than a fraction {thr:g} of the {stats.n_tokens:,} tokens; F = 0"
+            )
+        l0 = float(stats.fire_count.sum()) / stats.n_tokens
+        if l0 >= alive.size:
+            raise ValueError(
+                f"mean L0 = {l0:.4g} is not below F = {alive.size} alive features: α = 1 − L0/F would be "
+                "≤ 0 (raise alive_threshold or check the SAE)"
+            )
+        imp = stats.importance[alive]
+        order = np.argsort(-imp, kind="stable")
+        return cls(
+            n_features=int(alive.size),
+            mean_l0=l0,
+            alpha=1.0 - l0 / alive.size,
+            importances=imp[order],
+            feature_ids=alive[order].astype(np.int64),
+            n_tokens=stats.n_tokens,
+            n_latents=stats.n_latents,
+            alive_threshold=thr,
+            source=source,
+        )
+
+    # -- the paper's quantities ---------------------------------------------------------------
+    @property
+    def capacity(self) -> float:
+        """g(α)."""
+        return float(theory.capacity(self.alpha))
+
+    @property
+    def critical_width(self) -> float:
+        """d* = F / g(α)."""
+        return theory.critical_width(self.n_features, self.alpha)
+
+    @property
+    def total_importance(self) -> float | None:
+        """Σ I_i over alive features: the floor of a student that keeps nothing."""
+        return None if self._tails is None else float(self._tails[0])
+
+    @property
+    def in_sparse_regime(self) -> bool:
+        """Whether α ≥ 1 − 1/e, where g(α) holds (below it capacity is clamped to e)."""
+        return self.alpha >= theory.SPARSE_REGIME_ALPHA
+
+    def budget(self, widths: ArrayLike, *, a: float = 1.0, b: float = 1.0) -> int | NDArray[np.int64]:
+        """Features kept at each width, F_S = min(⌊d_S · a·g(α)^b⌋, F)."""
+        return theory.feature_budget(widths, self.alpha, self.n_features, a=a, b=b)
+
+    def floor(self, widths: ArrayLike, *, a: float = 1.0, b: float = 1.0) -> float | NDArray[np.float64]:
+        """Eq. 2 floor at each width (a packing-law floor for other a, b); needs importances."""
+        if self._tails is None:
+            raise ValueError(
+                "this measurement has no importances (only F and L0); use uniform_floor() for the "
+                "fraction of features lost"
+            )
+        budget = np.asarray(self.budget(widths, a=a, b=b))
+        return theory._scalar_or_array(self._tails[budget], widths)
+
+    def uniform_floor(self, widths: ArrayLike) -> float | NDArray[np.float64]:
+        """Naive floor ε∞·max(0, 1 − d_S·g/F); ε∞ = Σ I_i, or 1 (fraction lost) without importances."""
+        total = 1.0 if self._tails is None else float(self._tails[0])
+        return theory.uniform_floor(widths, self.alpha, self.n_features, total)
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every quantity (importances as a list)."""
+        return {
+            "format": MEASUREMENT_FORMAT,
+            "version": MEASUREMENT_VERSION,
+            "source": self.source,
+            "n_features": self.n_features,
+            "mean_l0": self.mean_l0,
+            "alpha": self.alpha,
+            "capacity": self.capacity,
+            "critical_width": self.critical_width,
+            "in_sparse_regime": self.in_sparse_regime,
+            "n_tokens": self.n_tokens,
+            "n_latents": self.n_latents,
+            "alive_threshold": self.alive_threshold,
+            "total_importance": self.total_importance,
+            "importances": None if self.importances is None else self.importances.tolist(),
+            "feature_ids": None if self.feature_ids is None else self.feature_ids.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Measurement":
+        """Inverse of :meth:`to_dict`."""
+        if d.get("format") != MEASUREMENT_FORMAT:
+            raise ValueError(f"not a pyfloor Measurement (format is {d.get('format')!r})")
+        if int(d.get("version", 0)) > MEASUREMENT_VERSION:
+            raise ValueError(f"Measurement written by a newer pyfloor (version {d.get('version')})")
+        imp = d.get("importances")
+        ids = d.get("feature_ids")
+        return cls(
+            n_features=int(d["n_features"]),
+            mean_l0=float(d["mean_l0"]),
+            alpha=float(d["alpha"]),
+            importances=None if imp is None else np.asarray(imp, dtype=np.float64),
+            feature_ids=None if ids is None else np.asarray(ids, dtype=np.int64),
+            n_tokens=d.get("n_tokens"),
+            n_latents=d.get("n_latents"),
+            alive_threshold=d.get("alive_threshold"),
+            source=str(d.get("source", "")),
+        )
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+
+def _l0_and_alpha(n_features: int, mean_l0: float | None, alpha: float | None) -> tuple[float, float]:
+    """Complete (L0, α) from whichever one is given, with α = 1 − L0/F."""
+    if (mean_l0 is None) == (alpha is None):
+        raise ValueError("give exactly one of mean_l0 and alpha")
+    if mean_l0 is not None:
+        l0 = float(mean_l0)
+        if not math.isfinite(l0) or l0 <= 0:
+            raise ValueError(f"mean_l0 must be a finite number > 0; got {mean_l0!r}")
+        if l0 >= n_features:
+            raise ValueError(
+                f"mean_l0 ({l0:g}) must be below n_features ({n_features}): α = 1 − L0/F would be ≤ 0"
+            )
+        return l0, 1.0 - l0 / n_features
+    a = float(theory._check_alpha(alpha))
+    return (1.0 - a) * n_features, a
+
+
+def _from_published_json(d: Mapping[str, Any], source: str) -> Measurement:
+    """The layout of the paper's published measurement (F_alive, avg_active, sorted_importance)."""
+    imp = np.asarray(d["sorted_importance"], dtype=np.float64)
+    if int(d.get("F_alive", imp.size)) != imp.size:
+        raise ValueError(f"{source}: F_alive = {d['F_alive']} but sorted_importance has {imp.size} entries")
+    return Measurement.from_importances(imp, mean_l0=float(d["avg_active"]), source=source)
+
+
+def load_measurement(path: str | os.PathLike, *, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD) -> Measurement:
+    """Load a measurement from a FeatureStats file (``.safetensors``), a pyfloor Measurement JSON,
+    or a published measurement JSON with ``F_alive``, ``avg_active`` and ``sorted_importance``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return Measurement.from_stats(FeatureStats.load(path), alive_threshold=alive_threshold, source=str(path))
+    try:
+        d = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: neither a .safetensors statistics file nor JSON ({exc})") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    if d.get("format") == MEASUREMENT_FORMAT:
+        return Measurement.from_dict(d)
+    if {"sorted_importance", "avg_active"} <= d.keys():
+        return _from_published_json(d, str(path))
+    raise ValueError(
+        f"{path}: unrecognised JSON; expected a pyfloor Measurement or a published measurement with "
+        "'F_alive', 'avg_active' and 'sorted_importance'"
+    )

@@ -1,0 +1,370 @@
+"""The geometric limit of distillation: capacity, budgets, critical width and floor predictors.
+
+Sarkar & Deka (2026), "Geometric Limits of Knowledge Distillation: A Minimum-Width Theorem via
+Superposition Theory", arXiv 2604.04037. A student of hidden width ``d_S`` can hold at most
+``d_S·g(α)`` of a teacher's ``F`` features of sparsity ``α``; the features beyond that budget are
+lost and their summed importance is the floor of the distillation loss.
+
+Every function takes plain numbers or numpy arrays (vectorized over widths) and never imports torch.
+Arguments outside their domain raise :class:`ValueError` naming the argument and its valid range.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple, Sequence, Union
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "SPARSE_REGIME_ALPHA",
+    "MIN_CAPACITY",
+    "capacity",
+    "feature_budget",
+    "critical_width",
+    "uniform_floor",
+    "importance_floor",
+    "tail_sums",
+    "effective_budget",
+    "Calibration",
+    "fit_calibration",
+    "PackingLaw",
+    "fit_packing_law",
+    "check_importances",
+]
+
+#: α = 1 − 1/e, where g(α) has its minimum. Below it the formula leaves its sparse regime.
+SPARSE_REGIME_ALPHA: float = 1.0 - 1.0 / math.e
+#: g(1 − 1/e) = e, the smallest capacity the formula gives.
+MIN_CAPACITY: float = math.e
+
+Number = Union[float, int]
+DenseMode = Literal["clamp", "raise"]
+
+
+def _scalar_or_array(values: NDArray, like: ArrayLike) -> float | NDArray:
+    """Return ``values`` as a Python scalar when ``like`` was a scalar, else as an array."""
+    return values.item() if np.ndim(like) == 0 else values
+
+
+def _check_alpha(alpha: ArrayLike) -> NDArray[np.float64]:
+    a = np.asarray(alpha, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("alpha is empty; expected a sparsity in the open interval (0, 1)")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"alpha must be a finite number in (0, 1); got {_show(a[~np.isfinite(a)])}")
+    bad = (a <= 0.0) | (a >= 1.0)
+    if np.any(bad):
+        raise ValueError(
+            f"alpha must lie in the open interval (0, 1) (α = 1 − L0/F, the fraction of "
+            f"features inactive on a token); got {_show(a[bad])}"
+        )
+    return a
+
+
+def _check_widths(width: ArrayLike, name: str = "width") -> NDArray[np.float64]:
+    w = np.asarray(width, dtype=np.float64)
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{name} must be finite; got {_show(w[~np.isfinite(w)])}")
+    if np.any(w < 0):
+        raise ValueError(f"{name} must be >= 0 (a student's hidden width); got {_show(w[w < 0])}")
+    return w
+
+
+def _check_positive(value: float, name: str) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return v
+
+
+def _check_count(value: int, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer() or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
+    return int(value)
+
+
+def _show(bad: NDArray) -> str:
+    """A short rendering of the offending values for an error message."""
+    flat = np.ravel(bad)
+    shown = ", ".join(repr(float(v)) for v in flat[:3])
+    return shown + (f", … ({flat.size} values)" if flat.size > 3 else "")
+
+
+def capacity(alpha: ArrayLike, *, dense: DenseMode = "clamp") -> float | NDArray[np.float64]:
+    """Features a student can hold per hidden dimension at sparsity α.
+
+    g(α) = 1 / ((1 − α) · ln(1 / (1 − α)))   (natural log)
+
+    g has its minimum g = e at α = 1 − 1/e ≈ 0.632 and grows without bound on both sides. The
+    rise towards α → 0 is outside the sparse (compressed-sensing) regime the bound comes from — it
+    would credit a dense teacher with a huge capacity — so for α < 1 − 1/e pyfloor **clamps** g to
+    its minimum e (``dense="clamp"``, the default: capacity is then non-decreasing in α), or raises
+    ``ValueError`` with ``dense="raise"``.
+
+    Parameters
+    ----------
+    alpha:
+        Sparsity in the open interval (0, 1); a scalar or an array.
+    dense:
+        What to do below α = 1 − 1/e: ``"clamp"`` (g = e) or ``"raise"``.
+    """
+    a = _check_alpha(alpha)
+    if dense not in ("clamp", "raise"):
+        raise ValueError(f"dense must be 'clamp' or 'raise'; got {dense!r}")
+    below = a < SPARSE_REGIME_ALPHA
+    if dense == "raise" and np.any(below):
+        raise ValueError(
+            f"alpha = {_show(a[below])} is below 1 − 1/e ≈ {SPARSE_REGIME_ALPHA:.4f}, outside the "
+            "sparse regime where g(α) holds (g would grow again as features get denser); "
+            "use dense='clamp' to take g = e there"
+        )
+    a = np.maximum(a, SPARSE_REGIME_ALPHA)
+    g = 1.0 / ((1.0 - a) * -np.log1p(-a))
+    # At α = 1 − 1/e the formula is e up to rounding; make the clamp land on e exactly.
+    g = np.where(a == SPARSE_REGIME_ALPHA, MIN_CAPACITY, g)
+    return _scalar_or_array(g, alpha)
+
+
+def _effective_capacity(alpha: ArrayLike, a: float, b: float) -> NDArray[np.float64]:
+    """Packing-law capacity ĝ(α) = a · g(α)^b (a = b = 1 gives the paper's g)."""
+    a = _check_positive(a, "a")
+    b = _check_positive(b, "b")
+    return a * np.asarray(capacity(alpha), dtype=np.float64) ** b
+
+
+def feature_budget(
+    width: ArrayLike, alpha: float, n_features: int, *, a: float = 1.0, b: float = 1.0
+) -> int | NDArray[np.int64]:
+    """Number of teacher features a student of width ``d_S`` keeps.
+
+    F_S = min(⌊d_S · ĝ(α)⌋, F),  ĝ(α) = a · g(α)^b   (a = b = 1: the paper's budget d_S·g(α))
+
+    Vectorized over ``width``; returns int64.
+    """
+    w = _check_widths(width)
+    f = _check_count(n_features, "n_features")
+    budget = np.minimum(np.floor(w * _effective_capacity(alpha, a, b)), f).astype(np.int64)
+    return _scalar_or_array(budget, width)
+
+
+def critical_width(n_features: int, alpha: float, *, a: float = 1.0, b: float = 1.0) -> float:
+    """Smallest student width that can hold every feature: d* = F / ĝ(α) (a = b = 1: F / g(α)).
+
+    Below d* some features must be dropped, so the distillation floor is non-zero.
+    """
+    f = _check_count(n_features, "n_features")
+    return f / float(_effective_capacity(alpha, a, b))
+
+
+def check_importances(importances: ArrayLike, name: str = "importances") -> NDArray[np.float64]:
+    """Validate per-feature importances: 1-D, finite, non-negative and sorted descending.
+
+    Returns them as a float64 array.
+    """
+    imp = np.asarray(importances, dtype=np.float64)
+    if imp.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array (one value per feature); got shape {imp.shape}")
+    if not np.all(np.isfinite(imp)):
+        raise ValueError(f"{name} must be finite; {int(np.sum(~np.isfinite(imp)))} entries are NaN or ±Inf")
+    if np.any(imp < 0):
+        first = int(np.argmax(imp < 0))
+        raise ValueError(f"{name} must be >= 0; entry {first} is {imp[first]!r}")
+    if imp.size > 1 and np.any(np.diff(imp) > 0):
+        first = int(np.argmax(np.diff(imp) > 0))
+        raise ValueError(
+            f"{name} must be sorted descending (most important feature first); entry {first + 1} "
+            f"({imp[first + 1]!r}) exceeds entry {first} ({imp[first]!r}); sort with "
+            "np.sort(x)[::-1]"
+        )
+    return imp
+
+
+def tail_sums(importances: ArrayLike) -> NDArray[np.float64]:
+    """Suffix sums of descending importances: ``S[k] = Σ_{i ≥ k} I_i`` for k = 0 … F (``S[F] = 0``).
+
+    Summed from the smallest value up, so the floors of long, steep tails keep full float64 accuracy.
+    """
+    imp = check_importances(importances)
+    out = np.zeros(imp.size + 1, dtype=np.float64)
+    out[:-1] = np.cumsum(imp[::-1])[::-1]
+    return out
+
+
+def uniform_floor(
+    width: ArrayLike, alpha: float, n_features: int, total: float = 1.0
+) -> float | NDArray[np.float64]:
+    """Floor when every feature matters equally ("naive" predictor).
+
+    L(d_S) = ε∞ · max(0, 1 − d_S · g(α) / F)
+
+    ``total`` is ε∞, the loss with no feature kept (the summed importance of all F features);
+    with the default 1 the result is the fraction of features lost.
+    """
+    w = _check_widths(width)
+    f = _check_count(n_features, "n_features")
+    if f == 0:
+        raise ValueError("n_features must be > 0 for the uniform floor")
+    total = float(total)
+    if not math.isfinite(total) or total < 0:
+        raise ValueError(f"total (ε∞, the loss with no feature kept) must be finite and >= 0; got {total!r}")
+    lost = np.maximum(0.0, 1.0 - w * float(capacity(alpha)) / f)
+    return _scalar_or_array(total * lost, width)
+
+
+def importance_floor(
+    width: ArrayLike, alpha: float, importances: ArrayLike, *, a: float = 1.0, b: float = 1.0
+) -> float | NDArray[np.float64]:
+    """Importance-weighted floor: the summed importance of the features beyond the budget.
+
+    L*(d_S) = Σ_{i > F_S} I_i,   F_S = min(⌊d_S · a · g(α)^b⌋, F)
+
+    With a = b = 1 this is the paper's Eq. 2; other (a, b) give the packing-law predictor
+    (see :func:`fit_packing_law`). ``importances`` are the per-feature loss contributions sorted
+    descending (for an SAE measurement E[z_i²]; for the toy model I_i · E[x_i²]); F is their count.
+    """
+    tails = tail_sums(importances)
+    budget = feature_budget(width, alpha, tails.size - 1, a=a, b=b)
+    return _scalar_or_array(tails[np.asarray(budget)], width)
+
+
+def effective_budget(observed: ArrayLike, importances: ArrayLike) -> float | NDArray[np.float64]:
+    """Invert the importance floor: how many features a student with floor ``observed`` kept.
+
+    Returns the continuous k with Σ_{i ≥ k} I_i = observed, interpolating linearly inside the
+    feature that is partly lost. ``observed ≥ Σ I`` gives 0, ``observed ≤ 0`` gives F.
+    """
+    tails = tail_sums(importances)
+    obs = np.asarray(observed, dtype=np.float64)
+    if not np.all(np.isfinite(obs)):
+        raise ValueError("observed floors must be finite")
+    n = tails.size - 1
+    ascending = tails[::-1]  # ascending[j] = S[F - j]
+    j = np.searchsorted(ascending, obs, side="left")
+    k = n - j  # the largest k with S[k] >= observed
+    inside = (k >= 0) & (k < n)
+    kk = np.clip(k, 0, max(n - 1, 0))
+    width_k = tails[kk] - tails[np.minimum(kk + 1, n)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(width_k > 0, (tails[kk] - obs) / width_k, 0.0)
+    result = np.where(inside, kk + frac, np.where(k < 0, 0.0, float(n)))
+    return _scalar_or_array(result, observed)
+
+
+class Calibration(NamedTuple):
+    """Affine calibration ``observed ≈ slope · predicted + intercept`` and its fit quality."""
+
+    slope: float
+    intercept: float
+    r2: float
+    n_points: int
+
+    def apply(self, predicted: ArrayLike) -> float | NDArray[np.float64]:
+        """Calibrated prediction C · predicted + B."""
+        p = np.asarray(predicted, dtype=np.float64)
+        return _scalar_or_array(self.slope * p + self.intercept, predicted)
+
+
+def _finite_pairs(x: ArrayLike, y: ArrayLike, names: tuple[str, str]) -> tuple[NDArray, NDArray]:
+    xa = np.asarray(x, dtype=np.float64).ravel()
+    ya = np.asarray(y, dtype=np.float64).ravel()
+    if xa.shape != ya.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length; got {xa.size} and {ya.size}")
+    if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        raise ValueError(f"{names[0]} and {names[1]} must be finite")
+    return xa, ya
+
+
+def _r_squared(y: NDArray, fitted: NDArray) -> float:
+    ss_res = float(np.sum((y - fitted) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot == 0.0:
+        return 1.0 if ss_res == 0.0 else float("nan")
+    return 1.0 - ss_res / ss_tot
+
+
+def fit_calibration(predicted: ArrayLike, observed: ArrayLike) -> Calibration:
+    """Least-squares fit of observed = C · predicted + B.
+
+    C scales the geometric term; B is the width-independent architectural baseline. The paper
+    reports R² = 0.993 for this fit on Pythia-410M students.
+    """
+    p, o = _finite_pairs(predicted, observed, ("predicted", "observed"))
+    if p.size < 2:
+        raise ValueError(f"fit_calibration needs at least 2 (predicted, observed) pairs; got {p.size}")
+    if np.ptp(p) == 0:
+        raise ValueError("predicted floors are all equal; a slope cannot be fitted")
+    slope, intercept = np.polyfit(p, o, 1)
+    return Calibration(float(slope), float(intercept), _r_squared(o, slope * p + intercept), int(p.size))
+
+
+class PackingLaw(NamedTuple):
+    """Fitted packing law ĝ(α) = a · g(α)^b: the features a trained student actually keeps per dimension."""
+
+    a: float
+    b: float
+    r2: float
+    n_points: int
+
+    def capacity(self, alpha: ArrayLike) -> float | NDArray[np.float64]:
+        """ĝ(α) = a · g(α)^b."""
+        return _scalar_or_array(_effective_capacity(alpha, self.a, self.b), alpha)
+
+    def floor(self, width: ArrayLike, alpha: float, importances: ArrayLike) -> float | NDArray[np.float64]:
+        """Importance floor with the packed budget ⌊d_S · ĝ(α)⌋."""
+        return importance_floor(width, alpha, importances, a=self.a, b=self.b)
+
+
+def fit_packing_law(
+    widths: ArrayLike,
+    alphas: ArrayLike,
+    observed: ArrayLike,
+    importances: ArrayLike | Sequence[ArrayLike],
+    *,
+    b: float | None = None,
+) -> PackingLaw:
+    """Fit ĝ(α) = a · g(α)^b to observed floors of trained students.
+
+    Each student i (width ``widths[i]``, sparsity ``alphas[i]``, floor ``observed[i]``) is turned
+    into the number of features it effectively kept, k_i = :func:`effective_budget`, and
+    log(k_i / d_i) = log a + b · log g(α_i) is fitted by least squares. Students that kept nothing
+    or everything carry no information on the budget and are left out.
+
+    ``importances`` is one descending array shared by all students or a sequence with one per
+    student. Pass ``b`` to fix the exponent and fit only ``a`` (needed when all α are equal).
+    """
+    w = _check_widths(widths, "widths").ravel()
+    al = _check_alpha(alphas).ravel()
+    obs = np.asarray(observed, dtype=np.float64).ravel()
+    if not (w.size == al.size == obs.size):
+        raise ValueError(
+            f"widths, alphas and observed must have one entry per student; got {w.size}, {al.size}, {obs.size}"
+        )
+    shared = not isinstance(importances, (list, tuple)) or np.ndim(importances[0]) == 0
+    if shared:
+        k = np.asarray(effective_budget(obs, importances), dtype=np.float64)
+        n_feat = np.full(w.size, np.asarray(importances).size)
+    else:
+        if len(importances) != w.size:
+            raise ValueError(f"got {len(importances)} importance arrays for {w.size} students")
+        k = np.array([effective_budget(o, imp) for o, imp in zip(obs, importances)], dtype=np.float64)
+        n_feat = np.array([np.asarray(imp).size for imp in importances])
+    use = (w > 0) & (k > 0) & (k < n_feat)
+    if int(use.sum()) < (1 if b is not None else 2):
+        raise ValueError(
+            f"only {int(use.sum())} students kept some but not all features; the packing law needs "
+            f"at least {1 if b is not None else 2}"
+        )
+    y = np.log(k[use] / w[use])
+    x = np.log(np.asarray(capacity(al[use]), dtype=np.float64))
+    if b is None:
+        if np.ptp(x) == 0:
+            raise ValueError("all students share one capacity g(α); fix the exponent with b=... to fit a alone")
+        b_fit, log_a = np.polyfit(x, y, 1)
+    else:
+        b_fit = _check_positive(b, "b")
+        log_a = float(np.mean(y - b_fit * x))
+    if b_fit <= 0:
+        raise ValueError(f"fitted exponent b = {b_fit:.3g} is not positive; the data do not follow a packing law")
+    return PackingLaw(float(math.exp(log_a)), float(b_fit), _r_squared(y, log_a + b_fit * x), int(use.sum()))

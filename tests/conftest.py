@@ -1,0 +1,29 @@
+"""Shared test set-up.
+
+Triton reads TRITON_INTERPRET when a kernel is defined, i.e. when ``pyfloor.kernels`` is imported,
+so it is set here before anything imports it: kernels then run on CPU tensors in the interpreter.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+#: Real measurements shared with the project; they live beside the checkout, never in it.
+FIXTURES = Path(os.environ.get("PYFLOOR_FIXTURES", REPO.parent / "shared" / "fixtures"))
+PAPER_FIXTURE = FIXTURES / "pythia-410m-layer12-sae-measurements.json"
+
+
+@pytest.fixture(scope="session")
+def paper_fixture_path() -> Path:
+    """The paper's published Pythia-410M layer-12 measurement."""
+    if not PAPER_FIXTURE.is_file():
+        pytest.fail(
+            f"fixture {PAPER_FIXTURE} not found: the tests expect ../shared/fixtures beside the checkout "
+            "(or PYFLOOR_FIXTURES pointing at it)"
+        )
+    return PAPER_FIXTURE
