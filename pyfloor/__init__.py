@@ -27,8 +27,33 @@ from .theory import (
     uniform_floor,
 )
 
+#: Names served lazily from modules that need torch, so ``import pyfloor`` stays numpy-only.
+_LAZY = {
+    "SAE": "sae",
+    "TrainConfig": "sae",
+    "train_sae": "sae",
+    "StatsAccumulator": "encode",
+    "SparseCodes": "encode",
+    "encode_stats": "encode",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyfloor' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
 __all__ = [
     "__version__",
+    *_LAZY,
     "CheckpointError",
     "FeatureStats",
     "Measurement",

@@ -19,3 +19,11 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_them():
     ci = (REPO / ".ci" / "run").read_text()
     assert test_cmd in ci
     assert main_cmd in ci
+
+
+def test_import_pyfloor_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, pyfloor; pyfloor.Measurement; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,249 @@
+"""SAE encode fused with per-latent statistics.
+
+:class:`StatsAccumulator` encodes batches of activations and accumulates, on the batch's device,
+exactly the sums that :class:`pyfloor.stats.FeatureStats` holds (int64 counts, float64 sums, max).
+CUDA tensors go to the Triton kernels of ``pyfloor.kernels``, which never write the dense
+tokens × latents matrix; CPU tensors go to the torch reference below, which processes the batch in
+chunks of ``chunk_tokens`` tokens so its memory stays bounded. Both give the same codes and
+statistics (counts exactly, sums to float rounding).
+
+Tokens whose activation row holds NaN or ±Inf are counted in ``n_nonfinite`` and left out of the
+statistics; their sparse codes have index −1 and value 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .sae import SAE, Activation, topk_codes
+from .stats import FeatureStats
+
+__all__ = ["StatsAccumulator", "SparseCodes", "BatchStats", "encode_stats", "reference_batch_stats"]
+
+Backend = Literal["auto", "torch", "triton"]
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class SparseCodes(NamedTuple):
+    """Active latents of each token in compressed-row form.
+
+    Token t's latents are ``indices[offsets[t]:offsets[t+1]]`` with ``values`` alike. Top-k codes
+    have exactly k entries per token (``offsets = k·arange(N+1)``; values may be 0 where fewer
+    than k pre-activations are positive); ReLU/JumpReLU codes hold the latents with z > 0.
+    """
+
+    indices: Tensor  # int64 [nnz]
+    values: Tensor  # float32 [nnz]
+    offsets: Tensor  # int64 [N + 1]
+
+    def rows(self, k: int) -> tuple[Tensor, Tensor]:
+        """Indices and values as [N, k] views (top-k codes only)."""
+        n = self.offsets.numel() - 1
+        if self.indices.numel() != n * k:
+            raise ValueError(f"codes do not hold exactly k={k} entries per token")
+        return self.indices.view(n, k), self.values.view(n, k)
+
+
+class BatchStats(NamedTuple):
+    """Per-latent sums of one batch on its device (the contract every backend fulfils)."""
+
+    fire_count: Tensor  # int64 [m]
+    act_sum: Tensor  # float64 [m]
+    act_sq_sum: Tensor  # float64 [m]
+    act_max: Tensor  # float32 [m]
+    n_nonfinite: Tensor  # int64 [] tokens excluded
+    codes: SparseCodes | None
+
+
+@dataclass
+class EncodeSpec:
+    """The activation function an encode applies, resolved from an SAE and overrides."""
+
+    mode: Activation
+    k: int | None
+
+    @classmethod
+    def resolve(cls, sae: SAE, mode: Activation | None, k: int | None) -> "EncodeSpec":
+        mode = mode or sae.activation
+        if mode not in ("relu", "jumprelu", "topk"):
+            raise ValueError(f"mode must be 'relu', 'jumprelu' or 'topk'; got {mode!r}")
+        if mode == "topk":
+            k = k if k is not None else sae.k
+            if k is None or int(k) != k or not 1 <= k <= sae.n_latents:
+                raise ValueError(f"top-k encode needs 1 <= k <= n_latents ({sae.n_latents}); got k={k!r}")
+            k = int(k)
+        elif k is not None:
+            raise ValueError(f"k is only meaningful in top-k mode; got k={k} with mode {mode!r}")
+        if mode == "jumprelu" and sae.threshold is None:
+            raise ValueError("jumprelu mode needs an SAE with per-latent thresholds (activation='jumprelu')")
+        return cls(mode, k)
+
+
+def _finite_rows(x: Tensor) -> Tensor:
+    return torch.isfinite(x).all(dim=-1)
+
+
+def reference_batch_stats(
+    x: Tensor, sae: SAE, spec: EncodeSpec, *, want_codes: bool = False, chunk_tokens: int = 4096
+) -> BatchStats:
+    """The torch reference: pre-activations in float32, latents, and their per-latent sums.
+
+    ``x`` is [N, d]. Memory is O(chunk_tokens × m), never O(N × m).
+    """
+    m, device = sae.n_latents, x.device
+    fire = torch.zeros(m, dtype=torch.int64, device=device)
+    s1 = torch.zeros(m, dtype=torch.float64, device=device)
+    s2 = torch.zeros(m, dtype=torch.float64, device=device)
+    mx = torch.zeros(m, dtype=torch.float32, device=device)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    idx_parts, val_parts, count_parts = [], [], []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk_tokens):
+            xc = x[start : start + chunk_tokens]
+            ok = _finite_rows(xc)
+            nonfinite += (~ok).sum()
+            pre = sae.pre_activations(torch.where(ok[:, None], xc, torch.zeros((), dtype=xc.dtype, device=device)))
+            pre = pre.float()
+            if spec.mode == "topk":
+                idx, val = topk_codes(pre, spec.k)
+                z = torch.zeros_like(pre).scatter_(-1, idx, val)
+            elif spec.mode == "jumprelu":
+                z = pre * (pre > sae.threshold.float())
+            else:
+                z = torch.relu(pre)
+            z = z * ok[:, None]
+            fire += (z > 0).sum(0)
+            z64 = z.double()
+            s1 += z64.sum(0)
+            s2 += z64.square().sum(0)
+            mx = torch.maximum(mx, z.amax(0)) if z.shape[0] else mx
+            if want_codes:
+                if spec.mode == "topk":
+                    idx = torch.where(ok[:, None], idx, -1)
+                    val = val * ok[:, None]
+                    idx_parts.append(idx.reshape(-1))
+                    val_parts.append(val.reshape(-1))
+                    count_parts.append(torch.full((xc.shape[0],), spec.k, dtype=torch.int64, device=device))
+                else:
+                    active = z > 0
+                    rows, cols = active.nonzero(as_tuple=True)
+                    idx_parts.append(cols)
+                    val_parts.append(z[rows, cols])
+                    count_parts.append(active.sum(1))
+    codes = None
+    if want_codes:
+        counts = torch.cat(count_parts) if count_parts else torch.zeros(0, dtype=torch.int64, device=device)
+        offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        empty_i = torch.zeros(0, dtype=torch.int64, device=device)
+        codes = SparseCodes(
+            torch.cat(idx_parts) if idx_parts else empty_i,
+            torch.cat(val_parts) if val_parts else empty_i.float(),
+            offsets,
+        )
+    return BatchStats(fire, s1, s2, mx, nonfinite, codes)
+
+
+class StatsAccumulator:
+    """Encode batches with an SAE and accumulate per-latent statistics on the device.
+
+    >>> acc = StatsAccumulator(sae)
+    >>> for x in batches:          # [..., d_in] tensors on the SAE's device
+    ...     acc.update(x)
+    >>> stats = acc.result()       # pyfloor.FeatureStats
+
+    ``mode``/``k`` override the SAE's own activation (e.g. top-k encoding of a ReLU SAE).
+    ``backend``: ``"auto"`` uses the Triton kernels for CUDA tensors and torch otherwise;
+    ``"triton"`` forces the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``).
+    """
+
+    def __init__(
+        self,
+        sae: SAE,
+        *,
+        mode: Activation | None = None,
+        k: int | None = None,
+        backend: Backend = "auto",
+        chunk_tokens: int = 4096,
+    ) -> None:
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
+        if int(chunk_tokens) != chunk_tokens or chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be a positive integer; got {chunk_tokens!r}")
+        self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, mode, k), backend, chunk_tokens
+        self._rows = 0
+        self._sums: BatchStats | None = None
+
+    def _uses_triton(self, x: Tensor) -> bool:
+        return self.backend == "triton" or (self.backend == "auto" and x.is_cuda)
+
+    def _check(self, x: Tensor) -> Tensor:
+        self.sae.check_input(x)
+        if x.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"activations must be float32, float16 or bfloat16; got {x.dtype}")
+        if x.device != self.sae.W_enc.device:
+            raise ValueError(f"activations are on {x.device} but the SAE is on {self.sae.W_enc.device}")
+        return x.reshape(-1, self.sae.d_in)
+
+    def batch(self, x: Tensor, *, want_codes: bool = False) -> BatchStats:
+        """Encode one batch [..., d_in] and return its statistics without accumulating them."""
+        x2 = self._check(x)
+        if self._uses_triton(x2):
+            from .kernels import encode_stats as triton_encode_stats
+
+            return triton_encode_stats(x2, self.sae, self.spec.mode, self.spec.k, want_codes=want_codes)
+        return reference_batch_stats(x2, self.sae, self.spec, want_codes=want_codes, chunk_tokens=self.chunk_tokens)
+
+    def update(self, x: Tensor, *, want_codes: bool = False) -> SparseCodes | None:
+        """Encode a batch [..., d_in], add its statistics, and return its codes if asked."""
+        b = self.batch(x, want_codes=want_codes)
+        self._rows += int(np.prod(x.shape[:-1]))
+        if self._sums is None:
+            self._sums = b._replace(codes=None)
+        else:
+            s = self._sums
+            self._sums = BatchStats(
+                s.fire_count + b.fire_count,
+                s.act_sum + b.act_sum,
+                s.act_sq_sum + b.act_sq_sum,
+                torch.maximum(s.act_max, b.act_max),
+                s.n_nonfinite + b.n_nonfinite,
+                None,
+            )
+        return b.codes
+
+    def result(self) -> FeatureStats:
+        """The statistics of every token seen so far, as float64/int64 numpy arrays."""
+        m = self.sae.n_latents
+        if self._sums is None:
+            return FeatureStats.empty(m)
+        s = self._sums
+        nonfinite = int(s.n_nonfinite)
+        return FeatureStats(
+            n_tokens=self._rows - nonfinite,
+            fire_count=s.fire_count.cpu().numpy().astype(np.int64),
+            act_sum=s.act_sum.cpu().numpy().astype(np.float64),
+            act_sq_sum=s.act_sq_sum.cpu().numpy().astype(np.float64),
+            act_max=s.act_max.cpu().numpy().astype(np.float64),
+            n_nonfinite=nonfinite,
+        )
+
+
+def encode_stats(
+    x: Tensor,
+    sae: SAE,
+    *,
+    mode: Activation | None = None,
+    k: int | None = None,
+    return_codes: bool = False,
+    backend: Backend = "auto",
+) -> tuple[FeatureStats, SparseCodes | None]:
+    """Per-latent statistics (and optionally sparse codes) of one batch of activations [..., d_in]."""
+    acc = StatsAccumulator(sae, mode=mode, k=k, backend=backend)
+    codes = acc.update(x, want_codes=return_codes)
+    return acc.result(), codes

@@ -1,0 +1,312 @@
+"""Sparse autoencoders: weights, the reference encode/decode, files, and training.
+
+An SAE maps an activation x ∈ R^d to latents z ∈ R^m and back:
+
+    pre = (x − b_dec) @ W_enc + b_enc          (b_dec is the learned pre-bias)
+    z   = act(pre)                             ReLU, JumpReLU(θ) or top-k
+    x̂   = z @ W_dec + b_dec
+
+with ``W_enc`` [d, m] and ``W_dec`` [m, d]. Top-k keeps the k largest pre-activations of each
+token (ties broken towards the lowest latent index) and applies ReLU to them; JumpReLU keeps
+``pre`` where ``pre > θ_i`` (θ ≥ 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes"]
+
+Activation = Literal["relu", "jumprelu", "topk"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk")
+SAE_FORMAT = "pyfloor.SAE"
+SAE_VERSION = 1
+
+
+class SAEOutput(NamedTuple):
+    """Reconstruction and dense latents of a batch."""
+
+    x_hat: Tensor
+    z: Tensor
+
+
+def topk_codes(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Indices and ReLU'd values of the k largest entries of each row of ``pre`` [..., m].
+
+    Ties are broken towards the lowest index (a stable descending sort), so the result is
+    deterministic on every device.
+    """
+    values, indices = torch.sort(pre, dim=-1, descending=True, stable=True)
+    return indices[..., :k], values[..., :k].clamp_min(0)
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder with ReLU, JumpReLU or top-k latents (see the module docstring)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        activation: Activation = "relu",
+        *,
+        k: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+        for name, value in (("d_in", d_in), ("n_latents", n_latents)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if activation == "topk":
+            if k is None or int(k) != k or not 1 <= k <= n_latents:
+                raise ValueError(f"top-k SAE needs 1 <= k <= n_latents ({n_latents}); got k={k!r}")
+        elif k is not None:
+            raise ValueError(f"k is only meaningful for activation='topk'; got k={k} with {activation!r}")
+        self.d_in, self.n_latents, self.activation, self.k = int(d_in), int(n_latents), activation, k
+        kw = dict(dtype=dtype, device=device)
+        self.W_enc = nn.Parameter(torch.empty(d_in, n_latents, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents, **kw))
+        self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        self.threshold = nn.Parameter(torch.zeros(n_latents, **kw), requires_grad=False) if activation == "jumprelu" else None
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random unit-norm decoder rows and the encoder tied to the decoder's transpose."""
+        with torch.no_grad():
+            w = torch.randn(self.n_latents, self.d_in, generator=generator, dtype=torch.float32)
+            w /= w.norm(dim=1, keepdim=True)
+            self.W_dec.copy_(w)
+            self.W_enc.copy_(w.T)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    def extra_repr(self) -> str:
+        k = f", k={self.k}" if self.k is not None else ""
+        return f"d_in={self.d_in}, n_latents={self.n_latents}, activation={self.activation!r}{k}"
+
+    # -- the maps -------------------------------------------------------------------------------
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError unless ``x`` is a floating tensor [..., d_in]."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor; got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"activations must be floating point; got dtype {x.dtype}")
+        if x.ndim == 0 or x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"activations have width {x.shape[-1] if x.ndim else 'scalar'} but the SAE expects d_in = {self.d_in}"
+            )
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """(x − b_dec) @ W_enc + b_enc, computed in float32 or wider."""
+        dt = torch.promote_types(x.dtype, torch.float32)
+        return (x.to(dt) - self.b_dec.to(dt)) @ self.W_enc.to(dt) + self.b_enc.to(dt)
+
+    def activate(self, pre: Tensor, *, exact_ties: bool = True) -> Tensor:
+        """Dense latents z = act(pre).
+
+        With ``exact_ties=False`` top-k uses ``torch.topk``, faster but with an unspecified choice
+        among tied pre-activations (fine for training).
+        """
+        if self.activation == "relu":
+            return torch.relu(pre)
+        if self.activation == "jumprelu":
+            return pre * (pre > self.threshold.to(pre.dtype))
+        if exact_ties:
+            idx, val = topk_codes(pre, self.k)
+        else:
+            val, idx = pre.topk(self.k, dim=-1)
+            val = val.clamp_min(0)
+        return torch.zeros_like(pre).scatter_(-1, idx, val)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense latents z [..., n_latents] of activations x [..., d_in]."""
+        self.check_input(x)
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Reconstruction x̂ = z @ W_dec + b_dec."""
+        return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        z = self.encode(x)
+        return SAEOutput(self.decode(z).to(x.dtype), z)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale each decoder row to unit norm (the paper's recipe does this every step)."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # -- files ----------------------------------------------------------------------------------
+    def config(self) -> dict[str, object]:
+        """The hyper-parameters that rebuild this SAE's shape."""
+        return {"d_in": self.d_in, "n_latents": self.n_latents, "activation": self.activation, "k": self.k}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights and config to a safetensors file (pyfloor's own SAE format)."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        meta = {"format": SAE_FORMAT, "version": str(SAE_VERSION), "config": json.dumps(self.config())}
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "SAE":
+        """Read a file written by :meth:`save`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise ValueError(f"{path}: unreadable or corrupt SAE file ({exc})") from exc
+        if meta.get("format") != SAE_FORMAT:
+            raise ValueError(f"{path}: not a pyfloor SAE file (format {meta.get('format')!r})")
+        if int(meta.get("version", 0)) > SAE_VERSION:
+            raise ValueError(f"{path}: written by a newer pyfloor (SAE format version {meta['version']})")
+        cfg = json.loads(meta["config"])
+        sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
+        sae.load_state_dict(tensors)
+        return sae.to(device) if device is not None else sae
+
+
+# -- training ------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """How to train an SAE.
+
+    ReLU (the paper's recipe): loss = ‖x − x̂‖² + l1_coeff · Σ_i z_i · ‖W_dec,i‖, decoder rows
+    renormalised to unit norm after every step. Top-k (Gao et al. 2024): loss = ‖x − x̂‖² +
+    aux_coeff · AuxK, where AuxK reconstructs the residual x − x̂ from the ``aux_k`` largest
+    pre-activations of latents that have not fired for ``dead_tokens`` tokens. Squared errors are
+    summed over the d dimensions and averaged over tokens, then divided by the variance of x so
+    that the coefficients do not depend on the activations' scale.
+    """
+
+    n_latents: int
+    activation: Activation = "relu"
+    k: int | None = None
+    l1_coeff: float = 1e-2
+    lr: float = 1e-3
+    steps: int = 1000
+    aux_k: int | None = None
+    aux_coeff: float = 1.0 / 32
+    dead_tokens: int = 1_000_000
+    seed: int = 0
+
+
+class TrainStep(NamedTuple):
+    """Metrics of one optimisation step."""
+
+    step: int
+    loss: float
+    fvu: float
+    l0: float
+    dead: int
+
+
+def _variance(x: Tensor) -> Tensor:
+    return (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+
+
+def train_sae(
+    batches: Iterable[Tensor],
+    d_in: int,
+    config: TrainConfig,
+    *,
+    sae: SAE | None = None,
+    on_step: Callable[[TrainStep], None] | None = None,
+) -> tuple[SAE, list[TrainStep]]:
+    """Train an SAE on a stream of activation batches [N, d_in] for ``config.steps`` steps.
+
+    The stream is cycled if it ends early only when it is a re-iterable collection (a list or a
+    tensor); an exhausted one-shot iterator raises ValueError. ``sae`` continues training an
+    existing SAE. Returns the SAE (in eval mode) and the metrics of every step.
+    """
+    torch.manual_seed(config.seed)
+    if sae is None:
+        sae = SAE(d_in, config.n_latents, config.activation, k=config.k)
+        b_dec_init: Tensor | None = None
+    else:
+        b_dec_init = sae.b_dec.detach().clone()
+    device = sae.W_enc.device
+    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=config.lr)
+    last_fired = torch.zeros(sae.n_latents, dtype=torch.int64, device=device)  # tokens since last fire
+    aux_k = config.aux_k or max(1, d_in // 2)
+    history: list[TrainStep] = []
+    stream = _cycled(batches)
+    sae.train()
+    for step in range(config.steps):
+        x = next(stream).to(device=device, dtype=sae.W_enc.dtype).reshape(-1, d_in)
+        if b_dec_init is None:  # centre the pre-bias on the data before the first step
+            with torch.no_grad():
+                sae.b_dec.copy_(x.mean(0))
+            b_dec_init = sae.b_dec.detach().clone()
+        var = _variance(x)
+        pre = sae.pre_activations(x)
+        z = sae.activate(pre, exact_ties=False)
+        x_hat = sae.decode(z)
+        err = x - x_hat
+        mse = err.pow(2).sum(-1).mean() / var
+        if sae.activation == "topk":
+            fired = (z > 0).any(0)
+            last_fired = torch.where(fired, 0, last_fired + x.shape[0])
+            dead = last_fired >= config.dead_tokens
+            loss = mse
+            if dead.any():
+                k_aux = min(aux_k, int(dead.sum()))
+                aux_pre = pre.masked_fill(~dead, -math.inf)
+                val, idx = aux_pre.topk(k_aux, dim=-1)
+                aux_z = torch.zeros_like(pre).scatter_(-1, idx, val.clamp_min(0))
+                aux_hat = aux_z @ sae.W_dec
+                aux = (err.detach() - aux_hat).pow(2).sum(-1).mean() / var
+                loss = loss + config.aux_coeff * aux.nan_to_num(0.0)
+        else:
+            fired = (z > 0).any(0)
+            last_fired = torch.where(fired, 0, last_fired + x.shape[0])
+            dead = last_fired >= config.dead_tokens
+            l1 = (z * sae.W_dec.norm(dim=1)).sum(-1).mean() / var.sqrt()
+            loss = mse + config.l1_coeff * l1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sae.normalize_decoder_()
+        rec = TrainStep(step, loss.item(), mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()))
+        history.append(rec)
+        if on_step is not None:
+            on_step(rec)
+    sae.eval()
+    return sae, history
+
+
+def _cycled(batches: Iterable[Tensor]) -> Iterator[Tensor]:
+    """Yield batches forever from a re-iterable collection, or once from a one-shot iterator."""
+    if isinstance(batches, Tensor):
+        batches = [batches]
+    reiterable = not isinstance(batches, Iterator)
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ValueError("the activation stream is empty")
+        if not reiterable:
+            raise ValueError("the activation stream ended before training finished; pass more batches or fewer steps")
