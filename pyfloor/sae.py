@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes"]
+__all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes", "load_sae"]
 
 Activation = Literal["relu", "jumprelu", "topk"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk")
@@ -185,6 +185,92 @@ class SAE(nn.Module):
         sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
         sae.load_state_dict(tensors)
         return sae.to(device) if device is not None else sae
+
+
+# -- other libraries' checkpoints ---------------------------------------------------------------------
+def _read_dir(path: Path, weights_name: str) -> tuple[dict, dict[str, Tensor]]:
+    from safetensors.torch import load_file
+
+    cfg_path, weights = path / "cfg.json", path / weights_name
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{path}: missing {p.name}")
+    return json.loads(cfg_path.read_text()), load_file(str(weights))
+
+
+def _from_tensors(
+    activation: Activation, k: int | None, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+    threshold: Tensor | None = None,
+) -> SAE:
+    d, m = W_enc.shape
+    if W_dec.shape != (m, d) or b_enc.shape != (m,) or b_dec.shape != (d,):
+        raise ValueError(
+            f"inconsistent SAE weights: W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
+            f"W_dec {tuple(W_dec.shape)}, b_dec {tuple(b_dec.shape)}"
+        )
+    sae = SAE(d, m, activation, k=k, dtype=W_enc.dtype)
+    with torch.no_grad():
+        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
+            getattr(sae, name).copy_(value)
+        if threshold is not None:
+            sae.threshold.copy_(threshold)
+    return sae.eval()
+
+
+def _from_saelens(path: Path) -> SAE:
+    """An SAELens directory (cfg.json + sae_weights.safetensors): standard, jumprelu and topk SAEs."""
+    cfg, t = _read_dir(path, "sae_weights.safetensors")
+    arch = cfg.get("architecture", "standard")
+    kinds = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}
+    if arch not in kinds:
+        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (supported: {', '.join(kinds)})")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None):
+        raise ValueError(f"{path}: SAELens normalize_activations={norm!r} is not supported; fold it into the weights first")
+    W_enc, b_enc, W_dec, b_dec = (t[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    threshold = t["threshold"] if "threshold" in t else (t["log_threshold"].exp() if "log_threshold" in t else None)
+    if arch == "jumprelu" and threshold is None:
+        raise ValueError(f"{path}: JumpReLU SAE without a threshold tensor")
+    if cfg.get("rescale_acts_by_decoder_norm", False):
+        # SAELens scales pre-activations by ‖W_dec,i‖; fold that into the encoder and decoder.
+        norms = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    if not cfg.get("apply_b_dec_to_input", True):
+        # pre = x @ W_enc + b_enc = (x − b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
+        b_enc = b_enc + b_dec @ W_enc
+    k = int(cfg["k"]) if arch == "topk" else None
+    return _from_tensors(kinds[arch], k, W_enc, b_enc, W_dec, b_dec, threshold)
+
+
+def _from_sparsify(path: Path) -> SAE:
+    """An EleutherAI sparsify directory (cfg.json + sae.safetensors): top-k SAEs."""
+    cfg, t = _read_dir(path, "sae.safetensors")
+    if cfg.get("activation", "topk") != "topk":
+        raise ValueError(f"{path}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
+    if cfg.get("transcode") or cfg.get("skip_connection") or "W_skip" in t:
+        raise ValueError(f"{path}: a transcoder or skip connection is not an SAE of one layer; not supported")
+    W = t["encoder.weight"]
+    return _from_tensors("topk", int(cfg["k"]), W.T.contiguous(), t["encoder.bias"], t["W_dec"], t["b_dec"])
+
+
+def load_sae(path: str | os.PathLike, *, device: torch.device | str | None = None) -> SAE:
+    """Load an SAE: a pyfloor ``.safetensors`` file, an SAELens directory (cfg.json +
+    sae_weights.safetensors) or an EleutherAI sparsify directory (cfg.json + sae.safetensors)."""
+    path = Path(path)
+    if path.is_file():
+        return SAE.load(path, device=device)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such SAE file or directory")
+    if (path / "sae_weights.safetensors").is_file():
+        sae = _from_saelens(path)
+    elif (path / "sae.safetensors").is_file():
+        sae = _from_sparsify(path)
+    else:
+        raise ValueError(
+            f"{path}: not an SAE directory (expected cfg.json with sae_weights.safetensors (SAELens) "
+            "or sae.safetensors (sparsify))"
+        )
+    return sae.to(device) if device is not None else sae
 
 
 # -- training ------------------------------------------------------------------------------------

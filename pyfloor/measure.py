@@ -1,0 +1,448 @@
+"""The measurement loop: activation source → SAE encode + statistics → checkpoints → Measurement.
+
+Statistics accumulate on the device batch by batch in a fixed order, so a run resumed from a
+checkpoint gives bit-identical statistics to an uninterrupted one. Uncertainty comes from a
+Poisson bootstrap over batches: replicate r weighs batch b by w_rb ~ Poisson(1), drawn from a
+generator seeded by (seed, b), so replicates are sums too — mergeable across ranks and resumed
+runs — and give percentile intervals for F, α, d* and the floors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import theory
+from ._version import __version__
+from .encode import BatchStats, StatsAccumulator
+from .sae import SAE, Activation
+from .sources import ActivationSource
+from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement
+
+__all__ = ["MeasureConfig", "MeasureResult", "Interval", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS"]
+
+CHECKPOINT_FORMAT = "pyfloor.MeasureCheckpoint"
+CHECKPOINT_VERSION = 1
+SENSITIVITY_THRESHOLDS = (1e-5, 1e-6, 1e-7)
+
+
+@dataclass
+class MeasureConfig:
+    """How long to measure, how often to checkpoint, and how to estimate uncertainty.
+
+    ``until_stable``: stop once the bootstrap interval of d* is narrower than this fraction of d*
+    (checked every ``check_every`` batches, not before ``min_tokens``). ``checkpoint_every`` is
+    in tokens. ``bootstrap`` replicates give intervals at level ``confidence``; 0 disables them.
+    """
+
+    max_tokens: int | None = None
+    until_stable: float | None = None
+    min_tokens: int = 0
+    check_every: int = 10
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int = 10_000_000
+    resume: bool = False
+    alive_threshold: float = DEFAULT_ALIVE_THRESHOLD
+    bootstrap: int = 32
+    confidence: float = 0.95
+    seed: int = 0
+    widths: Sequence[int] | None = None
+    mode: Activation | None = None
+    k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1; got {self.max_tokens}")
+        if self.until_stable is not None and not 0 < self.until_stable < 1:
+            raise ValueError(f"until_stable is a relative interval width in (0, 1); got {self.until_stable}")
+        if self.until_stable is not None and self.bootstrap < 2:
+            raise ValueError("until_stable needs bootstrap replicates (bootstrap >= 2)")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must lie in (0, 1); got {self.confidence}")
+        if self.bootstrap < 0 or self.check_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("bootstrap must be >= 0, check_every and checkpoint_every >= 1")
+        if self.resume and self.checkpoint is None:
+            raise ValueError("resume needs a checkpoint path")
+
+
+class Interval(NamedTuple):
+    """A point estimate with its bootstrap percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+@dataclass
+class MeasureResult:
+    """Everything a measurement run produced."""
+
+    stats: FeatureStats
+    measurement: Measurement
+    intervals: dict[str, Any]
+    sensitivity: list[dict[str, Any]]
+    n_batches: int
+    seconds: float
+    stopped: str
+    source: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.stats.n_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: the measurement (without per-feature arrays), intervals, provenance."""
+        m = self.measurement.to_dict()
+        return {
+            "pyfloor_version": __version__,
+            "torch_version": torch.__version__,
+            "source": self.source,
+            "config": self.config,
+            "stopped": self.stopped,
+            "n_batches": self.n_batches,
+            "n_tokens": self.stats.n_tokens,
+            "n_nonfinite": self.stats.n_nonfinite,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "measurement": {k: v for k, v in m.items() if k not in ("importances", "feature_ids")},
+            "intervals": self.intervals,
+            "alive_threshold_sensitivity": self.sensitivity,
+        }
+
+
+def bootstrap_weights(seed: int, index: int, replicates: int) -> np.ndarray:
+    """Poisson(1) weights of batch ``index`` in each bootstrap replicate (deterministic)."""
+    return np.random.default_rng([seed, index]).poisson(1.0, replicates).astype(np.int64)
+
+
+class _State:
+    """Running sums on the device: totals, bootstrap replicates, and the next batch index."""
+
+    def __init__(self, m: int, replicates: int, device: torch.device) -> None:
+        def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        self.rows = 0
+        self.fire, self.s1, self.s2 = zeros((m,), torch.int64), zeros((m,), torch.float64), zeros((m,), torch.float64)
+        self.mx, self.nonfinite = zeros((m,), torch.float32), zeros((), torch.int64)
+        self.boot_n = zeros((replicates,), torch.int64)
+        self.boot_fire = zeros((replicates, m), torch.int64)
+        self.boot_s2 = zeros((replicates, m), torch.float64)
+        self.next_index = 0
+        self.n_batches = 0
+
+    def add(self, b: BatchStats, rows: int, weights: Tensor | None) -> None:
+        self.rows += rows
+        self.fire += b.fire_count
+        self.s1 += b.act_sum
+        self.s2 += b.act_sq_sum
+        torch.maximum(self.mx, b.act_max, out=self.mx)
+        self.nonfinite += b.n_nonfinite
+        if weights is not None:
+            self.boot_n += weights * (rows - b.n_nonfinite)
+            self.boot_fire += weights[:, None] * b.fire_count[None, :]
+            self.boot_s2 += weights[:, None].double() * b.act_sq_sum[None, :]
+        self.n_batches += 1
+
+    def tensors(self) -> dict[str, Tensor]:
+        counters = torch.stack([torch.tensor(self.rows), self.nonfinite.cpu(), torch.tensor(self.next_index),
+                                torch.tensor(self.n_batches)])
+        return {
+            "fire_count": self.fire, "act_sum": self.s1, "act_sq_sum": self.s2, "act_max": self.mx,
+            "boot_n": self.boot_n, "boot_fire": self.boot_fire, "boot_s2": self.boot_s2, "counters": counters,
+        }
+
+    def load(self, t: dict[str, Tensor]) -> None:
+        for name, attr in (("fire_count", "fire"), ("act_sum", "s1"), ("act_sq_sum", "s2"), ("act_max", "mx"),
+                           ("boot_n", "boot_n"), ("boot_fire", "boot_fire"), ("boot_s2", "boot_s2")):
+            mine = getattr(self, attr)
+            if t[name].shape != mine.shape or t[name].dtype != mine.dtype:
+                raise CheckpointError(f"checkpoint array {name} has shape {tuple(t[name].shape)} {t[name].dtype}, "
+                                      f"expected {tuple(mine.shape)} {mine.dtype}")
+            mine.copy_(t[name])
+        rows, nonfinite, next_index, n_batches = (int(v) for v in t["counters"])
+        self.rows, self.next_index, self.n_batches = rows, next_index, n_batches
+        self.nonfinite.fill_(nonfinite)
+
+    def reduced(self) -> "_State":
+        """A copy holding the sums of every rank (sum; max for act_max)."""
+        from .distributed import all_reduce_, all_reduce_max_
+
+        out = _State.__new__(_State)
+        for name in ("fire", "s1", "s2", "mx", "nonfinite", "boot_n", "boot_fire", "boot_s2"):
+            setattr(out, name, getattr(self, name).clone())
+        counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=self.fire.device)
+        all_reduce_([out.fire, out.s1, out.s2, out.nonfinite, out.boot_n, out.boot_fire, out.boot_s2, counts])
+        all_reduce_max_(out.mx)
+        out.rows, out.n_batches = (int(v) for v in counts)
+        out.next_index = self.next_index
+        return out
+
+    def estimates(self, thr: float, widths: np.ndarray = np.zeros(0, np.int64)) -> dict[str, Any] | None:
+        """Point estimates from the totals."""
+        n = self.rows - int(self.nonfinite)
+        return _estimates(n, self.fire.cpu().numpy(), self.s2.cpu().numpy(), thr, widths)
+
+    def intervals(self, thr: float, widths: np.ndarray, confidence: float) -> dict[str, Any]:
+        """Point estimates with bootstrap percentile intervals."""
+        point = self.estimates(thr, widths)
+        if point is None:
+            return {}
+        return _intervals(self.boot_n.cpu().numpy(), self.boot_fire.cpu().numpy(), self.boot_s2.cpu().numpy(),
+                          thr, widths, confidence, point)
+
+    def stats(self) -> FeatureStats:
+        nonfinite = int(self.nonfinite)
+        return FeatureStats(
+            self.rows - nonfinite,
+            self.fire.cpu().numpy().copy(),
+            self.s1.cpu().numpy().copy(),
+            self.s2.cpu().numpy().copy(),
+            self.mx.cpu().numpy().astype(np.float64),
+            nonfinite,
+        )
+
+
+def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank: int, world: int) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return {
+        "source": source.describe(), "batch_tokens": source.batch_tokens, "sae_sha256": h.hexdigest(),
+        "mode": config.mode, "k": config.k, "bootstrap": config.bootstrap, "seed": config.seed,
+        "rank": rank, "world": world,
+    }
+
+
+def _rank_path(path: Path, rank: int, world: int) -> Path:
+    return path if world == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
+
+
+def _save_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
+    """Write the state atomically: a temporary file renamed over the previous checkpoint."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors().items()}
+    meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "fingerprint": json.dumps(fingerprint)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
+    """Restore ``state`` from ``path``; refuse (leaving the file alone) anything that does not fit."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointError(f"{path}: not a pyfloor measurement checkpoint (format {meta.get('format')!r})")
+            if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
+                raise CheckpointError(f"{path}: written by a newer pyfloor (checkpoint version {meta['version']})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({exc})") from exc
+    theirs = json.loads(meta.get("fingerprint", "{}"))
+    diff = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {fingerprint[k]!r}" for k in diff)
+        raise CheckpointError(f"{path}: checkpoint belongs to a different run ({detail})")
+    missing = {"fire_count", "act_sum", "act_sq_sum", "act_max", "boot_n", "boot_fire", "boot_s2", "counters"} - tensors.keys()
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+    state.load({k: v.to(state.fire.device) for k, v in tensors.items()})
+
+
+# -- estimates from sums ------------------------------------------------------------------------------
+def _estimates(n: float, fire: np.ndarray, s2: np.ndarray, thr: float, widths: np.ndarray) -> dict[str, Any] | None:
+    """F, L0, α, g, d* and the Eq. 2 floors from (weighted) sums; None where undefined."""
+    if n <= 0:
+        return None
+    alive = fire / n > thr
+    f = int(alive.sum())
+    l0 = float(fire.sum()) / n
+    if f == 0 or l0 >= f:
+        return None
+    alpha = 1.0 - l0 / f
+    imp = np.sort(s2[alive] / n)[::-1]
+    return {
+        "n_features": f, "mean_l0": l0, "alpha": alpha, "capacity": float(theory.capacity(alpha)),
+        "critical_width": theory.critical_width(f, alpha),
+        "floors": np.asarray(theory.importance_floor(widths, alpha, imp), dtype=np.float64),
+    }
+
+
+def _intervals(
+    boot_n: np.ndarray, boot_fire: np.ndarray, boot_s2: np.ndarray, thr: float, widths: np.ndarray,
+    confidence: float, point: dict[str, Any],
+) -> dict[str, Any]:
+    """Bootstrap percentile intervals of every estimate from the replicates' weighted sums."""
+    reps = [_estimates(float(boot_n[r]), boot_fire[r], boot_s2[r], thr, widths) for r in range(boot_n.size)]
+    reps = [r for r in reps if r is not None]
+    lo_q, hi_q = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
+    out: dict[str, Any] = {"confidence": confidence, "replicates": len(reps)}
+    if len(reps) < 2:
+        return out
+    for key in ("n_features", "mean_l0", "alpha", "capacity", "critical_width"):
+        vals = np.array([r[key] for r in reps], dtype=np.float64)
+        out[key] = Interval(float(point[key]), float(np.percentile(vals, lo_q)), float(np.percentile(vals, hi_q)))._asdict()
+    floors = np.stack([r["floors"] for r in reps])
+    out["floors"] = [
+        {"width": int(w), **Interval(float(point["floors"][i]), float(np.percentile(floors[:, i], lo_q)),
+                                     float(np.percentile(floors[:, i], hi_q)))._asdict()}
+        for i, w in enumerate(widths)
+    ]
+    return out
+
+
+def _sensitivity(stats: FeatureStats) -> list[dict[str, Any]]:
+    """F, α and d* at each alive threshold, and whether the run had enough tokens to resolve it."""
+    rows = []
+    for thr in SENSITIVITY_THRESHOLDS:
+        est = _estimates(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr, np.zeros(0))
+        rows.append({
+            "alive_threshold": thr,
+            "n_features": None if est is None else est["n_features"],
+            "alpha": None if est is None else est["alpha"],
+            "critical_width": None if est is None else est["critical_width"],
+            # a latent at exactly this frequency fires ~10 times in 10/thr tokens
+            "resolved": stats.n_tokens >= 10 / thr,
+        })
+    return rows
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def measure(
+    source: ActivationSource,
+    sae: SAE,
+    config: MeasureConfig | None = None,
+    *,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> MeasureResult:
+    """Stream ``source`` through ``sae`` and measure F, α, d*, importances and floors with intervals.
+
+    Under ``torch.distributed`` each rank reads batches ``index ≡ rank (mod world)`` and the sums
+    are all-reduced, so N processes give the statistics of one. ``max_tokens`` is rounded up to
+    whole batches (batches with index < ⌈max_tokens / batch_tokens⌉), the same for any number of
+    ranks and for resumed runs. ``on_batch(index, rows_so_far_on_this_rank)`` runs after each batch.
+    """
+    from .distributed import all_reduce_
+
+    config = config or MeasureConfig()
+    rank, world = _dist()
+    if source.d != sae.d_in:
+        raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
+    device = sae.W_enc.device
+    acc = StatsAccumulator(sae, mode=config.mode, k=config.k)
+    state = _State(sae.n_latents, config.bootstrap, device)
+    fingerprint = _fingerprint(source, sae, config, rank, world)
+    ckpt = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
+    if config.resume:
+        _load_checkpoint(ckpt, state, fingerprint)
+    max_batches = None if config.max_tokens is None else -(-config.max_tokens // source.batch_tokens)
+
+    total = state.reduced().rows
+    bar = _progress(progress and rank == 0, config.max_tokens)
+    bar.update(total)
+    start_time = time.perf_counter()
+    since_checkpoint, rounds = 0, 0
+    stopped = "source exhausted"
+    batches = source.batches(start=state.next_index, rank=rank, world=world)
+    while True:
+        batch = next(batches, None)
+        if batch is not None and max_batches is not None and batch.index >= max_batches:
+            batch = None
+        rows = 0
+        if batch is not None:
+            x = batch.acts.to(device)
+            rows = x.shape[0]
+            weights = (torch.from_numpy(bootstrap_weights(config.seed, batch.index, config.bootstrap)).to(device)
+                       if config.bootstrap else None)
+            state.add(acc.batch(x), rows, weights)
+            state.next_index = batch.index + 1
+            since_checkpoint += rows
+            if on_batch is not None:
+                on_batch(batch.index, state.rows)
+        # One small collective per round keeps the ranks in step: who still has data, and how much.
+        flags = torch.tensor([int(batch is not None), rows], device=device)
+        all_reduce_([flags])
+        if int(flags[0]) == 0:
+            stopped = "source exhausted" if max_batches is None or total < config.max_tokens else (
+                f"reached max_tokens ({config.max_tokens:,})")
+            break
+        rounds += 1
+        total += int(flags[1])
+        bar.update(int(flags[1]))
+        if ckpt is not None and since_checkpoint >= config.checkpoint_every:
+            _save_checkpoint(ckpt, state, fingerprint)
+            since_checkpoint = 0
+        if rounds % config.check_every == 0 and (config.until_stable is not None or bar.disable is False):
+            merged = state.reduced()
+            est = merged.estimates(config.alive_threshold)
+            if est is not None:
+                bar.set_postfix(F=est["n_features"], alpha=f"{est['alpha']:.5f}", d_star=f"{est['critical_width']:.1f}")
+            if config.until_stable is not None and est is not None and total >= config.min_tokens:
+                d = merged.intervals(config.alive_threshold, np.zeros(0, np.int64), config.confidence).get("critical_width")
+                if d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]:
+                    stopped = f"d* stable: interval {d['low']:.1f} to {d['high']:.1f} within {config.until_stable:.2%}"
+                    break
+    bar.close()
+    seconds = time.perf_counter() - start_time
+    if ckpt is not None:
+        _save_checkpoint(ckpt, state, fingerprint)
+    merged = state.reduced()
+    stats = merged.stats()
+    if stats.n_tokens == 0:
+        raise ValueError(f"{source.describe()}: the stream held no usable tokens"
+                         + (f" ({stats.n_nonfinite:,} were non-finite)" if stats.n_nonfinite else ""))
+    measurement = Measurement.from_stats(stats, alive_threshold=config.alive_threshold, source=source.describe())
+    if config.widths is not None:
+        widths = np.asarray(config.widths, dtype=np.int64)
+    else:
+        from .report import default_widths
+
+        widths = np.asarray(default_widths(measurement.critical_width), dtype=np.int64)
+    intervals = merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
+    cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
+    cfg.update(widths=widths.tolist(), world_size=world)
+    return MeasureResult(stats, measurement, intervals, _sensitivity(stats), merged.n_batches, seconds, stopped,
+                         source.describe(), cfg)
+
+
+def _progress(enabled: bool, total: int | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,483 @@
+"""Activation streams: a teacher hooked at one layer, activation files, or any iterable of tensors.
+
+Every source yields :class:`Batch` objects with a global, deterministic ``index``; that index is
+what resumed runs skip by and what distributed ranks shard on (batch b goes to rank b mod world),
+so the same tokens reach the same statistics however the run is split.
+
+A teacher source runs the model only up to the hooked layer: a forward hook on that layer stores
+its output and stops the forward pass, so no compute is spent on the layers above it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Batch",
+    "ActivationSource",
+    "ArraySource",
+    "IterableSource",
+    "TeacherSource",
+    "TokenSequences",
+    "token_file_sequences",
+    "text_file_sequences",
+    "dataset_sequences",
+    "find_layer",
+    "layer_names",
+    "StoppedForward",
+]
+
+Site = Literal["resid", "mlp"]
+
+
+class Batch(NamedTuple):
+    """One batch of activations [n_tokens, d] and its global position in the stream."""
+
+    index: int
+    acts: Tensor
+
+
+class ActivationSource:
+    """A re-iterable stream of activation batches with deterministic global indices."""
+
+    d: int
+    batch_tokens: int
+
+    def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batches with index ≥ ``start`` whose index mod ``world`` equals ``rank``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A one-line description for reports and checkpoint fingerprints."""
+        raise NotImplementedError
+
+
+def _check_shard(start: int, rank: int, world: int) -> None:
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must lie in [0, world) with world >= 1; got rank={rank}, world={world}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0; got {start}")
+
+
+def _check_batch_tokens(batch_tokens: int) -> int:
+    if int(batch_tokens) != batch_tokens or batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be a positive integer; got {batch_tokens!r}")
+    return int(batch_tokens)
+
+
+# -- activations from arrays and iterables ---------------------------------------------------------
+def _load_array(path: Path, key: str | None) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            keys = list(f.keys())
+            if key is None and len(keys) != 1:
+                raise ValueError(f"{path} holds {len(keys)} tensors ({', '.join(keys)}); name one with key=")
+            name = key if key is not None else keys[0]
+            if name not in keys:
+                raise ValueError(f"{path} has no tensor {name!r}; it holds {', '.join(keys)}")
+            return f.get_tensor(name)
+    raise ValueError(f"{path}: activation files must be .npy or .safetensors")
+
+
+class ArraySource(ActivationSource):
+    """Activations [N, d] from ``.npy`` (memory-mapped) or safetensors files, or arrays, in order,
+    cut into batches of exactly ``batch_tokens`` rows (the last batch may be shorter)."""
+
+    def __init__(
+        self,
+        arrays: Sequence[str | os.PathLike | np.ndarray | Tensor],
+        batch_tokens: int,
+        *,
+        key: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.batch_tokens = _check_batch_tokens(batch_tokens)
+        if len(arrays) == 0:
+            raise ValueError("no activation arrays given")
+        self._names, self._arrays = [], []
+        for a in arrays:
+            if isinstance(a, (str, os.PathLike)):
+                path = Path(a)
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: no such activation file")
+                self._names.append(str(path))
+                arr = _load_array(path, key)
+            else:
+                self._names.append(f"<array {tuple(a.shape)}>")
+                arr = a
+            if arr.ndim != 2:
+                raise ValueError(f"{self._names[-1]}: activations must be 2-D [tokens, d]; got shape {tuple(arr.shape)}")
+            self._arrays.append(arr)
+        widths = {int(a.shape[1]) for a in self._arrays}
+        if len(widths) != 1:
+            raise ValueError(f"activation arrays have different widths {sorted(widths)}")
+        self.d = widths.pop()
+        self._offsets = np.cumsum([0] + [int(a.shape[0]) for a in self._arrays])
+        self.n_tokens = int(self._offsets[-1])
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def describe(self) -> str:
+        return f"activations {', '.join(self._names)} ({self.n_tokens:,} tokens, d={self.d})"
+
+    def _rows(self, lo: int, hi: int) -> Tensor:
+        parts = []
+        for i, arr in enumerate(self._arrays):
+            a0, a1 = self._offsets[i], self._offsets[i + 1]
+            if a1 <= lo or a0 >= hi:
+                continue
+            part = arr[max(lo, a0) - a0 : min(hi, a1) - a0]
+            parts.append(part if isinstance(part, Tensor) else torch.from_numpy(np.ascontiguousarray(part)))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return x.to(device=self.device, dtype=self.dtype or x.dtype)
+
+    def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        _check_shard(start, rank, world)
+        n_batches = -(-self.n_tokens // self.batch_tokens)
+        first = start + ((rank - start) % world)
+        for b in range(first, n_batches, world):
+            lo = b * self.batch_tokens
+            yield Batch(b, self._rows(lo, min(lo + self.batch_tokens, self.n_tokens)))
+
+
+class IterableSource(ActivationSource):
+    """Any iterable of activation tensors [..., d], re-cut into batches of ``batch_tokens`` rows.
+
+    Skipping and sharding iterate over the tensors without computing anything else; a one-shot
+    iterator can be consumed only once.
+    """
+
+    def __init__(self, tensors: Iterable[Tensor | np.ndarray], d: int, batch_tokens: int) -> None:
+        self.batch_tokens = _check_batch_tokens(batch_tokens)
+        self.d = int(d)
+        self._tensors = tensors
+        self._used = False
+
+    def describe(self) -> str:
+        return f"iterable of activations (d={self.d})"
+
+    def _rechunked(self) -> Iterator[Tensor]:
+        if isinstance(self._tensors, Iterator):
+            if self._used:
+                raise ValueError("this activation iterator has already been consumed")
+            self._used = True
+        pending: list[Tensor] = []
+        have = 0
+        for t in self._tensors:
+            t = torch.as_tensor(t)
+            if t.shape[-1] != self.d:
+                raise ValueError(f"activation tensor has width {t.shape[-1]}, expected d={self.d}")
+            t = t.reshape(-1, self.d)
+            pending.append(t)
+            have += t.shape[0]
+            while have >= self.batch_tokens:
+                cat = torch.cat(pending)
+                yield cat[: self.batch_tokens]
+                rest = cat[self.batch_tokens :]
+                pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+        if have:
+            yield torch.cat(pending)
+
+    def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        _check_shard(start, rank, world)
+        for b, x in enumerate(self._rechunked()):
+            if b >= start and b % world == rank:
+                yield Batch(b, x)
+
+
+# -- token sequences ---------------------------------------------------------------------------------
+@dataclass
+class TokenSequences:
+    """Fixed-length token sequences for a teacher: ``ids`` [n_seq, seq_len] int64 and a ``mask``
+    (1 = a real token, 0 = padding). Built by :func:`token_file_sequences`,
+    :func:`text_file_sequences` or :func:`dataset_sequences`."""
+
+    ids: Tensor
+    mask: Tensor
+    description: str
+    bos_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids.ndim != 2 or self.ids.shape != self.mask.shape:
+            raise ValueError(f"ids and mask must both be [n_seq, seq_len]; got {tuple(self.ids.shape)}, {tuple(self.mask.shape)}")
+        if self.ids.shape[0] == 0:
+            raise ValueError(f"{self.description}: no token sequences (the input is empty)")
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.ids.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def _pack(stream: np.ndarray, seq_len: int, bos: int | None, pad: int, description: str) -> TokenSequences:
+    """Cut a 1-D token stream into sequences of ``seq_len`` (each led by ``bos`` when given);
+    the last sequence is padded and its padding masked."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2; got {seq_len}")
+    body = seq_len - (bos is not None)
+    n_seq = -(-stream.size // body)
+    ids = np.full((n_seq, seq_len), pad, dtype=np.int64)
+    mask = np.zeros((n_seq, seq_len), dtype=np.int64)
+    start = int(bos is not None)
+    flat = np.zeros(n_seq * body, dtype=np.int64)
+    flat[: stream.size] = stream
+    ids[:, start:] = flat.reshape(n_seq, body)
+    valid = np.zeros(n_seq * body, dtype=np.int64)
+    valid[: stream.size] = 1
+    mask[:, start:] = valid.reshape(n_seq, body)
+    if bos is not None:
+        ids[:, 0] = bos
+        mask[:, 0] = 1
+    return TokenSequences(torch.from_numpy(ids), torch.from_numpy(mask), description, bos)
+
+
+def token_file_sequences(
+    path: str | os.PathLike,
+    seq_len: int,
+    *,
+    bin_dtype: str = "uint16",
+    bos_token_id: int | None = None,
+    pad_token_id: int = 0,
+) -> TokenSequences:
+    """Pre-tokenized ids from ``.npy`` (1-D stream, or 2-D [n_seq, seq_len] used as is) or raw
+    ``.bin`` (a 1-D stream of ``bin_dtype``, as nanoGPT writes them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such token file")
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r")
+    elif path.suffix == ".bin":
+        arr = np.memmap(path, dtype=np.dtype(bin_dtype), mode="r")
+    else:
+        raise ValueError(f"{path}: token files must be .npy or .bin")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path}: token ids must be integers; got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        ids = torch.from_numpy(np.asarray(arr, dtype=np.int64))
+        return TokenSequences(ids, torch.ones_like(ids), str(path), bos_token_id)
+    if arr.ndim != 1:
+        raise ValueError(f"{path}: token array must be 1-D or 2-D; got shape {arr.shape}")
+    return _pack(np.asarray(arr, dtype=np.int64), seq_len, bos_token_id, pad_token_id, str(path))
+
+
+def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | None) -> np.ndarray:
+    """Token ids of the documents joined by the tokenizer's end-of-text token."""
+    sep = tokenizer.eos_token_id
+    parts: list[list[int]] = []
+    total = 0
+    for doc in docs:
+        if not doc.strip():
+            continue
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if sep is not None:
+            ids = ids + [sep]
+        parts.append(ids)
+        total += len(ids)
+        if max_tokens is not None and total >= max_tokens:
+            break
+    stream = np.fromiter((t for p in parts for t in p), dtype=np.int64, count=total)
+    return stream[:max_tokens] if max_tokens is not None else stream
+
+
+def _special_ids(tokenizer: Any, prepend_bos: bool) -> tuple[int | None, int]:
+    bos = tokenizer.bos_token_id if prepend_bos else None
+    if prepend_bos and bos is None:
+        bos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return bos, pad
+
+
+def text_file_sequences(
+    paths: Sequence[str | os.PathLike],
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    prepend_bos: bool = True,
+    max_tokens: int | None = None,
+) -> TokenSequences:
+    """Plain-text files tokenized and packed into sequences; blank-line-separated paragraphs are
+    documents joined by the end-of-text token; each sequence starts with BOS if ``prepend_bos``."""
+    docs: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such text file")
+        docs += path.read_text(encoding="utf-8", errors="replace").split("\n\n")
+    bos, pad = _special_ids(tokenizer, prepend_bos)
+    stream = _tokenize_documents(docs, tokenizer, max_tokens)
+    if stream.size == 0:
+        raise ValueError(f"{', '.join(map(str, paths))}: no text to tokenize")
+    return _pack(stream, seq_len, bos, pad, ", ".join(map(str, paths)))
+
+
+def dataset_sequences(
+    dataset: Any,
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    column: str = "text",
+    split: str = "train",
+    prepend_bos: bool = True,
+    max_tokens: int | None = None,
+) -> TokenSequences:
+    """A ``datasets`` dataset (an object, or a name/path for ``datasets.load_dataset``) of texts."""
+    if isinstance(dataset, (str, os.PathLike)):
+        try:
+            import datasets
+        except ImportError as exc:
+            raise ImportError("reading a dataset by name needs the 'datasets' package: pip install datasets") from exc
+        dataset = datasets.load_dataset(str(dataset), split=split)
+    bos, pad = _special_ids(tokenizer, prepend_bos)
+    stream = _tokenize_documents((row[column] for row in dataset), tokenizer, max_tokens)
+    if stream.size == 0:
+        raise ValueError("the dataset holds no text")
+    return _pack(stream, seq_len, bos, pad, f"dataset {getattr(dataset, 'info', None) and dataset.info.dataset_name or dataset!s}"[:200])
+
+
+# -- the hooked teacher ------------------------------------------------------------------------------
+class StoppedForward(Exception):
+    """Raised by the hook to stop the teacher's forward pass after the hooked layer."""
+
+
+def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The model's list of transformer blocks: the longest ModuleList (the config's layer count)."""
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            if n_layers is not None and len(mod) == n_layers:
+                return name, mod
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    return best
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names accepted by :func:`find_layer`: each block and its MLP."""
+    found = _blocks(model)
+    if found is None:
+        return []
+    prefix, blocks = found
+    names = []
+    for i, block in enumerate(blocks):
+        names.append(f"{prefix}.{i}")
+        if hasattr(block, "mlp"):
+            names.append(f"{prefix}.{i}.mlp")
+    return names
+
+
+def find_layer(model: nn.Module, layer: int | str, site: Site = "resid") -> tuple[str, nn.Module]:
+    """The module whose output is read: block ``layer`` (residual stream after it) or its MLP
+    (``site="mlp"``); a string names any module exactly. Unknown names list the valid ones."""
+    if site not in ("resid", "mlp"):
+        raise ValueError(f"site must be 'resid' or 'mlp'; got {site!r}")
+    if isinstance(layer, str) and not layer.lstrip("-").isdigit():
+        try:
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(
+                f"the model has no layer {layer!r}; valid layers are: {', '.join(layer_names(model)) or '(none found)'}"
+            ) from None
+    found = _blocks(model)
+    if found is None:
+        raise ValueError("could not find the model's list of transformer blocks; name the layer as a module path")
+    prefix, blocks = found
+    i = int(layer)
+    if not 0 <= i < len(blocks):
+        raise ValueError(f"layer {i} does not exist: the model has blocks 0 … {len(blocks) - 1} ({prefix})")
+    name, module = f"{prefix}.{i}", blocks[i]
+    if site == "mlp":
+        if not hasattr(module, "mlp"):
+            raise ValueError(f"block {name} has no .mlp submodule; name the module explicitly")
+        name, module = f"{name}.mlp", module.mlp
+    return name, module
+
+
+class TeacherSource(ActivationSource):
+    """A teacher model read at one layer over token sequences, stopped after that layer.
+
+    Each batch is ``batch_tokens // seq_len`` sequences (a fixed number of tokens fed); padding
+    positions and BOS positions are left out of the activations it yields.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: int | str,
+        sequences: TokenSequences,
+        batch_tokens: int,
+        *,
+        site: Site = "resid",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.batch_tokens = _check_batch_tokens(batch_tokens)
+        self.model = model.eval()
+        self.layer_name, self.module = find_layer(model, layer, site)
+        self.sequences = sequences
+        self.batch_sequences = max(1, self.batch_tokens // sequences.seq_len)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.dtype = dtype
+        self.d = self._width()
+
+    def _width(self) -> int:
+        cfg = getattr(self.model, "config", None)
+        if self.layer_name.endswith(".mlp") or cfg is None or not hasattr(cfg, "hidden_size"):
+            with torch.no_grad():
+                return int(self._forward(self.sequences.ids[:1, :2], self.sequences.mask[:1, :2]).shape[-1])
+        return int(cfg.hidden_size)
+
+    def describe(self) -> str:
+        name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
+        return f"teacher {name} at {self.layer_name} over {self.sequences.description}"
+
+    def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Run the model on [B, T] ids until the hooked module and return its output [B, T, d]."""
+        captured: list[Tensor] = []
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+            raise StoppedForward
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+        except StoppedForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"the forward pass never reached {self.layer_name}")
+        return captured[0]
+
+    def n_batches(self) -> int:
+        """Batches in the whole stream."""
+        return -(-len(self.sequences) // self.batch_sequences)
+
+    def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        _check_shard(start, rank, world)
+        first = start + ((rank - start) % world)
+        bos = self.sequences.bos_token_id
+        for b in range(first, self.n_batches(), world):
+            sl = slice(b * self.batch_sequences, (b + 1) * self.batch_sequences)
+            ids, mask = self.sequences.ids[sl], self.sequences.mask[sl]
+            out = self._forward(ids, mask)
+            keep = mask.bool()
+            if bos is not None:
+                keep &= ids != bos
+            acts = out[keep.to(out.device)]
+            yield Batch(b, acts if self.dtype is None else acts.to(self.dtype))

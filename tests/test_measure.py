@@ -1,0 +1,228 @@
+"""pyfloor.measure, pyfloor.sources and pyfloor.distributed on a CPU."""
+
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pyfloor.measure import MeasureConfig, bootstrap_weights, measure
+from pyfloor.sae import SAE
+from pyfloor.sources import ArraySource, IterableSource, TeacherSource, TokenSequences, find_layer
+from pyfloor.stats import CheckpointError, FeatureStats, Measurement
+
+transformers = pytest.importorskip("transformers")
+
+
+def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
+    """A ReLU SAE with random unit directions; ``scale`` brings the activations' projections to O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(d, m, "relu")
+    with torch.no_grad():
+        w = torch.randn(d, m, generator=g)
+        sae.W_enc.copy_(scale * w / w.norm(dim=0))
+        sae.W_dec.copy_(sae.W_enc.T)
+        sae.b_enc.fill_(bias)
+        sae.b_dec.copy_(torch.randn(d, generator=g) * 0.1)
+    return sae
+
+
+@pytest.fixture(scope="module")
+def tiny_neox():
+    cfg = transformers.GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=97,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return transformers.GPTNeoXForCausalLM(cfg).eval()
+
+
+def token_sequences(n_seq=12, seq_len=16, bos=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 97, (n_seq, seq_len), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, 10:] = 0  # a padded tail
+    if bos is not None:
+        ids[:, 0] = bos
+    return TokenSequences(ids, mask, "random tokens", bos)
+
+
+def test_teacher_end_to_end_equals_numpy_by_hand(tiny_neox):
+    seqs = token_sequences(bos=5)
+    src = TeacherSource(tiny_neox, 1, seqs, batch_tokens=64)
+    sae = sparse_sae(32, 80, bias=-0.8, scale=40.0)  # residual activations have std ≈ 0.025 here
+    result = measure(src, sae, MeasureConfig(bootstrap=8, widths=[1, 2, 4]), progress=False)
+
+    with torch.no_grad():
+        hidden = tiny_neox(input_ids=seqs.ids, attention_mask=seqs.mask, output_hidden_states=True).hidden_states[2]
+    keep = seqs.mask.bool() & (seqs.ids != 5)
+    x = hidden[keep].numpy().astype(np.float64)
+    W, b_enc, b_dec = (p.detach().numpy().astype(np.float64) for p in (sae.W_enc, sae.b_enc, sae.b_dec))
+    z = np.maximum((x - b_dec) @ W + b_enc, 0)
+    n = x.shape[0]
+    assert 0.05 < (z > 0).mean() < 0.5  # a sparse code, not a degenerate one
+    freq = (z > 0).mean(0)
+    alive = freq > 1e-5
+    f = int(alive.sum())
+    l0 = (z > 0).sum() / n
+    imp = np.sort((z**2).mean(0)[alive])[::-1]
+
+    m = result.measurement
+    assert result.stats.n_tokens == n == int(keep.sum())
+    assert m.n_features == f and m.mean_l0 == pytest.approx(l0, rel=1e-12)
+    assert m.alpha == pytest.approx(1 - l0 / f, rel=1e-12)
+    np.testing.assert_allclose(m.importances, imp, rtol=1e-5, atol=1e-10 * imp[0])  # fp32 encode vs fp64
+    floors = [iv["estimate"] for iv in result.intervals["floors"]]
+    np.testing.assert_allclose(floors, m.floor([1, 2, 4]), rtol=1e-12)
+    for iv in result.intervals["floors"]:
+        assert iv["low"] <= iv["high"]
+
+
+def test_forward_stops_after_the_hooked_layer(tiny_neox):
+    calls = []
+    handles = [blk.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, blk in enumerate(tiny_neox.gpt_neox.layers)]
+    handles.append(tiny_neox.get_output_embeddings().register_forward_hook(lambda *a: calls.append("lm_head")))
+    try:
+        src = TeacherSource(tiny_neox, 1, token_sequences(), batch_tokens=64)
+        calls.clear()
+        batches = list(src.batches())
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(batches) == 3
+    assert calls == [0, 1] * 3  # blocks 2, 3 and the LM head never ran
+
+
+def test_mlp_site_and_module_names(tiny_neox):
+    name, module = find_layer(tiny_neox, 2, site="mlp")
+    assert name == "gpt_neox.layers.2.mlp" and module is tiny_neox.gpt_neox.layers[2].mlp
+    src = TeacherSource(tiny_neox, "gpt_neox.layers.2.mlp", token_sequences(), batch_tokens=64)
+    assert src.d == 32 and next(src.batches()).acts.shape[1] == 32
+
+
+def test_unknown_layer_lists_the_valid_ones(tiny_neox):
+    with pytest.raises(ValueError, match=r"no layer 'gpt_neox.layers.9'.*gpt_neox.layers.3.mlp"):
+        find_layer(tiny_neox, "gpt_neox.layers.9")
+    with pytest.raises(ValueError, match=r"blocks 0 … 3"):
+        find_layer(tiny_neox, 7)
+
+
+def test_sae_width_must_match_the_layer(tiny_neox):
+    src = TeacherSource(tiny_neox, 1, token_sequences(), batch_tokens=64)
+    with pytest.raises(ValueError, match="width 32 but the SAE expects d_in = 16"):
+        measure(src, sparse_sae(16, 40), progress=False)
+
+
+def test_empty_stream_and_all_nonfinite_stream():
+    sae = sparse_sae(8, 20)
+    with pytest.raises(ValueError, match="no usable tokens"):
+        measure(IterableSource([], 8, 16), sae, progress=False)
+    bad = torch.full((10, 8), float("nan"))
+    with pytest.raises(ValueError, match="10 were non-finite"):
+        measure(IterableSource([bad], 8, 16), sae, progress=False)
+
+
+def test_nonfinite_activations_are_counted_and_excluded():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    x[[5, 77]] = np.nan
+    x[100, 3] = np.inf
+    sae = sparse_sae(8, 20)
+    r = measure(ArraySource([x], 64), sae, MeasureConfig(bootstrap=0), progress=False)
+    assert r.stats.n_nonfinite == 3 and r.stats.n_tokens == 297
+    clean = np.delete(x, [5, 77, 100], axis=0)
+    ref = measure(ArraySource([clean], 64), sae, MeasureConfig(bootstrap=0), progress=False).stats
+    np.testing.assert_array_equal(r.stats.fire_count, ref.fire_count)
+
+
+def test_max_tokens_rounds_up_to_whole_batches():
+    x = np.random.default_rng(1).normal(size=(1000, 8)).astype(np.float32)
+    r = measure(ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(max_tokens=300, bootstrap=0), progress=False)
+    assert r.stats.n_tokens == 384 and "max_tokens" in r.stopped
+
+
+def test_bootstrap_weights_are_deterministic_per_batch():
+    a = bootstrap_weights(0, 17, 32)
+    assert np.array_equal(a, bootstrap_weights(0, 17, 32))
+    assert not np.array_equal(a, bootstrap_weights(0, 18, 32))
+    assert a.dtype == np.int64 and a.mean() == pytest.approx(1, abs=0.5)
+
+
+def test_until_stable_stops_early():
+    x = np.random.default_rng(2).normal(size=(20000, 8)).astype(np.float32)
+    cfg = MeasureConfig(until_stable=0.05, check_every=5, bootstrap=16)
+    r = measure(ArraySource([x], 200), sparse_sae(8, 20, bias=-0.3), cfg, progress=False)
+    assert r.stopped.startswith("d* stable") and r.stats.n_tokens < 20000
+    iv = r.intervals["critical_width"]
+    assert iv["high"] - iv["low"] <= 0.05 * r.measurement.critical_width
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+def test_resume_is_bit_identical(tmp_path):
+    x = np.random.default_rng(3).normal(size=(2000, 8)).astype(np.float32)
+    sae = sparse_sae(8, 30)
+    full = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=8), progress=False)
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    part = MeasureConfig(bootstrap=8, max_tokens=700, checkpoint=ckpt, checkpoint_every=200)
+    measure(ArraySource([x], 100), sae, part, progress=False)
+    resumed = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=8, checkpoint=ckpt, resume=True),
+                      progress=False)
+    assert resumed.stats == full.stats  # bit-identical sums, counts and maxima
+    assert resumed.intervals == full.intervals
+    assert resumed.n_batches == full.n_batches == 20
+
+
+def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(tmp_path):
+    x = np.random.default_rng(4).normal(size=(500, 8)).astype(np.float32)
+    sae = sparse_sae(8, 30)
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, max_tokens=200), progress=False)
+    good = ckpt.read_bytes()
+
+    other = sparse_sae(8, 30, seed=1)
+    with pytest.raises(CheckpointError, match="different run.*sae_sha256"):
+        measure(ArraySource([x], 100), other, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
+    with pytest.raises(CheckpointError, match="different run.*batch_tokens"):
+        measure(ArraySource([x], 50), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
+    assert ckpt.read_bytes() == good
+
+    ckpt.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
+    assert ckpt.read_bytes() == good[: len(good) // 2]
+
+    FeatureStats.empty(3).save(tmp_path / "stats.safetensors")
+    with pytest.raises(CheckpointError, match="not a pyfloor measurement checkpoint"):
+        measure(ArraySource([x], 100), sae,
+                MeasureConfig(bootstrap=4, checkpoint=tmp_path / "stats.safetensors", resume=True), progress=False)
+
+
+# -- distributed ----------------------------------------------------------------------------------------
+def _rank_main(rank, world, init_file, out_dir, x):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        r = measure(ArraySource([x], 64), sparse_sae(8, 30), MeasureConfig(bootstrap=8, widths=[1, 2]), progress=False)
+        r.stats.save(os.path.join(out_dir, f"stats{rank}.safetensors"))
+        with open(os.path.join(out_dir, f"intervals{rank}.json"), "w") as f:
+            json.dump(r.intervals, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one(tmp_path):
+    x = np.random.default_rng(5).normal(size=(1000, 8)).astype(np.float32)  # 16 batches, the last ragged
+    one = measure(ArraySource([x], 64), sparse_sae(8, 30), MeasureConfig(bootstrap=8, widths=[1, 2]), progress=False)
+    torch.multiprocessing.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path), x), nprocs=2, join=True)
+    for rank in range(2):
+        two = FeatureStats.load(tmp_path / f"stats{rank}.safetensors")
+        assert two.n_tokens == one.stats.n_tokens
+        np.testing.assert_array_equal(two.fire_count, one.stats.fire_count)
+        np.testing.assert_array_equal(two.act_max, one.stats.act_max)
+        np.testing.assert_allclose(two.act_sq_sum, one.stats.act_sq_sum, rtol=1e-13)
+        a = Measurement.from_stats(two)
+        assert (a.n_features, a.mean_l0, a.alpha) == (one.measurement.n_features, one.measurement.mean_l0,
+                                                       one.measurement.alpha)
+        iv = json.loads((tmp_path / f"intervals{rank}.json").read_text())
+        assert iv["n_features"] == one.intervals["n_features"]
