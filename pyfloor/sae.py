@@ -291,7 +291,7 @@ class TrainConfig:
     k: int | None = None
     l1_coeff: float = 1e-2
     lr: float = 1e-3
-    steps: int = 1000
+    steps: int | None = 1000
     aux_k: int | None = None
     aux_coeff: float = 1.0 / 32
     dead_tokens: int = 1_000_000
@@ -318,56 +318,50 @@ def train_sae(
     config: TrainConfig,
     *,
     sae: SAE | None = None,
+    init_pre_bias: bool | None = None,
+    device: torch.device | str | None = None,
     on_step: Callable[[TrainStep], None] | None = None,
 ) -> tuple[SAE, list[TrainStep]]:
-    """Train an SAE on a stream of activation batches [N, d_in] for ``config.steps`` steps.
+    """Train an SAE on a stream of activation batches [N, d_in] (see :class:`TrainConfig`).
 
-    The stream is cycled if it ends early only when it is a re-iterable collection (a list or a
-    tensor); an exhausted one-shot iterator raises ValueError. ``sae`` continues training an
-    existing SAE. Returns the SAE (in eval mode) and the metrics of every step.
+    Runs ``config.steps`` steps, cycling through a re-iterable collection (a list or a tensor) as
+    often as needed; a one-shot iterator that ends first raises ValueError. With ``steps=None``
+    it makes one pass over the stream. ``sae`` continues training an existing SAE (its pre-bias
+    is kept unless ``init_pre_bias``); a new SAE starts with the pre-bias at the first batch's
+    mean. Returns the SAE (in eval mode) and the metrics of every step.
     """
     torch.manual_seed(config.seed)
     if sae is None:
-        sae = SAE(d_in, config.n_latents, config.activation, k=config.k)
-        b_dec_init: Tensor | None = None
-    else:
-        b_dec_init = sae.b_dec.detach().clone()
+        sae = SAE(d_in, config.n_latents, config.activation, k=config.k, device=device)
+        init_pre_bias = True if init_pre_bias is None else init_pre_bias
+    if sae.d_in != d_in:
+        raise ValueError(f"the SAE has d_in = {sae.d_in} but the activations have width {d_in}")
     device = sae.W_enc.device
     opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=config.lr)
     last_fired = torch.zeros(sae.n_latents, dtype=torch.int64, device=device)  # tokens since last fire
     aux_k = config.aux_k or max(1, d_in // 2)
     history: list[TrainStep] = []
-    stream = _cycled(batches)
     sae.train()
-    for step in range(config.steps):
-        x = next(stream).to(device=device, dtype=sae.W_enc.dtype).reshape(-1, d_in)
-        if b_dec_init is None:  # centre the pre-bias on the data before the first step
+    for step, x in enumerate(_cycled(batches, config.steps)):
+        x = x.to(device=device, dtype=sae.W_enc.dtype).reshape(-1, d_in)
+        if step == 0 and init_pre_bias:
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
-            b_dec_init = sae.b_dec.detach().clone()
         var = _variance(x)
         pre = sae.pre_activations(x)
         z = sae.activate(pre, exact_ties=False)
-        x_hat = sae.decode(z)
-        err = x - x_hat
+        err = x - sae.decode(z)
         mse = err.pow(2).sum(-1).mean() / var
+        last_fired = torch.where((z > 0).any(0), 0, last_fired + x.shape[0])
+        dead = last_fired >= config.dead_tokens
         if sae.activation == "topk":
-            fired = (z > 0).any(0)
-            last_fired = torch.where(fired, 0, last_fired + x.shape[0])
-            dead = last_fired >= config.dead_tokens
             loss = mse
             if dead.any():
-                k_aux = min(aux_k, int(dead.sum()))
-                aux_pre = pre.masked_fill(~dead, -math.inf)
-                val, idx = aux_pre.topk(k_aux, dim=-1)
-                aux_z = torch.zeros_like(pre).scatter_(-1, idx, val.clamp_min(0))
-                aux_hat = aux_z @ sae.W_dec
+                val, idx = pre.masked_fill(~dead, -math.inf).topk(min(aux_k, int(dead.sum())), dim=-1)
+                aux_hat = torch.zeros_like(pre).scatter_(-1, idx, val.clamp_min(0)) @ sae.W_dec
                 aux = (err.detach() - aux_hat).pow(2).sum(-1).mean() / var
                 loss = loss + config.aux_coeff * aux.nan_to_num(0.0)
         else:
-            fired = (z > 0).any(0)
-            last_fired = torch.where(fired, 0, last_fired + x.shape[0])
-            dead = last_fired >= config.dead_tokens
             l1 = (z * sae.W_dec.norm(dim=1)).sum(-1).mean() / var.sqrt()
             loss = mse + config.l1_coeff * l1
         opt.zero_grad(set_to_none=True)
@@ -378,21 +372,29 @@ def train_sae(
         history.append(rec)
         if on_step is not None:
             on_step(rec)
+    if not history:
+        raise ValueError("the activation stream is empty")
     sae.eval()
     return sae, history
 
 
-def _cycled(batches: Iterable[Tensor]) -> Iterator[Tensor]:
-    """Yield batches forever from a re-iterable collection, or once from a one-shot iterator."""
+def _cycled(batches: Iterable[Tensor], steps: int | None) -> Iterator[Tensor]:
+    """``steps`` batches (all of one pass if None), cycling a re-iterable collection as needed."""
     if isinstance(batches, Tensor):
         batches = [batches]
     reiterable = not isinstance(batches, Iterator)
-    while True:
-        empty = True
+    done = 0
+    while steps is None or done < steps:
+        before = done
         for b in batches:
-            empty = False
             yield b
-        if empty:
-            raise ValueError("the activation stream is empty")
+            done += 1
+            if steps is not None and done >= steps:
+                return
+        if steps is None or done == before:
+            return
         if not reiterable:
-            raise ValueError("the activation stream ended before training finished; pass more batches or fewer steps")
+            raise ValueError(
+                f"the activation stream ended after {done} batches, before the {steps} training steps; "
+                "pass more batches or fewer steps"
+            )

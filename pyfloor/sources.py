@@ -32,6 +32,8 @@ __all__ = [
     "find_layer",
     "layer_names",
     "StoppedForward",
+    "load_teacher",
+    "text_files",
 ]
 
 Site = Literal["resid", "mlp"]
@@ -218,6 +220,21 @@ class TokenSequences:
     def seq_len(self) -> int:
         return int(self.ids.shape[1])
 
+    def _sequences_for(self, n_tokens: int) -> int:
+        if int(n_tokens) != n_tokens or n_tokens < 0:
+            raise ValueError(f"n_tokens must be a non-negative integer; got {n_tokens!r}")
+        return min(len(self), -(-int(n_tokens) // self.seq_len))
+
+    def take(self, n_tokens: int) -> "TokenSequences":
+        """The sequences holding the first ``n_tokens`` tokens (rounded up to whole sequences)."""
+        cut = self._sequences_for(n_tokens)
+        return TokenSequences(self.ids[:cut], self.mask[:cut], f"{self.description} [first {cut} seq]", self.bos_token_id)
+
+    def skip(self, n_tokens: int) -> "TokenSequences":
+        """The sequences after those :meth:`take` returns, e.g. to measure on tokens an SAE was not trained on."""
+        cut = self._sequences_for(n_tokens)
+        return TokenSequences(self.ids[cut:], self.mask[cut:], f"{self.description} [from seq {cut}]", self.bos_token_id)
+
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
@@ -300,6 +317,22 @@ def _special_ids(tokenizer: Any, prepend_bos: bool) -> tuple[int | None, int]:
     return bos, pad
 
 
+def text_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files named, with directories expanded to the ``.txt`` and ``.md`` files below them (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".md") and f.is_file())
+            if not found:
+                raise ValueError(f"{p}: no .txt or .md files below this directory")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such text file or directory")
+    return out
+
+
 def text_file_sequences(
     paths: Sequence[str | os.PathLike],
     tokenizer: Any,
@@ -308,13 +341,11 @@ def text_file_sequences(
     prepend_bos: bool = True,
     max_tokens: int | None = None,
 ) -> TokenSequences:
-    """Plain-text files tokenized and packed into sequences; blank-line-separated paragraphs are
-    documents joined by the end-of-text token; each sequence starts with BOS if ``prepend_bos``."""
+    """Plain-text files (directories: their .txt/.md files) tokenized and packed into sequences;
+    blank-line-separated paragraphs are documents joined by the end-of-text token; each sequence
+    starts with BOS if ``prepend_bos``; at most ``max_tokens`` tokens are read."""
     docs: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such text file")
+    for path in text_files(paths):
         docs += path.read_text(encoding="utf-8", errors="replace").split("\n\n")
     bos, pad = _special_ids(tokenizer, prepend_bos)
     stream = _tokenize_documents(docs, tokenizer, max_tokens)
@@ -481,3 +512,27 @@ class TeacherSource(ActivationSource):
                 keep &= ids != bos
             acts = out[keep.to(out.device)]
             yield Batch(b, acts if self.dtype is None else acts.to(self.dtype))
+
+
+def load_teacher(
+    name: str | os.PathLike,
+    *,
+    gguf_file: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[nn.Module, Any]:
+    """A Hugging Face causal LM and its tokenizer from a local directory or a hub id (a local
+    directory is read offline); ``gguf_file`` loads a GGUF checkpoint inside that directory."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise ImportError("reading a teacher needs transformers: pip install 'pyfloor[hf]'") from exc
+    local = Path(name).is_dir()
+    kw: dict[str, Any] = {"local_files_only": True} if local else {}
+    if gguf_file is not None:
+        kw["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(name), **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(name), **kw, **({"dtype": dtype} if dtype else {}))
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer

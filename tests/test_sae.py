@@ -117,7 +117,13 @@ def test_training_learns_a_sparse_code(activation, k):
 
 def test_training_stream_too_short():
     cfg = TrainConfig(n_latents=8, steps=5)
-    with pytest.raises(ValueError, match="ended before training finished"):
+    with pytest.raises(ValueError, match="ended after 1 batches, before the 5 training steps"):
         train_sae(iter([torch.randn(4, 3)]), 3, cfg)
     with pytest.raises(ValueError, match="empty"):
         train_sae([], 3, cfg)
+
+
+def test_one_pass_when_steps_is_none():
+    cfg = TrainConfig(n_latents=8, steps=None)
+    _, hist = train_sae(iter(torch.randn(7, 16, 3)), 3, cfg)
+    assert len(hist) == 7
