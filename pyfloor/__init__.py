@@ -27,8 +27,13 @@ from .theory import (
     uniform_floor,
 )
 
-#: Names served lazily from modules that need torch, so ``import pyfloor`` stays numpy-only.
+#: Names served lazily (torch, the C++ extension), so ``import pyfloor`` stays light and numpy-only.
 _LAZY = {
+    "Binning": "histograms",
+    "Histogram": "histograms",
+    "FeatureHistograms": "histograms",
+    "FiringDensity": "histograms",
+    "firing_density": "histograms",
     "SAE": "sae",
     "TrainConfig": "sae",
     "train_sae": "sae",
