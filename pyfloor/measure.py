@@ -25,7 +25,8 @@ from torch import Tensor
 
 from . import theory
 from ._version import __version__
-from .encode import BatchStats, StatsAccumulator
+from .encode import BatchStats, SparseCodes, StatsAccumulator
+from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
 from .sources import ActivationSource
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement
@@ -44,6 +45,9 @@ class MeasureConfig:
     ``until_stable``: stop once the bootstrap interval of d* is narrower than this fraction of d*
     (checked every ``check_every`` batches, not before ``min_tokens``). ``checkpoint_every`` is
     in tokens. ``bootstrap`` replicates give intervals at level ``confidence``; 0 disables them.
+    ``histograms``: per-feature histograms of the active latents' values and a histogram of the
+    teacher's activations, filled from every ``histogram_every``-th batch (by global index, so
+    any number of ranks fills the same batches) with ``histogram_threads`` CPU threads.
     """
 
     max_tokens: int | None = None
@@ -60,6 +64,9 @@ class MeasureConfig:
     widths: Sequence[int] | None = None
     mode: Activation | None = None
     k: int | None = None
+    histograms: bool = True
+    histogram_every: int = 1
+    histogram_threads: int = min(4, os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -70,8 +77,8 @@ class MeasureConfig:
             raise ValueError("until_stable needs bootstrap replicates (bootstrap >= 2)")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1); got {self.confidence}")
-        if self.bootstrap < 0 or self.check_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("bootstrap must be >= 0, check_every and checkpoint_every >= 1")
+        if self.bootstrap < 0 or min(self.check_every, self.checkpoint_every, self.histogram_every) < 1:
+            raise ValueError("bootstrap must be >= 0; check_every, checkpoint_every and histogram_every >= 1")
         if self.resume and self.checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
 
@@ -97,6 +104,8 @@ class MeasureResult:
     stopped: str
     source: str
     config: dict[str, Any] = field(default_factory=dict)
+    feature_histograms: FeatureHistograms | None = None
+    activation_histogram: Histogram | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -130,7 +139,7 @@ def bootstrap_weights(seed: int, index: int, replicates: int) -> np.ndarray:
 class _State:
     """Running sums on the device: totals, bootstrap replicates, and the next batch index."""
 
-    def __init__(self, m: int, replicates: int, device: torch.device) -> None:
+    def __init__(self, m: int, replicates: int, device: torch.device, histograms: bool = False) -> None:
         def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
@@ -142,6 +151,16 @@ class _State:
         self.boot_s2 = zeros((replicates, m), torch.float64)
         self.next_index = 0
         self.n_batches = 0
+        self.features = FeatureHistograms(m) if histograms else None
+        self.acts = Histogram() if histograms else None
+
+    def fill_histograms(self, codes: SparseCodes, x: Tensor, threads: int) -> None:
+        """Add the active latents' values (per latent) and every activation value to the histograms."""
+        keep = (codes.indices >= 0) & (codes.values > 0)
+        idx = codes.indices[keep].to(torch.int32).reshape(-1, 1).cpu().numpy()
+        val = codes.values[keep].float().reshape(-1, 1).cpu().numpy()
+        self.features.fill(idx, val, threads=threads)
+        self.acts.fill(x.detach().float().contiguous().cpu().numpy(), threads=threads)
 
     def add(self, b: BatchStats, rows: int, weights: Tensor | None) -> None:
         self.rows += rows
@@ -159,10 +178,14 @@ class _State:
     def tensors(self) -> dict[str, Tensor]:
         counters = torch.stack([torch.tensor(self.rows), self.nonfinite.cpu(), torch.tensor(self.next_index),
                                 torch.tensor(self.n_batches)])
-        return {
+        out = {
             "fire_count": self.fire, "act_sum": self.s1, "act_sq_sum": self.s2, "act_max": self.mx,
             "boot_n": self.boot_n, "boot_fire": self.boot_fire, "boot_s2": self.boot_s2, "counters": counters,
         }
+        for name, hist in (("features", self.features), ("acts", self.acts)):
+            if hist is not None:
+                out.update({f"hist_{name}.{k}": torch.from_numpy(v) for k, v in hist.to_dict().items()})
+        return out
 
     def load(self, t: dict[str, Tensor]) -> None:
         for name, attr in (("fire_count", "fire"), ("act_sum", "s1"), ("act_sq_sum", "s2"), ("act_max", "mx"),
@@ -175,10 +198,16 @@ class _State:
         rows, nonfinite, next_index, n_batches = (int(v) for v in t["counters"])
         self.rows, self.next_index, self.n_batches = rows, next_index, n_batches
         self.nonfinite.fill_(nonfinite)
+        for name, cls in (("features", FeatureHistograms), ("acts", Histogram)):
+            if getattr(self, name) is not None:
+                d = {k: t[f"hist_{name}.{k}"].cpu().numpy() for k in ("counts", "binning") if f"hist_{name}.{k}" in t}
+                if len(d) != 2:
+                    raise CheckpointError(f"checkpoint has no {name} histogram but this run fills one")
+                setattr(self, name, cls.from_dict(d))
 
     def reduced(self) -> "_State":
         """A copy holding the sums of every rank (sum; max for act_max)."""
-        from .distributed import all_reduce_, all_reduce_max_
+        from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_
 
         out = _State.__new__(_State)
         for name in ("fire", "s1", "s2", "mx", "nonfinite", "boot_n", "boot_fire", "boot_s2"):
@@ -188,6 +217,9 @@ class _State:
         all_reduce_max_(out.mx)
         out.rows, out.n_batches = (int(v) for v in counts)
         out.next_index = self.next_index
+        for name, cls in (("features", FeatureHistograms), ("acts", Histogram)):
+            hist = getattr(self, name)
+            setattr(out, name, None if hist is None else cls.from_dict(all_reduce_arrays(hist.to_dict(), max_keys=("binning",))))
         return out
 
     def estimates(self, thr: float, widths: np.ndarray = np.zeros(0, np.int64)) -> dict[str, Any] | None:
@@ -276,7 +308,7 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
     missing = {"fire_count", "act_sum", "act_sq_sum", "act_max", "boot_n", "boot_fire", "boot_s2", "counters"} - tensors.keys()
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
-    state.load({k: v.to(state.fire.device) for k, v in tensors.items()})
+    state.load({k: v if k.startswith("hist_") else v.to(state.fire.device) for k, v in tensors.items()})
 
 
 # -- estimates from sums ------------------------------------------------------------------------------
@@ -367,7 +399,7 @@ def measure(
         raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
     device = sae.W_enc.device
     acc = StatsAccumulator(sae, mode=config.mode, k=config.k)
-    state = _State(sae.n_latents, config.bootstrap, device)
+    state = _State(sae.n_latents, config.bootstrap, device, histograms=config.histograms)
     fingerprint = _fingerprint(source, sae, config, rank, world)
     ckpt = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
     if config.resume:
@@ -391,7 +423,11 @@ def measure(
             rows = x.shape[0]
             weights = (torch.from_numpy(bootstrap_weights(config.seed, batch.index, config.bootstrap)).to(device)
                        if config.bootstrap else None)
-            state.add(acc.batch(x), rows, weights)
+            fill = config.histograms and batch.index % config.histogram_every == 0
+            stats = acc.batch(x, want_codes=fill)
+            state.add(stats, rows, weights)
+            if fill:
+                state.fill_histograms(stats.codes, x, config.histogram_threads)
             state.next_index = batch.index + 1
             since_checkpoint += rows
             if on_batch is not None:
@@ -439,7 +475,7 @@ def measure(
     cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
     cfg.update(widths=widths.tolist(), world_size=world)
     return MeasureResult(stats, measurement, intervals, _sensitivity(stats), merged.n_batches, seconds, stopped,
-                         source.describe(), cfg)
+                         source.describe(), cfg, merged.features, merged.acts)
 
 
 def _progress(enabled: bool, total: int | None):

@@ -143,6 +143,22 @@ def test_max_tokens_rounds_up_to_whole_batches():
     assert r.stats.n_tokens == 384 and "max_tokens" in r.stopped
 
 
+def test_histograms_count_every_active_latent_and_activation():
+    x = np.random.default_rng(6).normal(size=(700, 8)).astype(np.float32)
+    x[3, 2] = np.nan
+    r = measure(ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0), progress=False)
+    np.testing.assert_array_equal(r.feature_histograms.n_values, r.stats.fire_count)
+    assert r.activation_histogram.total == x.size and r.activation_histogram.counters()["nan"] == 1
+    med = r.feature_histograms.quantile(0.5)
+    alive = r.stats.fire_count > 0
+    assert np.all(med[alive] <= r.stats.act_max[alive] * (1 + 2**-3))
+    every3 = measure(ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0, histogram_every=3),
+                     progress=False)
+    assert every3.activation_histogram.total == 128 * 8 * 2  # batches 0 and 3 of 6
+    off = measure(ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0, histograms=False), progress=False)
+    assert off.feature_histograms is None and off.stats == r.stats
+
+
 def test_bootstrap_weights_are_deterministic_per_batch():
     a = bootstrap_weights(0, 17, 32)
     assert np.array_equal(a, bootstrap_weights(0, 17, 32))
@@ -171,6 +187,8 @@ def test_resume_is_bit_identical(tmp_path):
                       progress=False)
     assert resumed.stats == full.stats  # bit-identical sums, counts and maxima
     assert resumed.intervals == full.intervals
+    assert resumed.feature_histograms == full.feature_histograms
+    assert resumed.activation_histogram == full.activation_histogram
     assert resumed.n_batches == full.n_batches == 20
 
 
@@ -205,6 +223,7 @@ def _rank_main(rank, world, init_file, out_dir, x):
     try:
         r = measure(ArraySource([x], 64), sparse_sae(8, 30), MeasureConfig(bootstrap=8, widths=[1, 2]), progress=False)
         r.stats.save(os.path.join(out_dir, f"stats{rank}.safetensors"))
+        np.save(os.path.join(out_dir, f"hist{rank}.npy"), r.feature_histograms.counts)
         with open(os.path.join(out_dir, f"intervals{rank}.json"), "w") as f:
             json.dump(r.intervals, f)
     finally:
@@ -224,5 +243,6 @@ def test_two_gloo_processes_equal_one(tmp_path):
         a = Measurement.from_stats(two)
         assert (a.n_features, a.mean_l0, a.alpha) == (one.measurement.n_features, one.measurement.mean_l0,
                                                        one.measurement.alpha)
+        np.testing.assert_array_equal(np.load(tmp_path / f"hist{rank}.npy"), one.feature_histograms.counts)
         iv = json.loads((tmp_path / f"intervals{rank}.json").read_text())
         assert iv["n_features"] == one.intervals["n_features"]
