@@ -160,6 +160,7 @@ class StatsAccumulator:
     ``mode``/``k`` override the SAE's own activation (e.g. top-k encoding of a ReLU SAE).
     ``backend``: ``"auto"`` uses the Triton kernels for CUDA tensors and torch otherwise;
     ``"triton"`` forces the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``).
+    ``kernel_options`` go to :func:`pyfloor.kernels.encode_stats` (block sizes, warps, …).
     """
 
     def __init__(
@@ -170,12 +171,14 @@ class StatsAccumulator:
         k: int | None = None,
         backend: Backend = "auto",
         chunk_tokens: int = 4096,
+        kernel_options: dict[str, object] | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
         if int(chunk_tokens) != chunk_tokens or chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be a positive integer; got {chunk_tokens!r}")
         self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, mode, k), backend, chunk_tokens
+        self.kernel_options = dict(kernel_options or {})
         self._rows = 0
         self._sums: BatchStats | None = None
 
@@ -196,7 +199,9 @@ class StatsAccumulator:
         if self._uses_triton(x2):
             from .kernels import encode_stats as triton_encode_stats
 
-            return triton_encode_stats(x2, self.sae, self.spec.mode, self.spec.k, want_codes=want_codes)
+            return triton_encode_stats(
+                x2, self.sae, self.spec.mode, self.spec.k, want_codes=want_codes, **self.kernel_options
+            )
         return reference_batch_stats(x2, self.sae, self.spec, want_codes=want_codes, chunk_tokens=self.chunk_tokens)
 
     def update(self, x: Tensor, *, want_codes: bool = False) -> SparseCodes | None:

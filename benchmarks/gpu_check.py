@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""GPU check of the fused SAE encode + statistics kernel: correctness first, then timing, in one run.
+
+Run from the repository root on a machine with CUDA, torch and Triton (nothing else is needed;
+pyfloor need not be installed)::
+
+    python benchmarks/gpu_check.py            # checks, config sweep, both shapes (~5 min on an H100)
+    python benchmarks/gpu_check.py --quick    # fewer configs and repeats (~3 min)
+
+1. Checks, in parallel worker processes (so that Triton's compiles overlap): every mode × dtype
+   against the torch reference (:func:`pyfloor.encode.reference_batch_stats`) on fresh random
+   inputs, ragged shapes, with codes. Dyadic inputs (exact in fp32 whatever the summation order)
+   must agree exactly; Gaussian inputs to within rounding, counts and top-k indices exactly away
+   from boundaries. Outputs are poisoned before each run; every kernel runs twice and must repeat
+   itself (a result that moves is a race). The timed configurations are checked too.
+2. Ceilings: device-to-device copy bandwidth and a bf16 8192³ matmul.
+3. Timing (``triton.testing.do_bench``, median) at the paper's shape (d=1024, m=32768, N=65536,
+   k=64) and at d=4096, m=65536: the fused kernel (each swept config), a torch eager baseline
+   (bf16 matmul writing N×m, then ReLU/top-k and reductions), pyfloor's torch reference on the GPU
+   (fp32 matmul, stable sort), and the bare bf16 matmul. Peak memory of the fused call.
+
+Prints one table last; writes ``gpu_check.json`` to ``$OUT`` when set. ``--cpu-dry-run`` runs the
+whole flow at toy sizes on CPU in Triton's interpreter (to test this script without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+if "--cpu-dry-run" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton, here and in the workers
+
+
+def _import_pyfloor() -> None:
+    """Import pyfloor from this checkout; map kernels/ to pyfloor.kernels when not installed."""
+    sys.path.insert(0, str(REPO))
+    import pyfloor  # noqa: F401
+
+    try:
+        import pyfloor.kernels  # noqa: F401
+    except ImportError as exc:
+        if "triton" in str(exc).lower() and "No module named 'pyfloor.kernels'" not in str(exc):
+            raise
+        spec = importlib.util.spec_from_file_location(
+            "pyfloor.kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pyfloor.kernels"] = module
+        spec.loader.exec_module(module)
+
+
+_import_pyfloor()
+
+import torch  # noqa: E402
+
+from pyfloor.encode import EncodeSpec, reference_batch_stats  # noqa: E402
+from pyfloor.kernels import encode_stats  # noqa: E402
+from pyfloor.sae import SAE  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+POISON = 0x7F  # int64 0x7F7F…, float32 3.4e38: neither is a valid code
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def make_inputs(kind: str, n: int, d: int, m: int, mode: str, dtype: torch.dtype, seed: int, device: str):
+    """An SAE and activations. 'dyadic': small multiples of powers of two, so every pre-activation
+    is exact in fp32 (and in bf16 products); 'gauss': continuous values, about 2 % of ReLUs firing."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    act = "jumprelu" if mode == "jumprelu" else "relu"
+    sae = SAE(d, m, act)
+
+    def dy(shape, denom, lo, hi):
+        return torch.randint(int(lo * denom), int(hi * denom) + 1, shape, generator=g).float() / denom
+
+    with torch.no_grad():
+        if kind == "dyadic":
+            sae.W_enc.copy_(dy((d, m), 16, -1, 1))
+            sae.b_enc.copy_(dy((m,), 4, -40, 8))
+            sae.b_dec.copy_(dy((d,), 8, -1, 1))
+            x = dy((n, d), 8, -4, 4)
+            if sae.threshold is not None:
+                sae.threshold.copy_(dy((m,), 4, 0, 4))
+        else:
+            sae.W_enc.copy_(torch.randn(d, m, generator=g) / d**0.5)
+            sae.b_enc.copy_(torch.randn(m, generator=g) * 0.1 - 2.0)
+            sae.b_dec.copy_(torch.randn(d, generator=g) * 0.1)
+            x = torch.randn(n, d, generator=g)
+            if sae.threshold is not None:
+                sae.threshold.copy_(torch.rand(m, generator=g) * 0.5)
+    return sae.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
+
+
+def poison(device: str, nbytes: int) -> None:
+    """Fill the allocator's free blocks with POISON so that unwritten outputs show."""
+    if device == "cuda":
+        block = torch.full((nbytes,), POISON, dtype=torch.uint8, device=device)
+        del block
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def compare(got, ref, sae: SAE, x: torch.Tensor, mode: str, k: int | None, exact: bool) -> dict[str, Any]:
+    """Errors of a kernel result against the reference; ``ok`` says whether it passes."""
+    out: dict[str, Any] = {}
+    out["sum_err"] = _err(got.act_sum, ref.act_sum)
+    out["sq_err"] = _err(got.act_sq_sum, ref.act_sq_sum)
+    out["max_err"] = _err(got.act_max, ref.act_max)
+    out["count_diff"] = int((got.fire_count - ref.fire_count).abs().sum())
+    out["nonfinite"] = (int(got.n_nonfinite), int(ref.n_nonfinite))
+    finite = all(torch.isfinite(t).all() for t in (got.act_sum, got.act_sq_sum, got.act_max))
+    ok = finite and out["nonfinite"][0] == out["nonfinite"][1]
+    if exact:
+        ok &= out["count_diff"] == 0 and bool(torch.equal(got.act_max, ref.act_max))
+        ok &= out["sum_err"] < 1e-6 and out["sq_err"] < 1e-6
+    else:
+        # counts may flip only where the float64 pre-activation sits within rounding of a boundary
+        with torch.no_grad():
+            finite_rows = torch.isfinite(x).all(dim=-1, keepdim=True)
+            pre = sae.pre_activations(torch.where(finite_rows, x, 0).double())
+            eps = 1e-4 * float(pre.square().mean().sqrt())
+            edge = pre.abs() < eps
+            if mode == "jumprelu":
+                edge |= (pre - sae.threshold.double()).abs() < eps
+            if mode == "topk":
+                top = pre.sort(dim=1, descending=True).values
+                rows_ambiguous = ((top[:, k - 1] - top[:, k]).abs() < eps) | (top[:, k - 1].abs() < eps)
+                out["ambiguous_rows"] = int(rows_ambiguous.sum())
+                allowed = 2 * k * out["ambiguous_rows"]
+            else:
+                allowed = int(edge.sum())
+        out["count_allowed"] = allowed
+        ok &= out["count_diff"] <= allowed and out["sum_err"] < 1e-5 and out["sq_err"] < 1e-5 and out["max_err"] < 1e-5
+    if ref.codes is not None:
+        gc, rc = got.codes, ref.codes
+        poisoned = (gc.indices == int.from_bytes(bytes([POISON]) * 8, "little", signed=True)).any()
+        poisoned |= (gc.values.view(torch.int32) == int.from_bytes(bytes([POISON]) * 4, "little", signed=True)).any()
+        out["codes_written"] = not bool(poisoned) and bool(torch.isfinite(gc.values).all())
+        ok &= out["codes_written"]
+        if mode == "topk":
+            gi, gv = gc.rows(k)
+            ri, rv = rc.rows(k)
+            same = (gi == ri).all(dim=1)
+            if not exact:
+                same |= rows_ambiguous
+            out["codes_rows_differing"] = int((~same).sum())
+            out["codes_val_err"] = _err(gv, rv)
+            ok &= out["codes_rows_differing"] == 0 and out["codes_val_err"] < (0 if exact else 1e-5) + 1e-12
+        elif exact:
+            out["codes_equal"] = all(torch.equal(a, b) for a, b in zip(gc, rc))
+            ok &= out["codes_equal"]
+        else:
+            out["nnz"] = (int(gc.indices.numel()), int(rc.indices.numel()))
+            ok &= abs(out["nnz"][0] - out["nnz"][1]) <= allowed
+    out["ok"] = bool(ok)
+    return out
+
+
+def check_task(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run one group of checks (one worker): each case twice (repeatability) against the reference."""
+    device = task["device"]
+    results = []
+    for case in task["cases"]:
+        rec = {k: v for k, v in case.items() if k != "options"} | {"options": case.get("options", {})}
+        try:
+            sae, x = make_inputs(case["kind"], case["n"], case["d"], case["m"], case["mode"], DTYPES[case["dtype"]], case["seed"], device)
+            if case.get("nonfinite"):
+                x[:: max(1, case["n"] // 5), 3] = float("nan")
+                x[1, 0] = float("inf")
+            k = case.get("k")
+            runs = []
+            for _ in range(2):
+                poison(device, 1 << 28)
+                runs.append(encode_stats(x, sae, case["mode"], k, want_codes=case["codes"], **case.get("options", {})))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            a, b = runs
+            repeat = bool(torch.equal(a.fire_count, b.fire_count) and torch.equal(a.act_max, b.act_max))
+            repeat &= _err(a.act_sum, b.act_sum) < 1e-12
+            if case["codes"]:
+                repeat &= bool(torch.equal(a.codes.indices, b.codes.indices) and torch.equal(a.codes.values, b.codes.values))
+            ref = reference_batch_stats(x, sae, EncodeSpec.resolve(sae, case["mode"], k), want_codes=case["codes"])
+            rec |= compare(a, ref, sae, x, case["mode"], k, exact=case["kind"] == "dyadic")
+            rec["repeatable"] = repeat
+            rec["ok"] = rec["ok"] and repeat
+        except Exception:  # a crash is a failed check, reported with the rest
+            rec |= {"ok": False, "error": traceback.format_exc(limit=6)}
+        results.append(rec)
+    return results
+
+
+# -- timing ------------------------------------------------------------------------------------
+def measure_ms(fn: Callable[[], Any], device: str, quick: bool, slow: bool = False) -> float:
+    """Median milliseconds of ``fn``: do_bench for fast calls, a few event-timed calls for slow ones."""
+    if device != "cuda":
+        fn()
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    if slow:
+        fn()
+        times = []
+        for _ in range(2 if quick else 3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25 if quick else 100, rep=100 if quick else 500, return_mode="median"))
+
+
+def eager_stats(x: torch.Tensor, sae: SAE, mode: str, k: int | None, chunk: int = 16384):
+    """The usual torch path: a bf16 GEMM writing tokens × latents, then ReLU/top-k and reductions."""
+    m = sae.n_latents
+    fire = torch.zeros(m, dtype=torch.int64, device=x.device)
+    s1 = torch.zeros(m, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros(m, dtype=torch.float64, device=x.device)
+    mx = torch.zeros(m, dtype=torch.float32, device=x.device)
+    with torch.no_grad():
+        for c in range(0, x.shape[0], chunk):
+            pre = torch.addmm(sae.b_enc, x[c : c + chunk] - sae.b_dec, sae.W_enc)
+            if mode == "topk":
+                val, idx = pre.topk(k, dim=1)
+                z = val.float().clamp_min(0).flatten()
+                idx = idx.flatten()
+                fire.index_add_(0, idx, (z > 0).long())
+                s1.index_add_(0, idx, z.double())
+                s2.index_add_(0, idx, z.double().square())
+                mx.scatter_reduce_(0, idx, z, "amax")
+            else:
+                z = torch.relu(pre)
+                fire += (z > 0).sum(0)
+                s1 += z.sum(0, dtype=torch.float32).double()
+                s2 += (z * z).sum(0, dtype=torch.float32).double()
+                mx = torch.maximum(mx, z.amax(0).float())
+    return fire, s1, s2, mx
+
+
+def ceilings(device: str, quick: bool) -> dict[str, float]:
+    """Measured copy bandwidth (bytes read + written) and bf16 matmul rate on random data."""
+    if device != "cuda":
+        return {}
+    a = torch.empty(1 << 31, dtype=torch.uint8, device=device).random_()
+    b = torch.empty_like(a)
+    t = measure_ms(lambda: b.copy_(a), device, quick)
+    del a, b
+    p = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    q = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    tm = measure_ms(lambda: p @ q, device, quick)
+    return {"copy_TBps": 2 * (1 << 31) / t / 1e9, "bf16_matmul_TFLOPs": 2 * 8192**3 / tm / 1e9}
+
+
+def _attempt(fn: Callable[[], float], errors: list[str], what: str) -> float | None:
+    """``fn()``, or None with the error noted (one failing variant must not stop the run)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+        errors.append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        print("ERROR", errors[-1], flush=True)
+        return None
+
+
+def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: str, args, deadline: float) -> list[dict]:
+    """Fused (every config), eager, reference and bare-matmul times at one shape, bf16."""
+    n, d, m, k = shape["n"], shape["d"], shape["m"], shape["k"]
+    sae, x = make_inputs("gauss", n, d, m, "relu", torch.bfloat16, int.from_bytes(os.urandom(4), "little"), device)
+    flop = 2 * n * d * m
+    rows = []
+    errors: list[str] = []
+    t_mm = _attempt(lambda: measure_ms(lambda: torch.matmul(x, sae.W_enc), device, args.quick), errors, "matmul")
+    for mode in ("relu", "topk"):
+        kk = k if mode == "topk" else None
+        row: dict[str, Any] = {"shape": f"d={d} m={m} N={n}", "mode": f"topk{k}" if kk else mode, "matmul_ms": t_mm}
+        fused = {}
+        for opts in configs[mode]:
+            name = json.dumps(opts, sort_keys=True)
+            t = _attempt(lambda: measure_ms(lambda: encode_stats(x, sae, mode, kk, **opts), device, args.quick), errors, f"{mode} {name}")
+            if t is not None:
+                fused[name] = t
+        best = min(fused, key=fused.get) if fused else None
+        row |= {"fused_ms": fused.get(best), "fused_config": best, "fused_all_ms": fused}
+        if best is not None and mode == "topk" and not args.quick:
+            opts = json.loads(best)
+            row["fused_codes_ms"] = _attempt(
+                lambda: measure_ms(lambda: encode_stats(x, sae, mode, kk, want_codes=True, **opts), device, args.quick), errors, "topk codes"
+            )
+        if best is not None and device == "cuda":  # peak memory of one fused call beyond what is allocated
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            encode_stats(x, sae, mode, kk, **json.loads(best))
+            torch.cuda.synchronize()
+            row["fused_peak_extra_MB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            row["dense_pre_MB"] = n * m * 2 / 2**20
+        row["eager_ms"] = _attempt(lambda: measure_ms(lambda: eager_stats(x, sae, mode, kk), device, args.quick, slow=True), errors, f"eager {mode}")
+        row["reference_ms"] = None  # skipped past the time budget (and at the large shape with --quick)
+        if time.time() < deadline and not (args.quick and d > 2048):
+            spec = EncodeSpec.resolve(sae, mode, kk)
+            row["reference_ms"] = _attempt(
+                lambda: measure_ms(lambda: reference_batch_stats(x, sae, spec), device, args.quick, slow=True), errors, f"reference {mode}"
+            )
+        row["fused_TFLOPs"] = flop / row["fused_ms"] / 1e9 if row["fused_ms"] else None
+        row["matmul_TFLOPs"] = flop / t_mm / 1e9 if t_mm else None
+        row["errors"] = list(errors)
+        errors.clear()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    del x, sae
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def floors(shape: dict[str, int]) -> dict[str, float]:
+    """FLOP and minimal-byte floors in ms on an H100 SXM / H200 (datasheet: 990 TFLOP/s bf16 dense; 3.35 / 4.8 TB/s)."""
+    n, d, m = shape["n"], shape["d"], shape["m"]
+    flop = 2 * n * d * m
+    nbytes = 2 * (n * d + d * m) + m * 28
+    return {"flop_ms": flop / 990e12 * 1e3, "bytes_ms_h100": nbytes / 3.35e12 * 1e3, "bytes_ms_h200": nbytes / 4.8e12 * 1e3}
+
+
+# -- plan --------------------------------------------------------------------------------------
+def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+    """Check tasks (one per worker), timing shapes and fused configs to sweep."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    if args.cpu_dry_run:
+        small = dict(block_n=16, block_m=32, block_k=16)
+        configs = {"relu": [small], "topk": [small, small | {"compact_rows": 8}]}
+        shapes = [dict(n=64, d=48, m=96, k=8)]
+        ragged = [dict(n=67, d=37, m=101)]
+        check_div16 = dict(n=64, d=48, m=96)
+        ks = {"topk": [8]}
+    else:
+        configs = {
+            "relu": [{}, {"block_m": 256}, {"block_n": 256}, {"num_stages": 4}, {"block_n": 64, "num_warps": 4}],
+            "topk": [{}, {"block_m": 64}, {"compact_rows": 8}, {"block_n": 64, "num_warps": 4}, {"buffer_slots": 1024}],
+        }
+        if args.quick:
+            configs = {"relu": configs["relu"][:2], "topk": configs["topk"][:2]}
+        shapes = [dict(n=65536, d=1024, m=32768, k=64), dict(n=65536, d=4096, m=65536, k=64)]
+        ragged = [dict(n=4099, d=1040, m=5008), dict(n=1031, d=997, m=4999)]  # d % 16 == 0 (fast path), and not
+        check_div16 = dict(n=2048, d=1024, m=4096)  # same specialisation as the timed shapes
+        ks = {"topk": [64, 128, 1]}
+        if args.quick:
+            ragged, ks = ragged[:1], {"topk": [64]}
+    tasks = []
+    for dtype in DTYPES:
+        for mode in ("relu", "jumprelu", "topk"):
+            cases = []
+            for i, shape in enumerate(ragged):
+                mode_ks = ks.get(mode, [None])
+                for kind in ("dyadic", "gauss"):
+                    for k in mode_ks if i == 0 else mode_ks[:1]:  # every k on the first shape
+                        cases.append(dict(kind=kind, mode=mode, k=k, dtype=dtype, codes=True, seed=seed + len(cases),
+                                          nonfinite=kind == "gauss", **shape))
+            cases.append(dict(kind="dyadic", mode=mode, k=ks.get(mode, [None])[0], dtype=dtype, codes=False, seed=seed + 99, **check_div16))
+            tasks.append({"device": device, "cases": cases})
+    for mode, cfgs in configs.items():  # the timed kernels themselves, at their specialisation
+        for cfg in cfgs:
+            k = shapes[0]["k"] if mode == "topk" else None
+            cases = [dict(kind=kind, mode=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16) for kind in ("dyadic", "gauss")]
+            if mode == "topk" and cfg == cfgs[0]:
+                cases.append(dict(kind="dyadic", mode=mode, k=k, dtype="bf16", codes=True, seed=seed + 8, options=cfg, **check_div16))
+            tasks.append({"device": device, "cases": cases})
+    return tasks, shapes, configs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer configs and repeats; no reference at the large shape")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="toy sizes on CPU in Triton's interpreter (tests this script)")
+    ap.add_argument("--workers", type=int, default=None, help="check processes (default: min(12, CPUs))")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="skip the slow reference timings after this many seconds")
+    args = ap.parse_args()
+    t0 = time.time()
+    device = "cpu" if args.cpu_dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --cpu-dry-run to test this script on CPU", file=sys.stderr)
+        return 2
+    import triton
+
+    info = {"torch": torch.__version__, "triton": triton.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"}
+    print(json.dumps(info), flush=True)
+    tasks, shapes, configs = plan(args, device)
+
+    # 1. checks, in parallel: each worker compiles its own kernels (shared on-disk cache)
+    workers = args.workers or (1 if args.cpu_dry_run else min(12, os.cpu_count() or 1))
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        checks = [rec for group in pool.map(check_task, tasks) for rec in group]
+    failed = [c for c in checks if not c["ok"]]
+    for c in checks:
+        tag = "ok  " if c["ok"] else "FAIL"
+        keys = ("count_diff", "count_allowed", "sum_err", "sq_err", "max_err", "codes_rows_differing", "codes_val_err", "repeatable")
+        print(tag, c["kind"], c["mode"], c.get("k"), c["dtype"], f"n={c['n']} d={c['d']} m={c['m']}", "codes" if c["codes"] else "stats",
+              c["options"] or "", {k: c[k] for k in keys if k in c}, c.get("error", ""), flush=True)
+    print(f"checks: {len(checks) - len(failed)}/{len(checks)} passed in {time.time() - t0:.0f} s", flush=True)
+    out = os.environ.get("OUT")
+    report: dict[str, Any] = {"info": info, "checks": checks, "floors": [floors(s) for s in shapes]}
+
+    def save() -> None:
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+
+    save()  # the checks survive a timeout in the timing phase
+
+    # 2./3. ceilings and timing in this process (the timed kernels are compiled already)
+    report["ceilings"] = ceilings(device, args.quick)
+    print(json.dumps({"ceilings": report["ceilings"]}), flush=True)
+    rows = report["timings"] = []
+    for shape in shapes:
+        rows += bench_shape(shape, configs, device, args, deadline=t0 + args.budget_s)
+        save()
+
+    def cell(v: float | None, width: int, fmt: str) -> str:
+        return f"{v:>{width}{fmt}}" if v is not None else f"{'—':>{width}}"
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b is not None else None
+
+    print("\n" + f"{'shape':<24}{'mode':<8}{'fused ms':>9}{'TFLOP/s':>9}{'matmul ms':>10}{'TFLOP/s':>9}{'eager ms':>9}"
+          f"{'ref ms':>9}{'eager/fused':>12}{'ref/fused':>10}{'fused/mm':>9}{'peak MB':>9}{'N×m MB':>8}")
+    for r in rows:
+        print(f"{r['shape']:<24}{r['mode']:<8}" + cell(r["fused_ms"], 9, ".3f") + cell(r["fused_TFLOPs"], 9, ".1f")
+              + cell(r["matmul_ms"], 10, ".3f") + cell(r["matmul_TFLOPs"], 9, ".1f") + cell(r["eager_ms"], 9, ".2f")
+              + cell(r["reference_ms"], 9, ".1f") + cell(ratio(r["eager_ms"], r["fused_ms"]), 12, ".2f")
+              + cell(ratio(r["reference_ms"], r["fused_ms"]), 10, ".2f") + cell(ratio(r["fused_ms"], r["matmul_ms"]), 9, ".2f")
+              + cell(r.get("fused_peak_extra_MB"), 9, ".0f") + cell(r.get("dense_pre_MB"), 8, ".0f"))
+    for shape in shapes:
+        print("floors", shape, {k: round(v, 3) for k, v in floors(shape).items()})
+    print("targets: fused/mm <= 1.3 and ref/fused (and eager/fused) >= 3 at d=1024 m=32768, bf16, both modes")
+    print(f"checks: {len(checks) - len(failed)}/{len(checks)} passed; total {time.time() - t0:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

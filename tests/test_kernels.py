@@ -1,0 +1,338 @@
+"""pyfloor.kernels: the fused Triton encode + statistics against the torch reference.
+
+The kernels run in Triton's interpreter here (conftest.py sets TRITON_INTERPRET=1). Most inputs are
+dyadic rationals (small multiples of powers of two), so every pre-activation is exact in float32
+whatever the summation order: kernel and reference then agree bit for bit, exact ties abound
+(the top-k tie-break is exercised on every test), and exact zeros test "active means z > 0". Tests
+on continuous random data check their own margins first. Blocks are small and ragged against the
+shapes so that every mask is exercised.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+tl = triton.language
+
+from pyfloor.encode import BatchStats, EncodeSpec, StatsAccumulator, reference_batch_stats
+from pyfloor.encode import encode_stats as encode_dispatch
+from pyfloor.kernels import MAX_K, encode_stats
+from pyfloor.kernels.bitonic import topk_desc
+from pyfloor.sae import SAE
+
+# Interpreter-friendly blocks that do not divide the shapes below (N=150, d=70, m=200).
+BLOCKS = dict(block_n=32, block_m=64, block_k=32)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def dyadic(shape, denom: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
+    """Uniform random multiples of 1/denom in [lo, hi]."""
+    return torch.randint(int(lo * denom), int(hi * denom) + 1, shape, generator=gen).float() / denom
+
+
+def make_sae(d=70, m=200, activation="relu", k=None, dtype=torch.float32, seed=0) -> SAE:
+    """An SAE with dyadic weights: every pre-activation of dyadic x is exact in float32."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(d, m, activation, k=k)
+    with torch.no_grad():
+        sae.W_enc.copy_(dyadic((d, m), 16, -1, 1, g))
+        sae.b_enc.copy_(dyadic((m,), 32, -2, 2, g))
+        sae.b_dec.copy_(dyadic((d,), 8, -1, 1, g))
+        if sae.threshold is not None:
+            sae.threshold.copy_(dyadic((m,), 4, 0, 2, g))
+    return sae.to(dtype)
+
+
+def make_x(n=150, d=70, dtype=torch.float32, seed=1) -> torch.Tensor:
+    return dyadic((n, d), 8, -4, 4, torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def reference(x, sae, mode, k=None, want_codes=True) -> BatchStats:
+    return reference_batch_stats(x, sae, EncodeSpec.resolve(sae, mode, k), want_codes=want_codes, chunk_tokens=64)
+
+
+def assert_batch_equal(got: BatchStats, ref: BatchStats, rtol: float = 1e-6, exact_values: bool = True) -> None:
+    """Counts and code indices exactly; sums to ``rtol`` (fp32 partials against float64).
+
+    Maxima and code values exactly where the pre-activations are exact (dyadic data), else to 1e-5.
+    """
+    value_tol = dict(rtol=0, atol=0) if exact_values else dict(rtol=1e-5, atol=1e-6)
+    assert got.fire_count.dtype == torch.int64 and got.act_sum.dtype == torch.float64
+    assert got.act_sq_sum.dtype == torch.float64 and got.act_max.dtype == torch.float32
+    assert got.n_nonfinite.dtype == torch.int64 and got.n_nonfinite.ndim == 0
+    assert int(got.n_nonfinite) == int(ref.n_nonfinite)
+    torch.testing.assert_close(got.fire_count, ref.fire_count, rtol=0, atol=0)
+    torch.testing.assert_close(got.act_max, ref.act_max, **value_tol)
+    torch.testing.assert_close(got.act_sum, ref.act_sum, rtol=rtol, atol=1e-9)
+    torch.testing.assert_close(got.act_sq_sum, ref.act_sq_sum, rtol=rtol, atol=1e-9)
+    assert (got.codes is None) == (ref.codes is None)
+    if ref.codes is not None:
+        torch.testing.assert_close(got.codes.offsets, ref.codes.offsets, rtol=0, atol=0)
+        torch.testing.assert_close(got.codes.indices, ref.codes.indices, rtol=0, atol=0)
+        torch.testing.assert_close(got.codes.values, ref.codes.values, **value_tol)
+
+
+MODES = [("relu", None), ("jumprelu", None), ("topk", 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("mode, k", MODES)
+def test_kernel_equals_reference(mode, k, dtype):
+    sae = make_sae(activation="jumprelu" if mode == "jumprelu" else "relu", dtype=dtype)
+    x = make_x(dtype=dtype)
+    got = encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS)
+    assert_batch_equal(got, reference(x, sae, mode, k))
+    assert got.fire_count.sum() > 0
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)])
+def test_mixed_dtypes_are_upcast(x_dtype, w_dtype):
+    sae = make_sae(dtype=w_dtype)
+    x = make_x(dtype=x_dtype)
+    for mode, k in [("relu", None), ("topk", 9)]:
+        assert_batch_equal(encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS), reference(x, sae, mode, k))
+
+
+@pytest.mark.parametrize("mode, k", MODES)
+def test_continuous_random_inputs(mode, k):
+    """Gaussian data, no exact ties: pre-activations are checked to stay clear of every boundary."""
+    g = torch.Generator().manual_seed(7)
+    d, m, n = 37, 150, 90
+    sae = SAE(d, m, "jumprelu" if mode == "jumprelu" else "relu")
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if sae.threshold is not None:
+            sae.threshold.copy_(torch.rand(m, generator=g) * 0.3)
+    x = torch.randn(n, d, generator=g)
+    with torch.no_grad():
+        pre = sae.pre_activations(x.double())
+    edges = [pre, pre - sae.threshold.detach().double()] if mode == "jumprelu" else [pre]
+    if mode == "topk":
+        top = pre.sort(dim=1, descending=True).values
+        edges.append(top[:, k - 1] - top[:, k])
+    assert min(float(e.abs().min()) for e in edges) > 1e-5, "test data too close to a boundary"
+    got = encode_stats(x, sae, mode, k, want_codes=True, block_n=16, block_m=32, block_k=16)
+    assert_batch_equal(got, reference(x, sae, mode, k), rtol=1e-6, exact_values=False)
+
+
+@pytest.mark.parametrize(
+    "m, k, extra",
+    [
+        (200, 1, {}),
+        (200, 64, dict(buffer_slots=128, compact_rows=8)),  # smallest buffer: a compaction every tile
+        (200, MAX_K, {}),
+        (100, 100, {}),  # k = m, not a power of two
+        (96, 96, dict(block_m=32)),  # k = m over three tiles
+    ],
+)
+def test_topk_k_at_its_bounds(m, k, extra):
+    sae = make_sae(m=m, seed=m + k)
+    x = make_x(n=70, seed=k)
+    got = encode_stats(x, sae, "topk", k, want_codes=True, **{**BLOCKS, **extra})
+    assert_batch_equal(got, reference(x, sae, "topk", k))
+
+
+def test_topk_ties_go_to_the_lowest_index():
+    """Latents in groups of identical columns: every value is tied several times over."""
+    sae = make_sae(m=160, seed=3)
+    with torch.no_grad():
+        sae.W_enc.copy_(sae.W_enc[:, torch.arange(160) % 7])
+        sae.b_enc.copy_(sae.b_enc[torch.arange(160) % 7])
+    x = make_x(n=40)
+    got = encode_stats(x, sae, "topk", 30, want_codes=True, **BLOCKS)
+    assert_batch_equal(got, reference(x, sae, "topk", 30))
+    idx, val = got.codes.rows(30)
+    tied = val[:, 1:] == val[:, :-1]
+    assert tied.any() and torch.all(idx[:, 1:][tied] > idx[:, :-1][tied])
+
+
+@pytest.mark.parametrize("mode, k", MODES)
+def test_all_negative_rows_fire_nothing(mode, k):
+    sae = make_sae(activation="jumprelu" if mode == "jumprelu" else "relu")
+    with torch.no_grad():
+        sae.b_enc.sub_(1000.0)
+    x = make_x()
+    got = encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS)
+    assert_batch_equal(got, reference(x, sae, mode, k))
+    assert got.fire_count.sum() == 0 and torch.all(got.act_max == 0)
+    if mode == "topk":  # still the k largest (negative) pre-activations, reported as 0
+        idx, val = got.codes.rows(k)
+        assert torch.all(idx >= 0) and torch.all(val == 0)
+    else:
+        assert got.codes.indices.numel() == 0 and torch.all(got.codes.offsets == 0)
+
+
+@pytest.mark.parametrize("mode, k", MODES)
+def test_nonfinite_rows_are_counted_and_excluded(mode, k):
+    sae = make_sae(activation="jumprelu" if mode == "jumprelu" else "relu")
+    x = make_x()
+    bad_rows = [0, 31, 32, 77, 149]  # tile edges and the last, ragged tile
+    for r, v in zip(bad_rows, [float("nan"), float("inf"), float("-inf"), float("nan"), float("inf")]):
+        x[r, r % 70] = v
+    got = encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS)
+    assert int(got.n_nonfinite) == len(bad_rows)
+    assert_batch_equal(got, reference(x, sae, mode, k))
+    keep = torch.ones(150, dtype=torch.bool)
+    keep[bad_rows] = False
+    clean = encode_stats(x[keep], sae, mode, k, **BLOCKS)
+    torch.testing.assert_close(got.fire_count, clean.fire_count, rtol=0, atol=0)
+    assert torch.isfinite(got.act_sum).all() and torch.isfinite(got.act_sq_sum).all()
+    if mode == "topk":
+        idx, val = got.codes.rows(k)
+        assert torch.all(idx[~keep] == -1) and torch.all(val[~keep] == 0) and torch.all(idx[keep] >= 0)
+    else:
+        assert torch.all(got.codes.offsets.diff()[~keep] == 0)
+
+
+@pytest.mark.parametrize("mode, k", [("relu", None), ("topk", 8)])
+def test_accumulated_batches_equal_the_reference(mode, k):
+    """StatsAccumulator over many batches (any leading dims): kernel vs torch backend."""
+    g = torch.Generator().manual_seed(11)
+    sae = make_sae(d=24, m=72, seed=5)
+    batches = [make_x(n=n, d=24, seed=s).reshape(-1, n // 3, 24) for s, n in enumerate([45, 96, 3, 60])]
+    batches.append(torch.randn(2, 5, 24, generator=g))
+    results = {}
+    for backend in ("triton", "torch"):
+        options = dict(block_n=16, block_m=32, block_k=16) if backend == "triton" else None
+        acc = StatsAccumulator(sae, mode=mode, k=k, backend=backend, kernel_options=options)
+        for b in batches:
+            acc.update(b)
+        results[backend] = acc.result()
+    t, r = results["triton"], results["torch"]
+    assert t.n_tokens == r.n_tokens == 45 + 96 + 3 + 60 + 10
+    np.testing.assert_array_equal(t.fire_count, r.fire_count)
+    np.testing.assert_allclose(t.act_sum, r.act_sum, rtol=1e-6)
+    np.testing.assert_allclose(t.act_sq_sum, r.act_sq_sum, rtol=1e-6)
+    np.testing.assert_allclose(t.act_max, r.act_max, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode, k", [("relu", None), ("topk", 5)])
+def test_public_encode_stats_dispatches_to_the_kernel(mode, k):
+    """pyfloor.encode.encode_stats with backend='triton' on [..., d]: same stats and codes as torch."""
+    sae = make_sae(d=24, m=72)
+    x = make_x(n=60, d=24).reshape(3, 20, 24)
+    got_stats, got_codes = encode_dispatch(x, sae, mode=mode, k=k, return_codes=True, backend="triton")
+    ref_stats, ref_codes = encode_dispatch(x, sae, mode=mode, k=k, return_codes=True, backend="torch")
+    np.testing.assert_array_equal(got_stats.fire_count, ref_stats.fire_count)
+    np.testing.assert_allclose(got_stats.act_sq_sum, ref_stats.act_sq_sum, rtol=1e-6)
+    for a, b in zip(got_codes, ref_codes):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_jumprelu_with_negative_thresholds_keeps_negative_latents_in_the_sums():
+    """z = pre where pre > θ: with θ < 0 some z are negative; they are summed but never 'active'."""
+    sae = make_sae(activation="jumprelu")
+    with torch.no_grad():
+        sae.threshold.sub_(1.5)
+    x = make_x()
+    got = encode_stats(x, sae, "jumprelu", want_codes=True, **BLOCKS)
+    assert_batch_equal(got, reference(x, sae, "jumprelu"))
+    assert (sae.threshold < 0).any()
+
+
+@pytest.mark.parametrize("num_programs", [1, 3])
+def test_persistent_grid_sizes_agree(num_programs):
+    sae = make_sae()
+    x = make_x()
+    for mode, k in [("relu", None), ("topk", 6)]:
+        got = encode_stats(x, sae, mode, k, want_codes=True, num_programs=num_programs, **BLOCKS)
+        assert_batch_equal(got, reference(x, sae, mode, k))
+
+
+def test_stats_only_returns_no_codes_and_empty_batch():
+    sae = make_sae()
+    x = make_x()
+    for mode, k in [("relu", None), ("topk", 4)]:
+        got = encode_stats(x, sae, mode, k, **BLOCKS)
+        assert got.codes is None
+        assert_batch_equal(got, reference(x, sae, mode, k, want_codes=False))
+        empty = encode_stats(x[:0], sae, mode, k, want_codes=True)
+        assert empty.fire_count.sum() == 0 and empty.codes.offsets.tolist() == [0]
+
+
+def test_rows_with_a_stride_are_read_in_place():
+    sae = make_sae()
+    wide = make_x(d=90)
+    x = wide[:, 5:75]  # row stride 90, unit stride along d
+    assert not x.is_contiguous()
+    assert_batch_equal(encode_stats(x, sae, "topk", 5, want_codes=True, **BLOCKS), reference(x, sae, "topk", 5))
+
+
+def test_folded_bias_follows_in_place_weight_updates():
+    """fp16 inputs take the folded-bias path; changing b_dec in place must not reuse a stale fold."""
+    sae = make_sae(dtype=torch.float16)
+    x = make_x(dtype=torch.float16)
+    assert_batch_equal(encode_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
+    with torch.no_grad():
+        sae.b_dec.add_(0.5)
+    assert_batch_equal(encode_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
+
+
+def _transposed_w_enc(sae: SAE) -> SAE:
+    sae.W_enc = torch.nn.Parameter(sae.W_enc.detach().T.contiguous().T)
+    return sae
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda s: encode_stats(make_x(d=69), s, "relu"), ValueError, "d_in = 70"),
+        (lambda s: encode_stats(make_x().reshape(3, 50, 70), s, "relu"), ValueError, r"\[N, d\]"),
+        (lambda s: encode_stats(make_x().double(), s, "relu"), ValueError, "float32, float16 or bfloat16"),
+        (lambda s: encode_stats(make_x(), s.double(), "relu"), ValueError, "SAE weights must be"),
+        (lambda s: encode_stats(make_x(), s, "topk", 201), ValueError, "k <= n_latents"),
+        (lambda s: encode_stats(make_x(), s, "topk", 0), ValueError, "k <= n_latents"),
+        (lambda s: encode_stats(make_x(), s, "topk", MAX_K + 1), ValueError, f"k <= {MAX_K}"),
+        (lambda s: encode_stats(make_x(), s, "relu", 3), ValueError, "only meaningful in top-k"),
+        (lambda s: encode_stats(make_x(), s, "gelu"), ValueError, "mode must be"),
+        (lambda s: encode_stats(make_x(), s, "jumprelu"), ValueError, "thresholds"),
+        (lambda s: encode_stats(make_x().T.contiguous().T, s, "relu"), ValueError, "contiguous along d"),
+        (lambda s: encode_stats(make_x(), _transposed_w_enc(s), "relu"), ValueError, "contiguous SAE.W_enc"),
+        (lambda s: encode_stats(make_x(), s, "relu", block_m=48), ValueError, "block_m must be a power of two"),
+        (lambda s: encode_stats(make_x(), s, "topk", 64, buffer_slots=64), ValueError, "buffer_slots"),
+        (lambda s: encode_stats(make_x(), s, "relu", input_precision="bf16"), ValueError, "input_precision"),
+        (lambda s: encode_stats(make_x().numpy(), s, "relu"), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input_is_named(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(make_sae())
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
+    from pyfloor.kernels import fused_encode as module
+
+    monkeypatch.setattr(module, "_interpreting", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        module.encode_stats(make_x(), make_sae(), "relu")
+
+
+def test_importing_pyfloor_does_not_import_triton():
+    code = "import sys, pyfloor, pyfloor.encode, pyfloor.sae; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@triton.jit
+def _topk_probe(x_ptr, y_ptr, R: tl.constexpr, C: tl.constexpr, K: tl.constexpr):
+    r = tl.arange(0, R)
+    v = tl.load(x_ptr + r[:, None] * C + tl.arange(0, C)[None, :])
+    tl.store(y_ptr + r[:, None] * K + tl.arange(0, K)[None, :], topk_desc(v, K))
+
+
+@pytest.mark.parametrize("rows, cols, k", [(1, 2, 1), (1, 16, 16), (4, 64, 8), (8, 256, 128), (2, 512, 1)])
+def test_bitonic_topk_of_int64_keys(rows, cols, k):
+    g = torch.Generator().manual_seed(cols + k)
+    x = torch.randint(-(2**63), 2**63 - 1, (rows, cols), dtype=torch.int64, generator=g)
+    x[0, : cols // 2] = -(2**63)  # empty slots, and sums that wrap around
+    x[-1, -1] = 2**63 - 1
+    x[-1, 0] = x[-1, 1]  # duplicates
+    y = torch.empty(rows, k, dtype=torch.int64)
+    _topk_probe[(1,)](x, y, rows, cols, k)
+    torch.testing.assert_close(y, x.topk(k, dim=1).values, rtol=0, atol=0)
