@@ -8,7 +8,7 @@ chunks of ``chunk_tokens`` tokens so its memory stays bounded. Both give the sam
 statistics (counts exactly, sums to float rounding).
 
 Tokens whose activation row holds NaN or ±Inf are counted in ``n_nonfinite`` and left out of the
-statistics; their sparse codes have index −1 and value 0.
+statistics; their top-k codes have index −1 and value 0, their ReLU/JumpReLU codes no entries.
 """
 
 from __future__ import annotations

@@ -13,25 +13,26 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import theory
+from ._io import atomic_write
 from ._version import __version__
 from .encode import BatchStats, SparseCodes, StatsAccumulator
 from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
 from .sources import ActivationSource
-from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement
+from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
+from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement, estimate
 
-__all__ = ["MeasureConfig", "MeasureResult", "Interval", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS"]
+__all__ = ["MeasureConfig", "MeasureResult", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS"]
 
 CHECKPOINT_FORMAT = "pyfloor.MeasureCheckpoint"
 CHECKPOINT_VERSION = 1
@@ -42,9 +43,11 @@ SENSITIVITY_THRESHOLDS = (1e-5, 1e-6, 1e-7)
 class MeasureConfig:
     """How long to measure, how often to checkpoint, and how to estimate uncertainty.
 
-    ``until_stable``: stop once the bootstrap interval of d* is narrower than this fraction of d*
-    (checked every ``check_every`` batches, not before ``min_tokens``). ``checkpoint_every`` is
-    in tokens. ``bootstrap`` replicates give intervals at level ``confidence``; 0 disables them.
+    ``max_tokens`` counts the positions fed to the teacher (BOS and padding included), rounded up
+    to whole batches. ``until_stable``: stop once the bootstrap interval of d* is narrower than
+    this fraction of d* (checked every ``check_every`` rounds of batches, not before
+    ``min_tokens``). ``checkpoint`` is written every ``checkpoint_every`` tokens; an existing file
+    there is refused unless ``resume`` (continue it) or ``overwrite`` (start over). ``bootstrap`` replicates give intervals at level ``confidence``; 0 disables them.
     ``histograms``: per-feature histograms of the active latents' values and a histogram of the
     teacher's activations, filled from every ``histogram_every``-th batch (by global index, so
     any number of ranks fills the same batches) with ``histogram_threads`` CPU threads.
@@ -57,6 +60,7 @@ class MeasureConfig:
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 10_000_000
     resume: bool = False
+    overwrite: bool = False
     alive_threshold: float = DEFAULT_ALIVE_THRESHOLD
     bootstrap: int = 32
     confidence: float = 0.95
@@ -81,14 +85,16 @@ class MeasureConfig:
             raise ValueError("bootstrap must be >= 0; check_every, checkpoint_every and histogram_every >= 1")
         if self.resume and self.checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
-
-
-class Interval(NamedTuple):
-    """A point estimate with its bootstrap percentile interval."""
-
-    estimate: float
-    low: float
-    high: float
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        if not 0 < self.alive_threshold < 1:
+            raise ValueError(f"alive_threshold must lie in (0, 1); got {self.alive_threshold}")
+        if self.min_tokens < 0 or self.histogram_threads < 1:
+            raise ValueError("min_tokens must be >= 0 and histogram_threads >= 1")
+        if self.widths is not None and (
+            len(self.widths) == 0 or any(int(w) != w or w < 0 for w in self.widths)
+        ):
+            raise ValueError(f"widths must be non-negative integers; got {list(self.widths)}")
 
 
 @dataclass
@@ -109,6 +115,7 @@ class MeasureResult:
 
     @property
     def tokens_per_second(self) -> float:
+        """Counted tokens per second of wall time."""
         return self.stats.n_tokens / self.seconds if self.seconds > 0 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,32 +144,31 @@ def bootstrap_weights(seed: int, index: int, replicates: int) -> np.ndarray:
 
 
 class _State:
-    """Running sums on the device: totals, bootstrap replicates, and the next batch index."""
+    """Running sums on the device: totals, bootstrap replicates, histograms, and the stream position
+    (``next_index``: the next batch this rank reads; ``rounds``: loop rounds done, the same on every rank)."""
+
+    COUNTERS = ("rows", "nonfinite", "next_index", "n_batches", "rounds")
 
     def __init__(self, m: int, replicates: int, device: torch.device, histograms: bool = False) -> None:
         def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        self.rows = 0
+        self.rows = self.next_index = self.n_batches = self.rounds = 0
         self.fire, self.s1, self.s2 = zeros((m,), torch.int64), zeros((m,), torch.float64), zeros((m,), torch.float64)
         self.mx, self.nonfinite = zeros((m,), torch.float32), zeros((), torch.int64)
         self.boot_n = zeros((replicates,), torch.int64)
         self.boot_fire = zeros((replicates, m), torch.int64)
         self.boot_s2 = zeros((replicates, m), torch.float64)
-        self.next_index = 0
-        self.n_batches = 0
         self.features = FeatureHistograms(m) if histograms else None
         self.acts = Histogram() if histograms else None
 
-    def fill_histograms(self, codes: SparseCodes, x: Tensor, threads: int) -> None:
-        """Add the active latents' values (per latent) and every activation value to the histograms."""
-        keep = (codes.indices >= 0) & (codes.values > 0)
-        idx = codes.indices[keep].to(torch.int32).reshape(-1, 1).cpu().numpy()
-        val = codes.values[keep].float().reshape(-1, 1).cpu().numpy()
-        self.features.fill(idx, val, threads=threads)
-        self.acts.fill(x.detach().float().contiguous().cpu().numpy(), threads=threads)
+    _SUMS = ("fire", "s1", "s2", "nonfinite", "boot_n", "boot_fire", "boot_s2")
+    _FILE_NAMES = {"fire": "fire_count", "s1": "act_sum", "s2": "act_sq_sum", "mx": "act_max",
+                   "boot_n": "boot_n", "boot_fire": "boot_fire", "boot_s2": "boot_s2"}
+    _HISTOGRAMS = (("features", FeatureHistograms), ("acts", Histogram))
 
     def add(self, b: BatchStats, rows: int, weights: Tensor | None) -> None:
+        """Add one batch's sums (and, with bootstrap ``weights``, its weighted sums per replicate)."""
         self.rows += rows
         self.fire += b.fire_count
         self.s1 += b.act_sum
@@ -175,55 +181,86 @@ class _State:
             self.boot_s2 += weights[:, None].double() * b.act_sq_sum[None, :]
         self.n_batches += 1
 
+    def fill_histograms(self, codes: SparseCodes, x: Tensor, threads: int) -> None:
+        """Add the active latents' values (per latent) and every activation value to the histograms."""
+        keep = (codes.indices >= 0) & (codes.values > 0)
+        idx = codes.indices[keep].to(torch.int32).reshape(-1, 1).cpu().numpy()
+        val = codes.values[keep].float().reshape(-1, 1).cpu().numpy()
+        self.features.fill(idx, val, threads=threads)
+        self.acts.fill(x.detach().float().contiguous().cpu().numpy(), threads=threads)
+
+    # -- checkpoints --------------------------------------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:
-        counters = torch.stack([torch.tensor(self.rows), self.nonfinite.cpu(), torch.tensor(self.next_index),
-                                torch.tensor(self.n_batches)])
-        out = {
-            "fire_count": self.fire, "act_sum": self.s1, "act_sq_sum": self.s2, "act_max": self.mx,
-            "boot_n": self.boot_n, "boot_fire": self.boot_fire, "boot_s2": self.boot_s2, "counters": counters,
-        }
-        for name, hist in (("features", self.features), ("acts", self.acts)):
+        """Everything a checkpoint holds, as CPU tensors."""
+        out = {self._FILE_NAMES[k]: getattr(self, k).detach().cpu().contiguous() for k in self._FILE_NAMES}
+        out["counters"] = torch.tensor([self.rows, int(self.nonfinite), self.next_index, self.n_batches, self.rounds])
+        for name, _ in self._HISTOGRAMS:
+            hist = getattr(self, name)
             if hist is not None:
                 out.update({f"hist_{name}.{k}": torch.from_numpy(v) for k, v in hist.to_dict().items()})
         return out
 
     def load(self, t: dict[str, Tensor]) -> None:
-        for name, attr in (("fire_count", "fire"), ("act_sum", "s1"), ("act_sq_sum", "s2"), ("act_max", "mx"),
-                           ("boot_n", "boot_n"), ("boot_fire", "boot_fire"), ("boot_s2", "boot_s2")):
+        """Restore from :meth:`tensors`; raises CheckpointError for anything inconsistent."""
+        missing = sorted({*self._FILE_NAMES.values(), "counters"} - t.keys())
+        if missing:
+            raise CheckpointError(f"checkpoint lacks {', '.join(missing)}")
+        for attr, name in self._FILE_NAMES.items():
             mine = getattr(self, attr)
             if t[name].shape != mine.shape or t[name].dtype != mine.dtype:
-                raise CheckpointError(f"checkpoint array {name} has shape {tuple(t[name].shape)} {t[name].dtype}, "
+                raise CheckpointError(f"checkpoint array {name} is {tuple(t[name].shape)} {t[name].dtype}, "
                                       f"expected {tuple(mine.shape)} {mine.dtype}")
-            mine.copy_(t[name])
-        rows, nonfinite, next_index, n_batches = (int(v) for v in t["counters"])
-        self.rows, self.next_index, self.n_batches = rows, next_index, n_batches
+        counters = t["counters"]
+        if counters.shape != (len(self.COUNTERS),) or counters.dtype != torch.int64:
+            raise CheckpointError(f"checkpoint counters must be int64 [{len(self.COUNTERS)}]; got {tuple(counters.shape)}")
+        rows, nonfinite, next_index, n_batches, rounds = (int(v) for v in counters)
+        try:  # FeatureStats checks counts against tokens, finite non-negative sums
+            FeatureStats(rows - nonfinite, t["fire_count"].numpy(), t["act_sum"].numpy(), t["act_sq_sum"].numpy(),
+                         t["act_max"].double().numpy(), nonfinite)
+        except ValueError as exc:
+            raise CheckpointError(f"inconsistent totals ({exc})") from exc
+        boots = (t["boot_n"], t["boot_fire"], t["boot_s2"])
+        if any((b < 0).any() or not torch.isfinite(b.double()).all() for b in boots):
+            raise CheckpointError("bootstrap sums must be finite and >= 0")
+        if min(n_batches, rounds) < 0 or n_batches > next_index:
+            raise CheckpointError(f"inconsistent position: {n_batches} batches read, next batch {next_index}")
+        hists = {}
+        for name, cls in self._HISTOGRAMS:
+            if getattr(self, name) is None:
+                continue
+            d = {k: t[f"hist_{name}.{k}"].numpy() for k in ("counts", "binning") if f"hist_{name}.{k}" in t}
+            if len(d) != 2:
+                raise CheckpointError(f"checkpoint has no {name} histogram but this run fills one")
+            try:
+                hists[name] = cls.from_dict(d)
+            except ValueError as exc:
+                raise CheckpointError(f"bad {name} histogram ({exc})") from exc
+        for attr, name in self._FILE_NAMES.items():
+            getattr(self, attr).copy_(t[name])
         self.nonfinite.fill_(nonfinite)
-        for name, cls in (("features", FeatureHistograms), ("acts", Histogram)):
-            if getattr(self, name) is not None:
-                d = {k: t[f"hist_{name}.{k}"].cpu().numpy() for k in ("counts", "binning") if f"hist_{name}.{k}" in t}
-                if len(d) != 2:
-                    raise CheckpointError(f"checkpoint has no {name} histogram but this run fills one")
-                setattr(self, name, cls.from_dict(d))
+        self.rows, self.next_index, self.n_batches, self.rounds = rows, next_index, n_batches, rounds
+        for name, hist in hists.items():
+            setattr(self, name, hist)
 
-    def reduced(self) -> "_State":
-        """A copy holding the sums of every rank (sum; max for act_max)."""
-        from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_
-
+    # -- across ranks -------------------------------------------------------------------------------
+    def reduced(self, *, histograms: bool = True) -> "_State":
+        """A copy holding the sums of every rank (sum; max for act_max), histograms if asked."""
         out = _State.__new__(_State)
-        for name in ("fire", "s1", "s2", "mx", "nonfinite", "boot_n", "boot_fire", "boot_s2"):
+        for name in (*self._SUMS, "mx"):
             setattr(out, name, getattr(self, name).clone())
         counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=self.fire.device)
-        all_reduce_([out.fire, out.s1, out.s2, out.nonfinite, out.boot_n, out.boot_fire, out.boot_s2, counts])
+        all_reduce_([*(getattr(out, n) for n in self._SUMS), counts])
         all_reduce_max_(out.mx)
         out.rows, out.n_batches = (int(v) for v in counts)
-        out.next_index = self.next_index
-        for name, cls in (("features", FeatureHistograms), ("acts", Histogram)):
-            hist = getattr(self, name)
+        out.next_index, out.rounds = self.next_index, self.rounds
+        for name, cls in self._HISTOGRAMS:
+            hist = getattr(self, name) if histograms else None
             setattr(out, name, None if hist is None else cls.from_dict(all_reduce_arrays(hist.to_dict(), max_keys=("binning",))))
         return out
 
+    # -- estimates ----------------------------------------------------------------------------------
     def estimates(self, thr: float, widths: np.ndarray = np.zeros(0, np.int64)) -> dict[str, Any] | None:
-        """Point estimates from the totals."""
+        """Point estimates from the totals (None where undefined)."""
         n = self.rows - int(self.nonfinite)
         return _estimates(n, self.fire.cpu().numpy(), self.s2.cpu().numpy(), thr, widths)
 
@@ -236,6 +273,7 @@ class _State:
                           thr, widths, confidence, point)
 
     def stats(self) -> FeatureStats:
+        """The totals as FeatureStats."""
         nonfinite = int(self.nonfinite)
         return FeatureStats(
             self.rows - nonfinite,
@@ -268,18 +306,9 @@ def _save_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
     """Write the state atomically: a temporary file renamed over the previous checkpoint."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors().items()}
+    tensors = state.tensors()
     meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "fingerprint": json.dumps(fingerprint)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
@@ -300,33 +329,32 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
         raise
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({exc})") from exc
-    theirs = json.loads(meta.get("fingerprint", "{}"))
+    try:
+        theirs = json.loads(meta.get("fingerprint", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from exc
     diff = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {fingerprint[k]!r}" for k in diff)
         raise CheckpointError(f"{path}: checkpoint belongs to a different run ({detail})")
-    missing = {"fire_count", "act_sum", "act_sq_sum", "act_max", "boot_n", "boot_fire", "boot_s2", "counters"} - tensors.keys()
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
-    state.load({k: v if k.startswith("hist_") else v.to(state.fire.device) for k, v in tensors.items()})
+    try:
+        state.load(tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 # -- estimates from sums ------------------------------------------------------------------------------
 def _estimates(n: float, fire: np.ndarray, s2: np.ndarray, thr: float, widths: np.ndarray) -> dict[str, Any] | None:
     """F, L0, α, g, d* and the Eq. 2 floors from (weighted) sums; None where undefined."""
-    if n <= 0:
+    try:
+        est = estimate(n, fire, s2, thr)
+    except ValueError:
         return None
-    alive = fire / n > thr
-    f = int(alive.sum())
-    l0 = float(fire.sum()) / n
-    if f == 0 or l0 >= f:
-        return None
-    alpha = 1.0 - l0 / f
-    imp = np.sort(s2[alive] / n)[::-1]
+    f = int(est.feature_ids.size)
     return {
-        "n_features": f, "mean_l0": l0, "alpha": alpha, "capacity": float(theory.capacity(alpha)),
-        "critical_width": theory.critical_width(f, alpha),
-        "floors": np.asarray(theory.importance_floor(widths, alpha, imp), dtype=np.float64),
+        "n_features": f, "mean_l0": est.mean_l0, "alpha": est.alpha, "capacity": float(theory.capacity(est.alpha)),
+        "critical_width": theory.critical_width(f, est.alpha),
+        "floors": np.asarray(theory.importance_floor(widths, est.alpha, est.importances), dtype=np.float64),
     }
 
 
@@ -341,15 +369,15 @@ def _intervals(
     out: dict[str, Any] = {"confidence": confidence, "replicates": len(reps)}
     if len(reps) < 2:
         return out
+
+    def interval(estimate: float, values: np.ndarray) -> dict[str, float]:
+        return {"estimate": float(estimate), "low": float(np.percentile(values, lo_q)),
+                "high": float(np.percentile(values, hi_q))}
+
     for key in ("n_features", "mean_l0", "alpha", "capacity", "critical_width"):
-        vals = np.array([r[key] for r in reps], dtype=np.float64)
-        out[key] = Interval(float(point[key]), float(np.percentile(vals, lo_q)), float(np.percentile(vals, hi_q)))._asdict()
+        out[key] = interval(point[key], np.array([r[key] for r in reps], dtype=np.float64))
     floors = np.stack([r["floors"] for r in reps])
-    out["floors"] = [
-        {"width": int(w), **Interval(float(point["floors"][i]), float(np.percentile(floors[:, i], lo_q)),
-                                     float(np.percentile(floors[:, i], hi_q)))._asdict()}
-        for i, w in enumerate(widths)
-    ]
+    out["floors"] = [{"width": int(w), **interval(point["floors"][i], floors[:, i])} for i, w in enumerate(widths)]
     return out
 
 
@@ -370,10 +398,26 @@ def _sensitivity(stats: FeatureStats) -> list[dict[str, Any]]:
 
 
 # -- the loop -------------------------------------------------------------------------------------------
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def _everyone(ok: bool, device: torch.device) -> bool:
+    """Whether ``ok`` holds on every rank (one collective; just ``ok`` in a single process)."""
+    flag = torch.tensor([0 if ok else 1], device=device)
+    all_reduce_([flag])
+    return int(flag) == 0
+
+
+def _prepare_checkpoint(config: MeasureConfig, state: _State, fingerprint: dict[str, Any], path: Path | None,
+                        device: torch.device) -> None:
+    """Resume from, or make room for, this rank's checkpoint; every rank fails if any one does."""
+    error: CheckpointError | None = None
+    try:
+        if config.resume:
+            _load_checkpoint(path, state, fingerprint)
+        elif path is not None and path.exists() and not config.overwrite:
+            raise CheckpointError(f"{path} already exists: resume it, or start over with overwrite")
+    except CheckpointError as exc:
+        error = exc
+    if not _everyone(error is None, device):
+        raise error or CheckpointError("another rank could not use its checkpoint; see its error")
 
 
 def measure(
@@ -391,10 +435,8 @@ def measure(
     whole batches (batches with index < ⌈max_tokens / batch_tokens⌉), the same for any number of
     ranks and for resumed runs. ``on_batch(index, rows_so_far_on_this_rank)`` runs after each batch.
     """
-    from .distributed import all_reduce_
-
     config = config or MeasureConfig()
-    rank, world = _dist()
+    rank, world = rank_and_world()
     if source.d != sae.d_in:
         raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
     device = sae.W_enc.device
@@ -402,59 +444,67 @@ def measure(
     state = _State(sae.n_latents, config.bootstrap, device, histograms=config.histograms)
     fingerprint = _fingerprint(source, sae, config, rank, world)
     ckpt = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
-    if config.resume:
-        _load_checkpoint(ckpt, state, fingerprint)
+    _prepare_checkpoint(config, state, fingerprint, ckpt, device)
     max_batches = None if config.max_tokens is None else -(-config.max_tokens // source.batch_tokens)
 
-    total = state.reduced().rows
+    total = state.reduced(histograms=False).rows
     bar = _progress(progress and rank == 0, config.max_tokens)
     bar.update(total)
     start_time = time.perf_counter()
-    since_checkpoint, rounds = 0, 0
+    since_checkpoint = 0
     stopped = "source exhausted"
     batches = source.batches(start=state.next_index, rank=rank, world=world)
     while True:
         batch = next(batches, None)
-        if batch is not None and max_batches is not None and batch.index >= max_batches:
-            batch = None
+        at_limit = batch is not None and max_batches is not None and batch.index >= max_batches
         rows = 0
-        if batch is not None:
+        if batch is not None and not at_limit:
             x = batch.acts.to(device)
+            if x.ndim != 2 or x.shape[1] != sae.d_in:
+                raise ValueError(f"batch {batch.index}: a source must yield [tokens, {sae.d_in}] activations; "
+                                 f"got shape {tuple(x.shape)}")
             rows = x.shape[0]
             weights = (torch.from_numpy(bootstrap_weights(config.seed, batch.index, config.bootstrap)).to(device)
                        if config.bootstrap else None)
             fill = config.histograms and batch.index % config.histogram_every == 0
-            stats = acc.batch(x, want_codes=fill)
-            state.add(stats, rows, weights)
+            batch_stats = acc.batch(x, want_codes=fill)
+            state.add(batch_stats, rows, weights)
             if fill:
-                state.fill_histograms(stats.codes, x, config.histogram_threads)
+                state.fill_histograms(batch_stats.codes, x, config.histogram_threads)
             state.next_index = batch.index + 1
             since_checkpoint += rows
             if on_batch is not None:
                 on_batch(batch.index, state.rows)
-        # One small collective per round keeps the ranks in step: who still has data, and how much.
-        flags = torch.tensor([int(batch is not None), rows], device=device)
+        # One small collective per round keeps the ranks in step: who read a batch, how many
+        # tokens, and whether anyone stopped at max_tokens.
+        flags = torch.tensor([int(batch is not None and not at_limit), rows, int(at_limit)], device=device)
         all_reduce_([flags])
         if int(flags[0]) == 0:
-            stopped = "source exhausted" if max_batches is None or total < config.max_tokens else (
-                f"reached max_tokens ({config.max_tokens:,})")
+            stopped = f"reached max_tokens ({config.max_tokens:,})" if int(flags[2]) else "source exhausted"
             break
-        rounds += 1
+        state.rounds += 1
         total += int(flags[1])
         bar.update(int(flags[1]))
         if ckpt is not None and since_checkpoint >= config.checkpoint_every:
             _save_checkpoint(ckpt, state, fingerprint)
             since_checkpoint = 0
-        if rounds % config.check_every == 0 and (config.until_stable is not None or bar.disable is False):
-            merged = state.reduced()
-            est = merged.estimates(config.alive_threshold)
-            if est is not None:
-                bar.set_postfix(F=est["n_features"], alpha=f"{est['alpha']:.5f}", d_star=f"{est['critical_width']:.1f}")
-            if config.until_stable is not None and est is not None and total >= config.min_tokens:
-                d = merged.intervals(config.alive_threshold, np.zeros(0, np.int64), config.confidence).get("critical_width")
-                if d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]:
-                    stopped = f"d* stable: interval {d['low']:.1f} to {d['high']:.1f} within {config.until_stable:.2%}"
-                    break
+        if state.rounds % config.check_every:
+            continue
+        # Every rank takes the same branch here: the decision depends on reduced sums only.
+        if config.until_stable is not None:
+            merged = state.reduced(histograms=False)
+        elif world == 1:
+            merged = state
+        else:
+            merged = None  # no collective just for the progress display
+        est = None if merged is None else merged.estimates(config.alive_threshold)
+        if est is not None:
+            bar.set_postfix(F=est["n_features"], alpha=f"{est['alpha']:.5f}", d_star=f"{est['critical_width']:.1f}")
+        if config.until_stable is not None and est is not None and total >= config.min_tokens:
+            d = merged.intervals(config.alive_threshold, np.zeros(0, np.int64), config.confidence).get("critical_width")
+            if d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]:
+                stopped = f"d* stable: interval {d['low']:.1f} to {d['high']:.1f} within {config.until_stable:.2%}"
+                break
     bar.close()
     seconds = time.perf_counter() - start_time
     if ckpt is not None:

@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Iterator, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._io import atomic_write
+
 __all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes", "load_sae"]
 
 Activation = Literal["relu", "jumprelu", "topk"]
@@ -142,6 +144,14 @@ class SAE(nn.Module):
         z = self.encode(x)
         return SAEOutput(self.decode(z).to(x.dtype), z)
 
+    def check_weights(self) -> None:
+        """Raise ValueError if a weight is NaN/±Inf or a JumpReLU threshold is negative."""
+        for name, p in self.state_dict().items():
+            if not torch.isfinite(p).all():
+                raise ValueError(f"SAE weight {name} holds NaN or ±Inf")
+        if self.threshold is not None and (self.threshold < 0).any():
+            raise ValueError("JumpReLU thresholds must be >= 0 (latents would be negative)")
+
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale each decoder row to unit norm (the paper's recipe does this every step)."""
@@ -158,10 +168,7 @@ class SAE(nn.Module):
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": SAE_FORMAT, "version": str(SAE_VERSION), "config": json.dumps(self.config())}
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "SAE":
@@ -181,9 +188,13 @@ class SAE(nn.Module):
             raise ValueError(f"{path}: not a pyfloor SAE file (format {meta.get('format')!r})")
         if int(meta.get("version", 0)) > SAE_VERSION:
             raise ValueError(f"{path}: written by a newer pyfloor (SAE format version {meta['version']})")
-        cfg = json.loads(meta["config"])
-        sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
-        sae.load_state_dict(tensors)
+        try:
+            cfg = json.loads(meta["config"])
+            sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
+            sae.load_state_dict(tensors)
+        except (KeyError, TypeError, json.JSONDecodeError, RuntimeError) as exc:
+            raise ValueError(f"{path}: inconsistent SAE file ({exc})") from exc
+        sae.check_weights()
         return sae.to(device) if device is not None else sae
 
 
@@ -214,6 +225,7 @@ def _from_tensors(
             getattr(sae, name).copy_(value)
         if threshold is not None:
             sae.threshold.copy_(threshold)
+    sae.check_weights()
     return sae.eval()
 
 
@@ -231,6 +243,8 @@ def _from_saelens(path: Path) -> SAE:
     threshold = t["threshold"] if "threshold" in t else (t["log_threshold"].exp() if "log_threshold" in t else None)
     if arch == "jumprelu" and threshold is None:
         raise ValueError(f"{path}: JumpReLU SAE without a threshold tensor")
+    if cfg.get("rescale_acts_by_decoder_norm", False) and arch != "topk":
+        raise ValueError(f"{path}: rescale_acts_by_decoder_norm is only supported for topk SAEs")
     if cfg.get("rescale_acts_by_decoder_norm", False):
         # SAELens scales pre-activations by ‖W_dec,i‖; fold that into the encoder and decoder.
         norms = W_dec.norm(dim=1)
@@ -330,7 +344,17 @@ def train_sae(
     is kept unless ``init_pre_bias``); a new SAE starts with the pre-bias at the first batch's
     mean. Returns the SAE (in eval mode) and the metrics of every step.
     """
-    torch.manual_seed(config.seed)
+    # Seeded inside a fork of the CPU generator: reproducible, and the caller's RNG is left alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _train(batches, d_in, config, sae, init_pre_bias, device, on_step)
+
+
+def _train(
+    batches: Iterable[Tensor], d_in: int, config: TrainConfig, sae: SAE | None, init_pre_bias: bool | None,
+    device: torch.device | str | None, on_step: Callable[[TrainStep], None] | None,
+) -> tuple[SAE, list[TrainStep]]:
+    """The body of :func:`train_sae`."""
     if sae is None:
         sae = SAE(d_in, config.n_latents, config.activation, k=config.k, device=device)
         init_pre_bias = True if init_pre_bias is None else init_pre_bias

@@ -68,6 +68,11 @@ def _check_shard(start: int, rank: int, world: int) -> None:
         raise ValueError(f"start must be >= 0; got {start}")
 
 
+def _float_activations(x: Tensor) -> Tensor:
+    """float64 activations as float32 (the encode computes in float32); other dtypes unchanged."""
+    return x.float() if x.dtype == torch.float64 else x
+
+
 def _check_batch_tokens(batch_tokens: int) -> int:
     if int(batch_tokens) != batch_tokens or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive integer; got {batch_tokens!r}")
@@ -94,7 +99,8 @@ def _load_array(path: Path, key: str | None) -> np.ndarray:
 
 class ArraySource(ActivationSource):
     """Activations [N, d] from ``.npy`` (memory-mapped) or safetensors files, or arrays, in order,
-    cut into batches of exactly ``batch_tokens`` rows (the last batch may be shorter)."""
+    cut into batches of exactly ``batch_tokens`` rows (the last batch may be shorter); float64
+    arrives as float32 unless ``dtype`` says otherwise."""
 
     def __init__(
         self,
@@ -142,7 +148,7 @@ class ArraySource(ActivationSource):
             part = arr[max(lo, a0) - a0 : min(hi, a1) - a0]
             parts.append(part if isinstance(part, Tensor) else torch.from_numpy(np.ascontiguousarray(part)))
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return x.to(device=self.device, dtype=self.dtype or x.dtype)
+        return _float_activations(x).to(device=self.device, dtype=self.dtype)
 
     def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         _check_shard(start, rank, world)
@@ -174,20 +180,22 @@ class IterableSource(ActivationSource):
             if self._used:
                 raise ValueError("this activation iterator has already been consumed")
             self._used = True
-        pending: list[Tensor] = []
+        pending: list[Tensor] = []  # pieces of the next batch
         have = 0
         for t in self._tensors:
-            t = torch.as_tensor(t)
+            t = _float_activations(torch.as_tensor(t))
             if t.shape[-1] != self.d:
                 raise ValueError(f"activation tensor has width {t.shape[-1]}, expected d={self.d}")
             t = t.reshape(-1, self.d)
-            pending.append(t)
-            have += t.shape[0]
-            while have >= self.batch_tokens:
-                cat = torch.cat(pending)
-                yield cat[: self.batch_tokens]
-                rest = cat[self.batch_tokens :]
-                pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+            offset = 0
+            while offset < t.shape[0]:
+                take = min(self.batch_tokens - have, t.shape[0] - offset)
+                pending.append(t[offset : offset + take])
+                offset += take
+                have += take
+                if have == self.batch_tokens:
+                    yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                    pending, have = [], 0
         if have:
             yield torch.cat(pending)
 
@@ -202,13 +210,14 @@ class IterableSource(ActivationSource):
 @dataclass
 class TokenSequences:
     """Fixed-length token sequences for a teacher: ``ids`` [n_seq, seq_len] int64 and a ``mask``
-    (1 = a real token, 0 = padding). Built by :func:`token_file_sequences`,
+    (1 = a real token, 0 = padding); ``leading_bos``: position 0 of every sequence is a BOS token
+    (fed to the teacher, left out of the activations). Built by :func:`token_file_sequences`,
     :func:`text_file_sequences` or :func:`dataset_sequences`."""
 
     ids: Tensor
     mask: Tensor
     description: str
-    bos_token_id: int | None = None
+    leading_bos: bool = False
 
     def __post_init__(self) -> None:
         if self.ids.ndim != 2 or self.ids.shape != self.mask.shape:
@@ -228,12 +237,12 @@ class TokenSequences:
     def take(self, n_tokens: int) -> "TokenSequences":
         """The sequences holding the first ``n_tokens`` tokens (rounded up to whole sequences)."""
         cut = self._sequences_for(n_tokens)
-        return TokenSequences(self.ids[:cut], self.mask[:cut], f"{self.description} [first {cut} seq]", self.bos_token_id)
+        return TokenSequences(self.ids[:cut], self.mask[:cut], f"{self.description} [first {cut} seq]", self.leading_bos)
 
     def skip(self, n_tokens: int) -> "TokenSequences":
         """The sequences after those :meth:`take` returns, e.g. to measure on tokens an SAE was not trained on."""
         cut = self._sequences_for(n_tokens)
-        return TokenSequences(self.ids[cut:], self.mask[cut:], f"{self.description} [from seq {cut}]", self.bos_token_id)
+        return TokenSequences(self.ids[cut:], self.mask[cut:], f"{self.description} [from seq {cut}]", self.leading_bos)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -258,7 +267,7 @@ def _pack(stream: np.ndarray, seq_len: int, bos: int | None, pad: int, descripti
     if bos is not None:
         ids[:, 0] = bos
         mask[:, 0] = 1
-    return TokenSequences(torch.from_numpy(ids), torch.from_numpy(mask), description, bos)
+    return TokenSequences(torch.from_numpy(ids), torch.from_numpy(mask), description, bos is not None)
 
 
 def token_file_sequences(
@@ -270,7 +279,8 @@ def token_file_sequences(
     pad_token_id: int = 0,
 ) -> TokenSequences:
     """Pre-tokenized ids from ``.npy`` (1-D stream, or 2-D [n_seq, seq_len] used as is) or raw
-    ``.bin`` (a 1-D stream of ``bin_dtype``, as nanoGPT writes them)."""
+    ``.bin`` (a 1-D stream of ``bin_dtype``, as nanoGPT writes them). A 1-D stream is cut into
+    sequences, each led by ``bos_token_id`` when given."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such token file")
@@ -284,7 +294,9 @@ def token_file_sequences(
         raise ValueError(f"{path}: token ids must be integers; got dtype {arr.dtype}")
     if arr.ndim == 2:
         ids = torch.from_numpy(np.asarray(arr, dtype=np.int64))
-        return TokenSequences(ids, torch.ones_like(ids), str(path), bos_token_id)
+        if bos_token_id is not None:
+            raise ValueError(f"{path}: a 2-D token array is used as is; bos_token_id only applies to 1-D streams")
+        return TokenSequences(ids, torch.ones_like(ids), str(path))
     if arr.ndim != 1:
         raise ValueError(f"{path}: token array must be 1-D or 2-D; got shape {arr.shape}")
     return _pack(np.asarray(arr, dtype=np.int64), seq_len, bos_token_id, pad_token_id, str(path))
@@ -379,21 +391,22 @@ def dataset_sequences(
 
 
 # -- the hooked teacher ------------------------------------------------------------------------------
-class StoppedForward(Exception):
-    """Raised by the hook to stop the teacher's forward pass after the hooked layer."""
+class StoppedForward(BaseException):
+    """Raised by the hook to stop the teacher's forward pass after the hooked layer (a
+    BaseException, so model code catching ``Exception`` cannot swallow it)."""
 
 
 def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The model's list of transformer blocks: the longest ModuleList (the config's layer count)."""
+    """The model's list of transformer blocks: a ModuleList of the config's layer count, one named
+    like ``…layers`` or ``…h`` first; without a config, the longest ModuleList."""
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    best = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            if n_layers is not None and len(mod) == n_layers:
-                return name, mod
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
-    return best
+    lists = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) > 0]
+    if n_layers is not None:
+        fits = [(name, mod) for name, mod in lists if len(mod) == n_layers]
+        named = [(name, mod) for name, mod in fits if name.rsplit(".", 1)[-1] in ("layers", "h", "blocks", "layer")]
+        if named or fits:
+            return (named or fits)[0]
+    return max(lists, key=lambda nm: len(nm[1]), default=None)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -440,8 +453,9 @@ def find_layer(model: nn.Module, layer: int | str, site: Site = "resid") -> tupl
 class TeacherSource(ActivationSource):
     """A teacher model read at one layer over token sequences, stopped after that layer.
 
-    Each batch is ``batch_tokens // seq_len`` sequences (a fixed number of tokens fed); padding
-    positions and BOS positions are left out of the activations it yields.
+    Each batch is ``max(1, batch_tokens // seq_len)`` sequences, so ``self.batch_tokens`` (the
+    positions fed per batch) is that many times ``seq_len``; padding and leading-BOS positions are
+    left out of the activations it yields.
     """
 
     def __init__(
@@ -455,11 +469,11 @@ class TeacherSource(ActivationSource):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        self.batch_tokens = _check_batch_tokens(batch_tokens)
         self.model = model.eval()
         self.layer_name, self.module = find_layer(model, layer, site)
         self.sequences = sequences
-        self.batch_sequences = max(1, self.batch_tokens // sequences.seq_len)
+        self.batch_sequences = max(1, _check_batch_tokens(batch_tokens) // sequences.seq_len)
+        self.batch_tokens = self.batch_sequences * sequences.seq_len
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.d = self._width()
@@ -502,14 +516,13 @@ class TeacherSource(ActivationSource):
     def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         _check_shard(start, rank, world)
         first = start + ((rank - start) % world)
-        bos = self.sequences.bos_token_id
         for b in range(first, self.n_batches(), world):
             sl = slice(b * self.batch_sequences, (b + 1) * self.batch_sequences)
             ids, mask = self.sequences.ids[sl], self.sequences.mask[sl]
             out = self._forward(ids, mask)
             keep = mask.bool()
-            if bos is not None:
-                keep &= ids != bos
+            if self.sequences.leading_bos:
+                keep[:, 0] = False
             acts = out[keep.to(out.device)]
             yield Batch(b, acts if self.dtype is None else acts.to(self.dtype))
 

@@ -23,17 +23,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import theory
+from ._io import atomic_write
 
-__all__ = ["FeatureStats", "Measurement", "CheckpointError", "load_measurement", "DEFAULT_ALIVE_THRESHOLD"]
+__all__ = [
+    "FeatureStats",
+    "Measurement",
+    "Estimate",
+    "estimate",
+    "CheckpointError",
+    "load_measurement",
+    "DEFAULT_ALIVE_THRESHOLD",
+]
 
 DEFAULT_ALIVE_THRESHOLD = 1e-5
 STATS_FORMAT = "pyfloor.FeatureStats"
@@ -98,6 +106,10 @@ class FeatureStats:
             setattr(self, name, int(value))
         if m and (self.fire_count.min() < 0 or self.fire_count.max() > self.n_tokens):
             raise ValueError(f"FeatureStats.fire_count must lie in [0, n_tokens={self.n_tokens}]")
+        for name in ("act_sum", "act_sq_sum", "act_max"):
+            arr = getattr(self, name)
+            if m and not (np.all(np.isfinite(arr)) and arr.min() >= 0):
+                raise ValueError(f"FeatureStats.{name} must be finite and >= 0 (latents are non-negative)")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -241,16 +253,8 @@ class FeatureStats:
         meta = {"format": STATS_FORMAT, "version": str(STATS_VERSION)}
         for key, value in (metadata or {}).items():
             meta[f"user.{key}"] = str(value)
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        os.close(fd)
-        try:
-            save_file({k: np.ascontiguousarray(v) for k, v in self.to_dict().items()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        arrays = {k: np.ascontiguousarray(v) for k, v in self.to_dict().items()}
+        atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":
@@ -289,6 +293,40 @@ class FeatureStats:
             raise CheckpointError(f"{path}: inconsistent statistics ({exc})") from exc
         user = {k[len("user."):]: v for k, v in meta.items() if k.startswith("user.")}
         return stats, user
+
+
+class Estimate(NamedTuple):
+    """The paper's estimators from per-latent sums (see the module docstring)."""
+
+    feature_ids: NDArray[np.int64]  # alive latents, most important first
+    importances: NDArray[np.float64]  # their E[z²], descending
+    mean_l0: float
+    alpha: float
+
+
+def estimate(n_tokens: float, fire_count: ArrayLike, sq_sum: ArrayLike, alive_threshold: float) -> Estimate:
+    """Alive latents, importances, L0 and α from token count, fire counts and Σz².
+
+    ``n_tokens`` may be a (bootstrap-)weighted count. Raises ValueError where the measurement is
+    undefined: no tokens, no alive latent, or L0 ≥ F (α ≤ 0).
+    """
+    if n_tokens <= 0:
+        raise ValueError("no tokens have been counted; nothing to measure")
+    fire = np.asarray(fire_count)
+    alive = np.flatnonzero(fire / n_tokens > alive_threshold)
+    if alive.size == 0:
+        raise ValueError(
+            f"no latent fires on more than a fraction {alive_threshold:g} of the {n_tokens:,} tokens; F = 0"
+        )
+    l0 = float(fire.sum()) / n_tokens
+    if l0 >= alive.size:
+        raise ValueError(
+            f"mean L0 = {l0:.4g} is not below F = {alive.size} alive features: α = 1 − L0/F would be "
+            "≤ 0 (raise alive_threshold or check the SAE)"
+        )
+    imp = np.asarray(sq_sum, dtype=np.float64)[alive] / n_tokens
+    order = np.argsort(-imp, kind="stable")
+    return Estimate(alive[order].astype(np.int64), imp[order], l0, 1.0 - l0 / alive.size)
 
 
 def _check_fraction(value: float, name: str) -> float:
@@ -334,6 +372,16 @@ class Measurement:
 
     def __post_init__(self) -> None:
         theory._check_alpha(self.alpha)
+        if not math.isclose(1.0 - self.mean_l0 / self.n_features, self.alpha, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(
+                f"inconsistent measurement: α = {self.alpha!r} but 1 − L0/F = 1 − {self.mean_l0!r}/{self.n_features}"
+            )
+        if self.feature_ids is not None and self.importances is not None and (
+            np.asarray(self.feature_ids).shape != np.asarray(self.importances).shape
+        ):
+            raise ValueError(
+                f"feature_ids has {np.asarray(self.feature_ids).size} entries for {np.asarray(self.importances).size} importances"
+            )
         if self.importances is not None:
             tails = theory.tail_sums(self.importances)
             object.__setattr__(self, "importances", np.asarray(self.importances, dtype=np.float64))
@@ -374,7 +422,10 @@ class Measurement:
         if imp.ndim != 1 or imp.size == 0:
             raise ValueError(f"importances must be a non-empty 1-D array; got shape {imp.shape}")
         order = np.argsort(-imp, kind="stable")
-        ids = None if feature_ids is None else np.asarray(feature_ids, dtype=np.int64)[order]
+        ids = None if feature_ids is None else np.asarray(feature_ids, dtype=np.int64)
+        if ids is not None and ids.shape != imp.shape:
+            raise ValueError(f"feature_ids has {ids.size} entries for {imp.size} importances")
+        ids = None if ids is None else ids[order]
         l0, a = _l0_and_alpha(imp.size, mean_l0, alpha)
         return cls(
             n_features=int(imp.size),
@@ -393,25 +444,13 @@ class Measurement:
         thr = _check_fraction(alive_threshold, "alive_threshold")
         if stats.n_tokens == 0:
             raise ValueError("the statistics hold no tokens; nothing to measure")
-        alive = np.flatnonzero(stats.frequency > thr)
-        if alive.size == 0:
-            raise ValueError(
-                f"no latent fires on more than a fraction {thr:g} of the {stats.n_tokens:,} tokens; F = 0"
-            )
-        l0 = float(stats.fire_count.sum()) / stats.n_tokens
-        if l0 >= alive.size:
-            raise ValueError(
-                f"mean L0 = {l0:.4g} is not below F = {alive.size} alive features: α = 1 − L0/F would be "
-                "≤ 0 (raise alive_threshold or check the SAE)"
-            )
-        imp = stats.importance[alive]
-        order = np.argsort(-imp, kind="stable")
+        est = estimate(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr)
         return cls(
-            n_features=int(alive.size),
-            mean_l0=l0,
-            alpha=1.0 - l0 / alive.size,
-            importances=imp[order],
-            feature_ids=alive[order].astype(np.int64),
+            n_features=int(est.feature_ids.size),
+            mean_l0=est.mean_l0,
+            alpha=est.alpha,
+            importances=est.importances,
+            feature_ids=est.feature_ids,
             n_tokens=stats.n_tokens,
             n_latents=stats.n_latents,
             alive_threshold=thr,
@@ -451,7 +490,7 @@ class Measurement:
                 "fraction of features lost"
             )
         budget = np.asarray(self.budget(widths, a=a, b=b))
-        return theory._scalar_or_array(self._tails[budget], widths)
+        return theory._scalar_or_array(self._tails[budget])
 
     def uniform_floor(self, widths: ArrayLike) -> float | NDArray[np.float64]:
         """Naive floor ε∞·max(0, 1 − d_S·g/F); ε∞ = Σ I_i, or 1 (fraction lost) without importances."""

@@ -12,7 +12,7 @@ Arguments outside their domain raise :class:`ValueError` naming the argument and
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, Sequence, Union
+from typing import Any, Literal, NamedTuple, Sequence, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -43,9 +43,10 @@ Number = Union[float, int]
 DenseMode = Literal["clamp", "raise"]
 
 
-def _scalar_or_array(values: NDArray, like: ArrayLike) -> float | NDArray:
-    """Return ``values`` as a Python scalar when ``like`` was a scalar, else as an array."""
-    return values.item() if np.ndim(like) == 0 else values
+def _scalar_or_array(values: ArrayLike) -> Any:
+    """``values`` as a Python scalar when it is 0-dimensional (all inputs were scalars), else as an array."""
+    values = np.asarray(values)
+    return values.item() if values.ndim == 0 else values
 
 
 def _check_alpha(alpha: ArrayLike) -> NDArray[np.float64]:
@@ -124,7 +125,7 @@ def capacity(alpha: ArrayLike, *, dense: DenseMode = "clamp") -> float | NDArray
     g = 1.0 / ((1.0 - a) * -np.log1p(-a))
     # At α = 1 − 1/e the formula is e up to rounding; make the clamp land on e exactly.
     g = np.where(a == SPARSE_REGIME_ALPHA, MIN_CAPACITY, g)
-    return _scalar_or_array(g, alpha)
+    return _scalar_or_array(g)
 
 
 def _effective_capacity(alpha: ArrayLike, a: float, b: float) -> NDArray[np.float64]:
@@ -146,7 +147,7 @@ def feature_budget(
     w = _check_widths(width)
     f = _check_count(n_features, "n_features")
     budget = np.minimum(np.floor(w * _effective_capacity(alpha, a, b)), f).astype(np.int64)
-    return _scalar_or_array(budget, width)
+    return _scalar_or_array(budget)
 
 
 def critical_width(n_features: int, alpha: float, *, a: float = 1.0, b: float = 1.0) -> float:
@@ -210,7 +211,7 @@ def uniform_floor(
     if not math.isfinite(total) or total < 0:
         raise ValueError(f"total (ε∞, the loss with no feature kept) must be finite and >= 0; got {total!r}")
     lost = np.maximum(0.0, 1.0 - w * float(capacity(alpha)) / f)
-    return _scalar_or_array(total * lost, width)
+    return _scalar_or_array(total * lost)
 
 
 def importance_floor(
@@ -226,7 +227,7 @@ def importance_floor(
     """
     tails = tail_sums(importances)
     budget = feature_budget(width, alpha, tails.size - 1, a=a, b=b)
-    return _scalar_or_array(tails[np.asarray(budget)], width)
+    return _scalar_or_array(tails[np.asarray(budget)])
 
 
 def effective_budget(observed: ArrayLike, importances: ArrayLike) -> float | NDArray[np.float64]:
@@ -249,7 +250,7 @@ def effective_budget(observed: ArrayLike, importances: ArrayLike) -> float | NDA
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.where(width_k > 0, (tails[kk] - obs) / width_k, 0.0)
     result = np.where(inside, kk + frac, np.where(k < 0, 0.0, float(n)))
-    return _scalar_or_array(result, observed)
+    return _scalar_or_array(result)
 
 
 class Calibration(NamedTuple):
@@ -263,7 +264,7 @@ class Calibration(NamedTuple):
     def apply(self, predicted: ArrayLike) -> float | NDArray[np.float64]:
         """Calibrated prediction C · predicted + B."""
         p = np.asarray(predicted, dtype=np.float64)
-        return _scalar_or_array(self.slope * p + self.intercept, predicted)
+        return _scalar_or_array(self.slope * p + self.intercept)
 
 
 def _finite_pairs(x: ArrayLike, y: ArrayLike, names: tuple[str, str]) -> tuple[NDArray, NDArray]:
@@ -309,7 +310,7 @@ class PackingLaw(NamedTuple):
 
     def capacity(self, alpha: ArrayLike) -> float | NDArray[np.float64]:
         """ĝ(α) = a · g(α)^b."""
-        return _scalar_or_array(_effective_capacity(alpha, self.a, self.b), alpha)
+        return _scalar_or_array(_effective_capacity(alpha, self.a, self.b))
 
     def floor(self, width: ArrayLike, alpha: float, importances: ArrayLike) -> float | NDArray[np.float64]:
         """Importance floor with the packed budget ⌊d_S · ĝ(α)⌋."""

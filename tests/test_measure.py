@@ -46,7 +46,8 @@ def token_sequences(n_seq=12, seq_len=16, bos=None, seed=0):
     mask[-1, 10:] = 0  # a padded tail
     if bos is not None:
         ids[:, 0] = bos
-    return TokenSequences(ids, mask, "random tokens", bos)
+        ids[:, 7] = bos  # the same id inside a sequence (BOS = EOS, as in Pythia) is a real token
+    return TokenSequences(ids, mask, "random tokens", leading_bos=bos is not None)
 
 
 def test_teacher_end_to_end_equals_numpy_by_hand(tiny_neox):
@@ -57,7 +58,8 @@ def test_teacher_end_to_end_equals_numpy_by_hand(tiny_neox):
 
     with torch.no_grad():
         hidden = tiny_neox(input_ids=seqs.ids, attention_mask=seqs.mask, output_hidden_states=True).hidden_states[2]
-    keep = seqs.mask.bool() & (seqs.ids != 5)
+    keep = seqs.mask.bool()
+    keep[:, 0] = False  # the leading BOS only
     x = hidden[keep].numpy().astype(np.float64)
     W, b_enc, b_dec = (p.detach().numpy().astype(np.float64) for p in (sae.W_enc, sae.b_enc, sae.b_dec))
     z = np.maximum((x - b_dec) @ W + b_enc, 0)
@@ -159,6 +161,35 @@ def test_histograms_count_every_active_latent_and_activation():
     assert off.feature_histograms is None and off.stats == r.stats
 
 
+def test_max_tokens_counts_positions_fed_to_a_teacher(tiny_neox):
+    seqs = token_sequences(n_seq=40, seq_len=16, bos=5)
+    src = TeacherSource(tiny_neox, 1, seqs, batch_tokens=60)  # 3 sequences, 48 positions a batch
+    assert src.batch_tokens == 48
+    r = measure(src, sparse_sae(32, 40, scale=40.0), MeasureConfig(max_tokens=200, bootstrap=0), progress=False)
+    assert r.n_batches == 5 and r.stats.n_tokens == 5 * 3 * 15  # BOS positions left out
+    assert r.stopped.startswith("reached max_tokens")
+
+
+def test_batches_must_be_two_dimensional():
+    class Cube(IterableSource):
+        def batches(self, **kw):
+            from pyfloor.sources import Batch
+
+            yield Batch(0, torch.randn(4, 100, 8))
+
+    with pytest.raises(ValueError, match=r"\[tokens, 8\] activations; got shape \(4, 100, 8\)"):
+        measure(Cube([], 8, 16), sparse_sae(8, 20), progress=False)
+
+
+def test_iterable_source_recuts_like_array_source():
+    x = np.random.default_rng(7).normal(size=(1000, 8))  # float64 arrives as float32
+    pieces = [x[:3], x[3:400], x[400:401], x[401:]]
+    a = [b.acts for b in ArraySource([x], 64).batches()]
+    b = [b.acts for b in IterableSource(iter(pieces), 8, 64).batches()]
+    assert len(a) == len(b) == 16 and all(torch.equal(u, v) for u, v in zip(a, b))
+    assert a[0].dtype == torch.float32
+
+
 def test_bootstrap_weights_are_deterministic_per_batch():
     a = bootstrap_weights(0, 17, 32)
     assert np.array_equal(a, bootstrap_weights(0, 17, 32))
@@ -192,6 +223,54 @@ def test_resume_is_bit_identical(tmp_path):
     assert resumed.n_batches == full.n_batches == 20
 
 
+def test_resumed_until_stable_run_stops_where_the_uninterrupted_one_does(tmp_path):
+    x = np.random.default_rng(8).normal(size=(20000, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20, bias=-0.3)
+    cfg = dict(until_stable=0.05, check_every=4, bootstrap=16)
+    full = measure(ArraySource([x], 200), sae, MeasureConfig(**cfg), progress=False)
+    ckpt = tmp_path / "c.safetensors"
+    measure(ArraySource([x], 200), sae, MeasureConfig(**cfg, max_tokens=600, checkpoint=ckpt, checkpoint_every=1),
+            progress=False)
+    resumed = measure(ArraySource([x], 200), sae, MeasureConfig(**cfg, checkpoint=ckpt, resume=True), progress=False)
+    assert full.n_batches == 4 and full.stopped.startswith("d* stable")  # the interruption comes before it
+    assert resumed.stats == full.stats and resumed.stopped == full.stopped
+
+
+def test_fresh_run_refuses_to_overwrite_an_existing_checkpoint(tmp_path):
+    x = np.random.default_rng(9).normal(size=(300, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20)
+    ckpt = tmp_path / "c.safetensors"
+    FeatureStats.empty(3).save(ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="already exists: resume it, or start over with overwrite"):
+        measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=ckpt), progress=False)
+    assert ckpt.read_bytes() == before
+    measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=ckpt, overwrite=True), progress=False)
+    assert ckpt.read_bytes() != before
+
+
+def test_checkpoint_with_impossible_contents_is_refused_and_kept(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    x = np.random.default_rng(10).normal(size=(300, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20)
+    ckpt = tmp_path / "c.safetensors"
+    measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=ckpt, max_tokens=100), progress=False)
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata()
+    for name, poison in (("act_sq_sum", float("nan")), ("fire_count", 10**6)):
+        t = load_file(str(ckpt))
+        t[name][0] = poison
+        bad = tmp_path / f"bad-{name}.safetensors"
+        save_file(t, str(bad), metadata=meta)
+        before = bad.read_bytes()
+        with pytest.raises(CheckpointError, match="inconsistent totals"):
+            measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=bad, resume=True), progress=False)
+        assert bad.read_bytes() == before
+
+
 def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(tmp_path):
     x = np.random.default_rng(4).normal(size=(500, 8)).astype(np.float32)
     sae = sparse_sae(8, 30)
@@ -221,7 +300,11 @@ def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(tmp_path):
 def _rank_main(rank, world, init_file, out_dir, x):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        r = measure(ArraySource([x], 64), sparse_sae(8, 30), MeasureConfig(bootstrap=8, widths=[1, 2]), progress=False)
+        cfg = MeasureConfig(bootstrap=8, widths=[1, 2], check_every=2, checkpoint=os.path.join(out_dir, "c.safetensors"))
+        r = measure(ArraySource([x], 64), sparse_sae(8, 30), cfg, progress=True)
+        stable = MeasureConfig(bootstrap=8, until_stable=0.5, check_every=3)
+        s = measure(ArraySource([x], 64), sparse_sae(8, 30), stable, progress=True)
+        assert s.stopped.startswith("d* stable"), s.stopped
         r.stats.save(os.path.join(out_dir, f"stats{rank}.safetensors"))
         np.save(os.path.join(out_dir, f"hist{rank}.npy"), r.feature_histograms.counts)
         with open(os.path.join(out_dir, f"intervals{rank}.json"), "w") as f:
@@ -231,9 +314,10 @@ def _rank_main(rank, world, init_file, out_dir, x):
 
 
 def test_two_gloo_processes_equal_one(tmp_path):
-    x = np.random.default_rng(5).normal(size=(1000, 8)).astype(np.float32)  # 16 batches, the last ragged
+    x = np.random.default_rng(5).normal(size=(1050, 8)).astype(np.float32)  # 17 batches: 9 and 8 per rank
     one = measure(ArraySource([x], 64), sparse_sae(8, 30), MeasureConfig(bootstrap=8, widths=[1, 2]), progress=False)
     torch.multiprocessing.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path), x), nprocs=2, join=True)
+    assert sorted(p.name for p in tmp_path.glob("c.rank*")) == ["c.rank0-of-2.safetensors", "c.rank1-of-2.safetensors"]
     for rank in range(2):
         two = FeatureStats.load(tmp_path / f"stats{rank}.safetensors")
         assert two.n_tokens == one.stats.n_tokens
@@ -246,3 +330,4 @@ def test_two_gloo_processes_equal_one(tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"hist{rank}.npy"), one.feature_histograms.counts)
         iv = json.loads((tmp_path / f"intervals{rank}.json").read_text())
         assert iv["n_features"] == one.intervals["n_features"]
+        assert iv["floors"][0]["low"] == pytest.approx(one.intervals["floors"][0]["low"], rel=1e-12)

@@ -243,3 +243,10 @@ def test_load_measurement_rejects_unknown_json(tmp_path):
     path.write_text("not json")
     with pytest.raises(ValueError, match="neither"):
         load_measurement(path)
+
+
+def test_measurement_rejects_inconsistent_inputs():
+    with pytest.raises(ValueError, match="feature_ids has 5 entries for 3"):
+        Measurement.from_importances([3.0, 2.0, 1.0], mean_l0=0.5, feature_ids=[0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="inconsistent measurement"):
+        Measurement(n_features=100, mean_l0=50.0, alpha=0.95)
