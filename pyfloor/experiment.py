@@ -1,0 +1,812 @@
+"""The toy-model experiment end to end: teachers, distilled students, SAE measurement, predictors.
+
+For each configuration (n features, teacher width d_T, sparsity α, importance profile) and seed:
+
+1. train a teacher of width d_T on the task, and task models of every width 1 … d_T;
+2. distil students of every width d_S = 1 … d_T from the teacher (fresh samples each step);
+3. evaluate every student on a fixed sample: (a) the distillation loss against the teacher's
+   output, (b) the excess task loss over the teacher's own, (c) the raw task loss, and which
+   features it represents (‖W_i‖² > 0.5);
+4. measure the first seed's teacher with a sweep of SAEs (:func:`pyfloor.toy.measure_teacher`);
+5. predict the floor at every width with each predictor of :data:`PREDICTORS` and score it.
+
+The work comes in *units*, one per task (n, α, importance profile): a unit trains the task models and
+teachers of every configuration of that task, then their students, then measures the teachers.
+Units are independent and seeded from their own identity (:func:`pyfloor.toy.stable_seed`), so they
+can run in parallel processes and a configuration gives the same numbers alone or in a grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import scoring, theory
+from ._version import __version__
+
+__all__ = [
+    "ToyConfig",
+    "ExperimentSettings",
+    "PAPER_GRID",
+    "SMALL_GRID",
+    "grid",
+    "StudentLosses",
+    "TeacherFacts",
+    "ConfigResult",
+    "PREDICTORS",
+    "TARGETS",
+    "run_experiment",
+    "predict_floors",
+    "continuous_tail",
+    "BudgetLaw",
+    "fit_budget_law",
+    "build_report",
+    "total_steps",
+]
+
+#: What the predictors are scored against (the observed losses of the distilled students).
+TARGETS: dict[str, str] = {
+    "distill": "(a) distillation loss against the teacher's output",
+    "excess": "(b) excess task loss over the teacher's own",
+    "task": "(c) raw task loss",
+}
+
+#: The floor predictors, in the order reports show them, with what each one uses.
+PREDICTORS: dict[str, str] = {
+    "eq2": "Eq. 2 with the true inputs: F = n, α, w_i = I_i·(1−α)/3, budget ⌊d·g(α)⌋",
+    "eq2_sae": (
+        "Eq. 2 with the SAE measurement of the teacher (ReLU+L1, penalty by the FVU rule): F̂, α̂ and "
+        "E[z²] rescaled to sum to the width-0 distillation loss Σ_i I_i·Var(x̂_T,i)"
+    ),
+    "eq2_teacher": (
+        "Eq. 2 over the features the teacher represents (‖W_T,i‖² > 0.5), each weighted by what the "
+        "teacher's output carries of it, I_i·Var(x̂_T,i); budget ⌊d·g(α)⌋"
+    ),
+    "teacher_density": (
+        "as eq2_teacher, but the student keeps features as densely as the teacher did: "
+        "budget ⌊d·F_T/d_T⌋ (no fit, no student seen)"
+    ),
+    "packing_loco": (
+        "as eq2_teacher with the packing law ĝ = a·g(α)^b fitted on the other configurations' "
+        "distillation losses (leave one configuration out, same importance profile)"
+    ),
+    "width_packing_loco": (
+        "as eq2_teacher with a width-aware packing law: the student keeps k = a·d^c·g(α)^b features "
+        "(continuous k: the partly kept feature counts pro rata), (a, b, c) fitted by least squares on "
+        "the other configurations' effective budgets (leave one configuration out, same importance profile)"
+    ),
+    "calibrated_loco": (
+        "affine calibration C·eq2 + B fitted on the other configurations' distillation losses "
+        "(leave one configuration out, same importance profile)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """One configuration of the grid: n features of sparsity α, a teacher of width d_T."""
+
+    n_features: int
+    d_teacher: int
+    alpha: float
+    importance: str = "zipf"
+    ratio: float = 0.9
+
+    def __post_init__(self) -> None:
+        self.task  # validates n, α and the profile
+        if int(self.d_teacher) != self.d_teacher or self.d_teacher < 1:
+            raise ValueError(f"d_teacher must be a positive integer; got {self.d_teacher!r}")
+
+    @property
+    def task(self):
+        from .toy import ToyTask
+
+        return ToyTask(self.n_features, self.alpha, self.importance, self.ratio)  # type: ignore[arg-type]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Student widths d_S = 1 … d_T."""
+        return tuple(range(1, self.d_teacher + 1))
+
+    @property
+    def critical_width(self) -> float:
+        """d* = n / g(α) with the true n and α."""
+        return theory.critical_width(self.n_features, self.alpha)
+
+    @property
+    def task_key(self) -> tuple:
+        return (self.n_features, self.alpha, self.importance, self.ratio)
+
+    def label(self) -> str:
+        extra = f" r={self.ratio:g}" if self.importance == "geometric" else ""
+        return f"n={self.n_features} d_T={self.d_teacher} α={self.alpha:g} {self.importance}{extra}"
+
+
+def grid(
+    n_features: Sequence[int],
+    d_teacher: Sequence[int],
+    alphas: Sequence[float],
+    importance: str = "zipf",
+    ratio: float = 0.9,
+) -> list[ToyConfig]:
+    """Every combination, ordered by n, then α, then d_T."""
+    return [ToyConfig(n, d, a, importance, ratio) for n in n_features for a in alphas for d in d_teacher]
+
+
+#: The paper's 48 configurations.
+PAPER_GRID: tuple[ToyConfig, ...] = tuple(grid((10, 20, 40), (3, 5, 8, 10), (0.8, 0.9, 0.95, 0.99)))
+#: A quick grid (8 configurations) with two sparsities, enough for the fitted predictors.
+SMALL_GRID: tuple[ToyConfig, ...] = tuple(grid((10, 20), (3, 5), (0.8, 0.99)))
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """Everything besides the configurations that decides the numbers (all of it goes in the report)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train: Any = None  # pyfloor.toy.TrainSettings; None → its defaults
+    sae: Any = None  # pyfloor.toy.SAESettings; None → no SAE measurement
+    eval_samples: int = 32768
+    workers: int = 1
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one; got {self.seeds!r}")
+        for name in ("eval_samples", "workers", "threads"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+    @property
+    def train_settings(self):
+        from .toy import TrainSettings
+
+        return self.train if self.train is not None else TrainSettings()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": list(self.seeds),
+            "train": asdict(self.train_settings),
+            "sae": None if self.sae is None else asdict(self.sae),
+            "eval_samples": self.eval_samples,
+            "workers": self.workers,
+            "threads": self.threads,
+        }
+
+
+class StudentLosses(NamedTuple):
+    """Observed losses of students, float64 [seeds, widths]: (a) distill, (b) excess, (c) task."""
+
+    distill: NDArray[np.float64]
+    excess: NDArray[np.float64]
+    task: NDArray[np.float64]
+
+
+class TeacherFacts(NamedTuple):
+    """What one teacher is, measured in the true feature basis (known only in the toy)."""
+
+    task_loss: float
+    represented: NDArray[np.int64]  # features with ‖W_T,i‖² > 0.5
+    output_weights: NDArray[np.float64]  # I_i · Var(x̂_T,i), [n]
+
+    @property
+    def width0_loss(self) -> float:
+        """Distillation loss of a width-0 student (best constant output): Σ_i I_i · Var(x̂_T,i)."""
+        return float(self.output_weights.sum())
+
+    def represented_weights(self) -> NDArray[np.float64]:
+        """I_i · Var(x̂_T,i) of the represented features, sorted descending."""
+        return np.sort(self.output_weights[self.represented])[::-1].copy()
+
+
+@dataclass
+class ConfigResult:
+    """Everything observed for one configuration, over its seeds."""
+
+    config: ToyConfig
+    seeds: tuple[int, ...]
+    distilled: StudentLosses
+    task_trained: StudentLosses
+    distilled_kept: NDArray[np.bool_]  # [seeds, widths, n]
+    task_kept: NDArray[np.bool_]  # [seeds, widths, n]
+    teachers: list[TeacherFacts]
+    sae: Any = None  # pyfloor.toy.TeacherMeasurement of the first seed's teacher
+    seconds: float = 0.0
+
+
+# -- running -----------------------------------------------------------------------------------
+def _unit_steps(configs: Sequence[ToyConfig], settings: ExperimentSettings) -> int:
+    """Optimisation steps of one unit (for the progress bar): two training phases and the SAEs."""
+    per_sae = 0 if settings.sae is None else settings.sae.total_steps
+    return settings.train_settings.steps * 2 + per_sae * len(configs)
+
+
+class _UnitModels(NamedTuple):
+    """The specs of one unit's two training phases and where each model sits in them."""
+
+    phase1: list  # ModelSpec: teachers first, then task models
+    teacher_of: dict  # (config, seed) → index of the teacher in phase1
+    task_of: dict  # (width, seed) → index of the task model in phase1
+    students: list  # ModelSpec of the distilled students, config by config, seed by seed, width by width
+
+
+def _unit_models(configs: Sequence[ToyConfig], seeds: Sequence[int]) -> _UnitModels:
+    """Teachers and task models share one data stream per seed; each teacher's students share one."""
+    from .toy import ModelSpec, stable_seed
+
+    task = configs[0].task
+    phase1 = [
+        ModelSpec(task, c.d_teacher, stable_seed("teacher", c, s), stable_seed("task-data", task, s))
+        for c in configs
+        for s in seeds
+    ]
+    teacher_of = {(c, s): i for i, (c, s) in enumerate((c, s) for c in configs for s in seeds)}
+    task_of = {}
+    for s in seeds:
+        for d in range(1, max(c.d_teacher for c in configs) + 1):
+            task_of[(d, s)] = len(phase1)
+            phase1.append(ModelSpec(task, d, stable_seed("task-model", task, d, s), stable_seed("task-data", task, s)))
+    students = [
+        ModelSpec(
+            task, d, stable_seed("student", c, d, s), stable_seed("distill-data", c, s), teacher=teacher_of[(c, s)]
+        )
+        for c in configs
+        for s in seeds
+        for d in c.widths
+    ]
+    return _UnitModels(phase1, teacher_of, task_of, students)
+
+
+def _run_unit(
+    configs: Sequence[ToyConfig], settings: ExperimentSettings, on_step: Callable[[int], None] | None
+) -> list[ConfigResult]:
+    """Train, evaluate and measure every configuration of one task (all share n, α and the profile)."""
+    from .toy import evaluate_losses, output_variance, stable_seed, train_toy_models
+
+    start = time.perf_counter()
+    task, seeds, train = configs[0].task, settings.seeds, settings.train_settings
+    plan = _unit_models(configs, seeds)
+    phase1 = train_toy_models(plan.phase1, train, on_step=on_step)
+    teachers = phase1.select(range(len(plan.teacher_of)))
+    distilled = train_toy_models(plan.students, train, teachers=teachers, on_step=on_step)
+    task_trained = phase1.select([plan.task_of[(d, s)] for c in configs for s in seeds for d in c.widths])
+    # every model of the task is evaluated on the same samples; students against their teachers
+    evaluate = dict(
+        tasks=[task] * len(plan.students),
+        teachers=teachers,
+        teacher_index=[s.teacher for s in plan.students],
+        n_samples=settings.eval_samples,
+        seed=stable_seed("eval", task),
+    )
+    losses = (evaluate_losses(distilled, **evaluate), evaluate_losses(task_trained, **evaluate))
+    kept = (distilled.kept_features(), task_trained.kept_features())
+    teacher_loss = evaluate_losses(
+        teachers, [task] * len(teachers), n_samples=settings.eval_samples, seed=evaluate["seed"]
+    ).task
+    weights = output_variance(teachers, task, n_samples=settings.eval_samples, seed=evaluate["seed"]) * task.importances
+    teacher_kept = teachers.kept_features()
+    results, offset = [], 0
+    for c in configs:
+        rows = slice(offset, offset + len(seeds) * len(c.widths))
+        offset = rows.stop
+        shape = (len(seeds), len(c.widths))
+        observed = [
+            StudentLosses(
+                ev.distill[rows].reshape(shape),
+                (ev.task - ev.teacher_task)[rows].reshape(shape),
+                ev.task[rows].reshape(shape),
+            )
+            for ev in losses
+        ]
+        facts = [
+            TeacherFacts(float(teacher_loss[i]), np.flatnonzero(teacher_kept[i]).astype(np.int64), weights[i].copy())
+            for i in (plan.teacher_of[(c, s)] for s in seeds)
+        ]
+        results.append(
+            ConfigResult(
+                c,
+                tuple(seeds),
+                observed[0],
+                observed[1],
+                kept[0][rows].reshape(*shape, -1),
+                kept[1][rows].reshape(*shape, -1),
+                facts,
+            )
+        )
+    training_seconds = (time.perf_counter() - start) / len(results)
+    for r in results:
+        r.seconds = training_seconds + (
+            _measure(r, teachers, plan, settings, on_step) if settings.sae is not None else 0.0
+        )
+    return results
+
+
+def _measure(r: ConfigResult, teachers, plan: _UnitModels, settings: ExperimentSettings, on_step) -> float:
+    """SAE-measure the first seed's teacher of ``r`` (sets ``r.sae``); returns the seconds it took."""
+    from .toy import measure_teacher, stable_seed
+
+    start = time.perf_counter()
+    W = teachers.W[plan.teacher_of[(r.config, r.seeds[0])], : r.config.d_teacher]
+    r.sae = measure_teacher(
+        W, r.config.task, settings.sae, seed=stable_seed("sae", r.config, r.seeds[0]), on_step=on_step
+    )
+    return time.perf_counter() - start
+
+
+def _units(configs: Sequence[ToyConfig]) -> list[list[ToyConfig]]:
+    units: dict[tuple, list[ToyConfig]] = {}
+    for c in configs:
+        units.setdefault(c.task_key, []).append(c)
+    return list(units.values())
+
+
+def _worker(configs: list[ToyConfig], settings: ExperimentSettings, queue) -> list[ConfigResult]:
+    """Run one unit in a worker process, reporting progress through ``queue`` every 25 steps."""
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    pending = [0]
+
+    def on_step(_: int) -> None:
+        pending[0] += 1
+        if pending[0] == 25:
+            queue.put(25)
+            pending[0] = 0
+
+    results = _run_unit(configs, settings, on_step)
+    queue.put(pending[0])
+    return results
+
+
+def run_experiment(
+    configs: Sequence[ToyConfig],
+    settings: ExperimentSettings = ExperimentSettings(),
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[ConfigResult]:
+    """Run every configuration; results come back in the order of ``configs``.
+
+    ``progress(k)`` is called as k more optimisation steps finish (see :func:`total_steps`).
+    With ``settings.workers > 1`` units run in that many processes (each with
+    ``settings.threads`` torch threads); the numbers do not depend on the number of workers.
+    """
+    configs = list(configs)
+    if not configs:
+        raise ValueError("no configurations to run")
+    if len(set(configs)) != len(configs):
+        raise ValueError("configurations must be distinct")
+    units = _units(configs)
+    done: dict[ToyConfig, ConfigResult] = {}
+    if settings.workers == 1 or len(units) == 1:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(settings.threads)
+        try:
+            step = None if progress is None else (lambda _: progress(1))
+            for unit in units:
+                for r in _run_unit(unit, settings, step):
+                    done[r.config] = r
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        done = _run_parallel(units, settings, progress)
+    return [done[c] for c in configs]
+
+
+def _run_parallel(
+    units: list[list[ToyConfig]], settings: ExperimentSettings, progress
+) -> dict[ToyConfig, ConfigResult]:
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # fork: the workers need no re-import of the caller's main module (``python -m pyfloor`` has no
+    # __main__ guard), and the parent has run no torch work yet that a fork could inherit half-done
+    ctx = mp.get_context("fork")
+    done: dict[ToyConfig, ConfigResult] = {}
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        with ProcessPoolExecutor(max_workers=settings.workers, mp_context=ctx) as pool:
+            # the largest units first, so that the pool's tail is short
+            order = sorted(units, key=lambda u: -(u[0].n_features * sum(c.d_teacher for c in u)))
+            pending = {pool.submit(_worker, u, settings, q) for u in order}
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(q, progress, queue_mod)
+                for f in finished:
+                    for r in f.result():
+                        done[r.config] = r
+            _drain(q, progress, queue_mod)
+    return done
+
+
+def _drain(q, progress, queue_mod) -> None:
+    while True:
+        try:
+            k = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        if progress is not None and k:
+            progress(k)
+
+
+def total_steps(configs: Sequence[ToyConfig], settings: ExperimentSettings) -> int:
+    """Optimisation steps :func:`run_experiment` will take (the length of its progress bar)."""
+    return sum(_unit_steps(u, settings) for u in _units(list(configs)))
+
+
+# -- predicting ----------------------------------------------------------------------------------
+def _sae_floor(result: ConfigResult) -> NDArray[np.float64] | None:
+    """eq2_sae: Eq. 2 from the picked ReLU SAE, importances rescaled to the width-0 loss."""
+    if result.sae is None or "relu" not in result.sae.measurements:
+        return None
+    m = result.sae.measurements["relu"]
+    scale = result.teachers[0].width0_loss / m.total_importance
+    floor = np.asarray(m.floor(np.asarray(result.config.widths)), dtype=np.float64) * scale
+    return np.broadcast_to(floor, (len(result.seeds), len(result.config.widths))).copy()
+
+
+def _teacher_floor(result: ConfigResult, budget: Callable[[TeacherFacts], NDArray[np.int64]]) -> NDArray[np.float64]:
+    """Σ of the teacher's represented-feature weights beyond ``budget(teacher)``, per seed and width."""
+    rows = []
+    for t in result.teachers:
+        tails = theory.tail_sums(t.represented_weights())
+        rows.append(tails[np.minimum(budget(t), tails.size - 1)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _own_predictors(result: ConfigResult) -> dict[str, NDArray[np.float64] | None]:
+    """The predictors that need nothing but this configuration's teacher (or nothing at all)."""
+    c = result.config
+    w = np.asarray(c.widths)
+    s = len(result.seeds)
+    eq2 = np.asarray(theory.importance_floor(w, c.alpha, c.task.feature_weights), dtype=np.float64)
+    return {
+        "eq2": np.broadcast_to(eq2, (s, w.size)).copy(),
+        "eq2_sae": _sae_floor(result),
+        "eq2_teacher": _teacher_floor(result, lambda t: np.floor(w * theory.capacity(c.alpha)).astype(np.int64)),
+        "teacher_density": _teacher_floor(
+            result, lambda t: np.floor(w * t.represented.size / c.d_teacher + 1e-9).astype(np.int64)
+        ),
+    }
+
+
+class BudgetLaw(NamedTuple):
+    """A fitted law for the number of teacher features a student of width d keeps at sparsity α.
+
+    ``width_exponent`` None: the paper-style packing law k = d·a·g(α)^b (what
+    :func:`pyfloor.theory.fit_packing_law` fits). Otherwise the width-aware law k = a·d^c·g(α)^b
+    with c = ``width_exponent``.
+    """
+
+    a: float
+    b: float
+    width_exponent: float | None
+    n_points: int
+
+    def budget(self, widths: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
+        """k at each width (continuous)."""
+        c = 1.0 if self.width_exponent is None else self.width_exponent
+        return self.a * np.asarray(widths, dtype=np.float64) ** c * float(theory.capacity(alpha)) ** self.b
+
+
+class _BudgetPoints(NamedTuple):
+    """(log g(α), log d, log k) of the students of one configuration whose effective budget k is
+    informative (0 < k < F_T: they kept some but not all of their teacher's features)."""
+
+    log_g: NDArray[np.float64]
+    log_d: NDArray[np.float64]
+    log_k: NDArray[np.float64]
+
+
+def _budget_points(r: ConfigResult) -> _BudgetPoints:
+    """Effective budgets (:func:`pyfloor.theory.effective_budget`) of r's distilled students,
+    each against its own seed's teacher features weighted by I_i·Var(x̂_T,i)."""
+    log_d, log_k = [], []
+    for si, t in enumerate(r.teachers):
+        imp = t.represented_weights()
+        if imp.size == 0:
+            continue
+        k = np.atleast_1d(theory.effective_budget(r.distilled.distill[si], imp))
+        use = (k > 0) & (k < imp.size)
+        log_d.append(np.log(np.asarray(r.config.widths, dtype=np.float64)[use]))
+        log_k.append(np.log(k[use]))
+    log_d_all = np.concatenate(log_d) if log_d else np.zeros(0)
+    log_g = np.full(log_d_all.size, math.log(float(theory.capacity(r.config.alpha))))
+    return _BudgetPoints(log_g, log_d_all, np.concatenate(log_k) if log_k else np.zeros(0))
+
+
+def fit_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> BudgetLaw | None:
+    """Least-squares fit of a :class:`BudgetLaw` to students' effective budgets.
+
+    Paper-style (``width_aware=False``): log(k/d) = log a + b·log g, the regression of
+    :func:`pyfloor.theory.fit_packing_law` (None when b ≤ 0, as there). Width-aware:
+    log k = log a + b·log g + c·log d. None when the points cannot determine the law (too few, or
+    one sparsity / one width only).
+    """
+    log_g = np.concatenate([p.log_g for p in points]) if points else np.zeros(0)
+    log_d = np.concatenate([p.log_d for p in points]) if points else np.zeros(0)
+    log_k = np.concatenate([p.log_k for p in points]) if points else np.zeros(0)
+    columns = [np.ones_like(log_g), log_g] + ([log_d] if width_aware else [])
+    X = np.stack(columns, axis=1)
+    y = log_k if width_aware else log_k - log_d
+    if y.size <= X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
+        return None
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    if not width_aware and coef[1] <= 0:
+        return None
+    return BudgetLaw(float(math.exp(coef[0])), float(coef[1]), float(coef[2]) if width_aware else None, int(y.size))
+
+
+def continuous_tail(importances: NDArray[np.float64], budget: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Σ of descending ``importances`` beyond a continuous budget k: S[⌊k⌋] − (k − ⌊k⌋)·I_⌊k⌋.
+
+    The inverse of :func:`pyfloor.theory.effective_budget` (the partly kept feature counts pro rata).
+    """
+    tails = theory.tail_sums(importances)
+    n = importances.size
+    k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
+    i = np.minimum(np.floor(k).astype(np.int64), n)
+    return tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)])
+
+
+class LocoFits(NamedTuple):
+    """The laws fitted for one configuration on all the others (None: could not be fitted)."""
+
+    packing: BudgetLaw | None
+    width_packing: BudgetLaw | None
+    calibration: theory.Calibration | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: None if v is None else v._asdict() for k, v in self._asdict().items()}
+
+
+def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray]) -> list[LocoFits]:
+    """For each configuration, the laws fitted on the other configurations of its importance profile."""
+    points = [_budget_points(r) for r in results]
+    fits = []
+    for i, r in enumerate(results):
+        others = [
+            j
+            for j, q in enumerate(results)
+            if j != i and (q.config.importance, q.config.ratio) == (r.config.importance, r.config.ratio)
+        ]
+        fits.append(
+            LocoFits(
+                fit_budget_law([points[j] for j in others], width_aware=False),
+                fit_budget_law([points[j] for j in others], width_aware=True),
+                _fit_calibration([eq2[j] for j in others], [results[j] for j in others]),
+            )
+        )
+    return fits
+
+
+def _fit_calibration(eq2: Sequence[NDArray], others: Sequence[ConfigResult]) -> theory.Calibration | None:
+    """observed ≈ C·eq2 + B over ``others`` (seed means); None without two distinct predictions."""
+    if not others:
+        return None
+    try:
+        return theory.fit_calibration(
+            np.concatenate([p.mean(0) for p in eq2]), np.concatenate([q.distilled.distill.mean(0) for q in others])
+        )
+    except ValueError:
+        return None
+
+
+def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray) -> dict[str, NDArray | None]:
+    """packing_loco, width_packing_loco and calibrated_loco of one configuration from its fits."""
+    w = np.asarray(r.config.widths, dtype=np.float64)
+    packing, width_law, cal = fits
+    return {
+        # the paper-style law keeps whole features: F_S = ⌊d·a·g^b⌋
+        "packing_loco": (
+            None
+            if packing is None
+            else _teacher_floor(r, lambda t: np.floor(packing.budget(w, r.config.alpha)).astype(np.int64))
+        ),
+        "width_packing_loco": (
+            None
+            if width_law is None
+            else np.asarray(
+                [continuous_tail(t.represented_weights(), width_law.budget(w, r.config.alpha)) for t in r.teachers]
+            )
+        ),
+        "calibrated_loco": None if cal is None else np.asarray(cal.apply(eq2), dtype=np.float64),
+    }
+
+
+def _predict(results: Sequence[ConfigResult]) -> tuple[list[dict[str, NDArray | None]], list[LocoFits]]:
+    own = [_own_predictors(r) for r in results]
+    fits = _loco_fits(results, [o["eq2"] for o in own])
+    preds = [{**o, **_apply_fits(r, f, o["eq2"])} for r, o, f in zip(results, own, fits)]
+    return [{name: p[name] for name in PREDICTORS} for p in preds], fits
+
+
+def predict_floors(results: Sequence[ConfigResult]) -> list[dict[str, NDArray[np.float64] | None]]:
+    """Every predictor of :data:`PREDICTORS` for every configuration: arrays [seeds, widths], or
+    ``None`` where a predictor cannot be formed (no SAE measurement; no other configurations to fit on).
+
+    No prediction uses the observed losses of the configuration it predicts: the fitted predictors
+    see only the other configurations (leave one configuration out).
+    """
+    return _predict(results)[0]
+
+
+# -- scoring and the report ----------------------------------------------------------------------
+def _spread(values: NDArray[np.float64]) -> dict[str, Any]:
+    """Mean, standard deviation (over seeds) and the per-seed values of [seeds] losses."""
+    return {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
+
+
+def _students(r: ConfigResult) -> list[dict[str, Any]]:
+    c = r.config
+    rows = []
+    for wi, d in enumerate(c.widths):
+        row: dict[str, Any] = {
+            "width": d,
+            "d_over_dstar": d / c.critical_width,
+            "stratum": scoring.width_stratum(d, c.critical_width)[0],
+        }
+        for name, losses, kept in (
+            ("distilled", r.distilled, r.distilled_kept),
+            ("task_trained", r.task_trained, r.task_kept),
+        ):
+            row[name] = {t: _spread(getattr(losses, t)[:, wi]) for t in TARGETS}
+            row[name]["n_kept"] = kept[:, wi].sum(-1).tolist()
+            row[name]["kept"] = [np.flatnonzero(k).tolist() for k in kept[:, wi]]
+        rows.append(row)
+    return rows
+
+
+def _sae_dict(r: ConfigResult) -> dict[str, Any] | None:
+    if r.sae is None:
+        return None
+    t0 = r.teachers[0]
+    picked = {}
+    for act, i in r.sae.selected.items():
+        p = r.sae.points[i]
+        picked[act] = {
+            **p._asdict(),
+            "F_over_represented": p.n_features / max(t0.represented.size, 1),
+            "alpha_error": p.alpha - r.config.alpha,
+        }
+    m = r.sae.measurements.get("relu")
+    return {
+        "n_latents": r.sae.n_latents,
+        "seed": r.seeds[0],
+        "truth": {"n_features": r.config.n_features, "alpha": r.config.alpha, "represented": int(t0.represented.size)},
+        "sweep": [p._asdict() for p in r.sae.points],
+        "selected": picked,
+        "relu_importances": None if m is None else m.importances.tolist(),
+    }
+
+
+def _pooled(
+    results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray | None]], name: str, target: str
+) -> tuple[NDArray, NDArray, list[float], list[str], list[int]] | None:
+    """Seed-mean (predicted, observed) of every student of every configuration, with its α, stratum, config index."""
+    p, o, alphas, strata, cfg = [], [], [], [], []
+    for i, (r, pr) in enumerate(zip(results, preds)):
+        if pr[name] is None:
+            return None
+        p.append(pr[name].mean(0))
+        o.append(getattr(r.distilled, target).mean(0))
+        alphas += [r.config.alpha] * len(r.config.widths)
+        strata += scoring.width_stratum(np.asarray(r.config.widths), r.config.critical_width)
+        cfg += [i] * len(r.config.widths)
+    return np.concatenate(p), np.concatenate(o), alphas, strata, cfg
+
+
+def _summary(results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray | None]]) -> dict[str, Any]:
+    """Per predictor and target: pooled scores, by sparsity, by d/d* stratum, and per-configuration r."""
+    out: dict[str, Any] = {}
+    for target in TARGETS:
+        out[target] = {}
+        for name in PREDICTORS:
+            pooled = _pooled(results, preds, name, target)
+            if pooled is None:
+                out[target][name] = None
+                continue
+            p, o, alphas, strata, cfg = pooled
+            per_config = scoring.score_groups(p, o, cfg)
+            rs = np.array([s.pearson_r for s in per_config.values()], dtype=np.float64)
+            accs = np.array([s.median_accuracy for s in per_config.values()])
+            out[target][name] = {
+                "overall": scoring.score(p, o).to_dict(),
+                "by_sparsity": {f"{a:g}": s.to_dict() for a, s in sorted(scoring.score_groups(p, o, alphas).items())},
+                "by_stratum": {k: v.to_dict() for k, v in scoring.score_groups(p, o, strata).items()},
+                "per_config": {
+                    "pearson_r_median": float(np.nanmedian(rs)) if np.any(np.isfinite(rs)) else math.nan,
+                    "pearson_r_min": float(np.nanmin(rs)) if np.any(np.isfinite(rs)) else math.nan,
+                    "fraction_r_at_least_0.98": float(np.mean(rs >= 0.98)),
+                    "median_accuracy_median": float(np.median(accs)),
+                },
+            }
+    out["best"] = _best(out["distill"])
+    return out
+
+
+def _best(scores: dict[str, Any]) -> str | None:
+    """The predictor whose worst per-sparsity median accuracy on (a) is highest (ties: higher mean r)."""
+    ranked = [
+        (min(s["median_accuracy"] for s in v["by_sparsity"].values()), v["per_config"]["pearson_r_median"], k)
+        for k, v in scores.items()
+        if v is not None
+    ]
+    return max(ranked, key=lambda t: (t[0], np.nan_to_num(t[1], nan=-1.0)))[2] if ranked else None
+
+
+def _config_dict(r: ConfigResult, pred: dict[str, NDArray | None], fits: LocoFits) -> dict[str, Any]:
+    c = r.config
+    scores = {}
+    for name, p in pred.items():
+        if p is not None:
+            scores[name] = {t: scoring.score(p.mean(0), getattr(r.distilled, t).mean(0)).to_dict() for t in TARGETS}
+    return {
+        "config": {
+            **asdict(c),
+            "label": c.label(),
+            "capacity": float(theory.capacity(c.alpha)),
+            "critical_width": c.critical_width,
+        },
+        "seconds": r.seconds,
+        "teachers": [
+            {
+                "seed": s,
+                "task_loss": t.task_loss,
+                "n_represented": int(t.represented.size),
+                "represented": t.represented.tolist(),
+                "width0_loss": t.width0_loss,
+                "output_weights": t.output_weights.tolist(),
+            }
+            for s, t in zip(r.seeds, r.teachers)
+        ],
+        "sae": _sae_dict(r),
+        "students": _students(r),
+        "predictions": {k: None if v is None else v.mean(0).tolist() for k, v in pred.items()},
+        "loco_fits": fits.to_dict(),
+        "scores": scores,
+    }
+
+
+def build_report(
+    results: Sequence[ConfigResult], settings: ExperimentSettings, *, command: str = "", seconds: float | None = None
+) -> dict[str, Any]:
+    """The JSON-ready report: settings, every observed and predicted number, and the scores."""
+    preds, fits = _predict(results)
+    return _clean(
+        {
+            "format": "pyfloor.toy-report",
+            "version": 1,
+            "pyfloor_version": __version__,
+            "command": command,
+            "seconds": seconds,
+            "settings": settings.to_dict(),
+            "targets": TARGETS,
+            "predictors": PREDICTORS,
+            "configs": [_config_dict(r, p, f) for r, p, f in zip(results, preds, fits)],
+            "summary": _summary(results, preds),
+        }
+    )
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready copy: numpy scalars to Python numbers, NaN/±Inf to None, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
