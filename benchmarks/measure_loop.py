@@ -57,7 +57,7 @@ def paper_loop(model: torch.nn.Module, layer: int, seqs: TokenSequences, sae: SA
     sq = torch.zeros(sae.n_latents, device=dev)
     n = 0
     for start in range(0, len(seqs), batch_sequences):
-        ids = seqs.ids[start : start + batch_sequences].to(dev)
+        ids = seqs.rows(start, start + batch_sequences)[0].to(dev)
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
         h = hidden.reshape(-1, hidden.shape[-1])
         z = torch.relu((h - sae.b_dec) @ sae.W_enc + sae.b_enc)

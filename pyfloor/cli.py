@@ -94,22 +94,13 @@ def _run_toy(args: argparse.Namespace, configs: list) -> int:
     """Run configurations, write report.json / report.md / PNGs under --out, print the tables."""
     import time
 
-    from tqdm import tqdm
-
     from .experiment import build_report, run_experiment, total_steps
     from .report import format_toy_report, plot_toy_floors, plot_toy_summary, toy_markdown
 
     settings = _toy_settings(args)
     out = Path(args.out)
     start = time.perf_counter()
-    bar = tqdm(
-        total=total_steps(configs, settings),
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=args.quiet or not sys.stderr.isatty(),
-        desc=f"pyfloor {args.command}",
-    )
+    bar = _bar(total_steps(configs, settings), not args.quiet, f"pyfloor {args.command}", "step")
     with bar:
         results = run_experiment(configs, settings, progress=bar.update)
     command = "pyfloor " + " ".join(sys.argv[1:]) if args.argv is None else "pyfloor " + " ".join(args.argv)
@@ -218,6 +209,217 @@ def _add_toy_commands(sub) -> None:
     p.set_defaults(func=_cmd_toy)
 
 
+# -- measuring a teacher -----------------------------------------------------------------------------
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """Arguments that name an activation stream: a teacher with its tokens, or activation files."""
+    g = p.add_argument_group("activation source: a teacher (--model, --layer, and tokens) or --activations")
+    g.add_argument("--model", help="Hugging Face causal LM: a local directory or a hub id")
+    g.add_argument("--gguf-file", help="GGUF checkpoint inside the --model directory")
+    g.add_argument("--layer", help="block index (the residual stream after it) or a module name")
+    g.add_argument("--site", choices=["resid", "mlp"], default="resid", help="read the block's output or its MLP's")
+    g.add_argument("--tokens", type=Path, help="pre-tokenized token file (.npy, or .bin of --bin-dtype)")
+    g.add_argument("--bin-dtype", default="uint16", help="integer type of a .bin token file (default uint16)")
+    g.add_argument("--text", nargs="+", type=Path, help="text files, or directories of .txt/.md files")
+    g.add_argument("--dataset", help="a 'datasets' dataset name or path (needs the datasets package)")
+    g.add_argument("--column", default="text", help="text column of --dataset (default text)")
+    g.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence fed to the teacher (default 1024)")
+    g.add_argument("--skip-tokens", type=int, default=0, help="skip this many tokens of the token stream first")
+    g.add_argument("--read-tokens", type=int, help="tokenize at most this many tokens of --text/--dataset")
+    g.add_argument("--activations", nargs="+", type=Path, help=".npy or .safetensors activation files [N, d]")
+    g.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per batch (default 65536)")
+    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the teacher's dtype")
+
+
+def _device(args: argparse.Namespace) -> "torch.device":
+    """This process's device: --device, or the one torchrun's environment gives (CPU without CUDA)."""
+    import torch
+
+    from .distributed import init_from_env
+
+    default = init_from_env()
+    return torch.device(args.device) if args.device else default
+
+
+def _source_from_args(args: argparse.Namespace, device: "torch.device"):
+    """The activation source the arguments name."""
+    import torch
+
+    from . import sources
+
+    if (args.model is None) == (args.activations is None):
+        raise ValueError("name one activation source: --model (with --layer and tokens) or --activations")
+    if args.activations is not None:
+        return sources.ArraySource(args.activations, args.batch_tokens, device=device)
+    if args.layer is None:
+        raise ValueError("--model needs --layer (a block index or a module name)")
+    if sum(x is not None for x in (args.tokens, args.text, args.dataset)) != 1:
+        raise ValueError("--model needs exactly one token input: --tokens, --text or --dataset")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model, tokenizer = sources.load_teacher(args.model, gguf_file=args.gguf_file, device=device, dtype=dtype)
+    budget = None if args.read_tokens is None else args.read_tokens + args.skip_tokens
+    if args.tokens is not None:
+        seqs = sources.token_file_sequences(args.tokens, args.seq_len, bin_dtype=args.bin_dtype)
+    elif args.text is not None:
+        seqs = sources.text_file_sequences(args.text, tokenizer, args.seq_len, max_tokens=budget)
+    else:
+        seqs = sources.dataset_sequences(args.dataset, tokenizer, args.seq_len, column=args.column, max_tokens=budget)
+    if args.skip_tokens:
+        seqs = seqs.skip(args.skip_tokens)
+    layer = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
+    return sources.TeacherSource(model, layer, seqs, args.batch_tokens, site=args.site, device=device)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from .distributed import rank_and_world
+    from .measure import MeasureConfig, measure
+    from .report import measurement_markdown, write_measurement_report
+    from .sae import load_sae
+
+    device = _device(args)
+    sae = load_sae(args.sae, device=device)
+    source = _source_from_args(args, device)
+    config = MeasureConfig(
+        max_tokens=args.max_tokens, until_stable=args.until_stable, min_tokens=args.min_tokens,
+        checkpoint=args.checkpoint or args.out / "checkpoint.safetensors", checkpoint_every=args.checkpoint_every,
+        resume=args.resume, overwrite=args.overwrite, alive_threshold=args.alive_threshold, bootstrap=args.bootstrap,
+        seed=args.seed, widths=args.widths, mode=args.mode, k=args.k, histograms=not args.no_histograms,
+        histogram_every=args.histogram_every,
+    )
+    result = measure(source, sae, config, progress=not args.quiet)
+    if rank_and_world()[0] != 0:
+        return 0
+    paths = write_measurement_report(result, args.out)
+    if args.json:
+        print(json.dumps(json.loads(paths["json"].read_text()), indent=2))
+    else:
+        print(measurement_markdown(json.loads(paths["json"].read_text())))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_train_sae(args: argparse.Namespace) -> int:
+    from .sae import SAE, TrainConfig, load_sae, train_sae
+
+    device = _device(args)
+    source = _source_from_args(args, device)
+    config = TrainConfig(n_latents=args.latents, activation=args.activation, k=args.k, l1_coeff=args.l1, lr=args.lr,
+                         steps=args.steps, seed=args.seed)
+    if args.init is not None:
+        sae, fresh = load_sae(args.init, device=device), False
+    else:
+        sae, fresh = SAE(source.d, args.latents, args.activation, k=args.k, device=device), True
+    if sae.d_in != source.d:
+        raise ValueError(f"the SAE has d_in = {sae.d_in} but the source yields activations of width {source.d}")
+    bar = _bar(args.steps, not args.quiet, "train-sae", "step")
+
+    def on_step(step) -> None:
+        bar.update(1)
+        bar.set_postfix(fvu=f"{step.fvu:.4f}", l0=f"{step.l0:.1f}", dead=step.dead)
+        if args.checkpoint_every and (step.step + 1) % args.checkpoint_every == 0:
+            sae.save(args.out)
+
+    with bar:
+        sae, history = train_sae(source, source.d, config, sae=sae,
+                                 init_pre_bias=fresh, on_step=on_step)
+    sae.save(args.out)
+    last = history[-1]
+    print(f"trained {sae.d_in}→{sae.n_latents} {sae.activation} SAE for {len(history)} steps: "
+          f"FVU {last.fvu:.4f}, L0 {last.l0:.1f}, dead latents {last.dead}\nwrote {args.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import measurement_markdown
+
+    path: Path = args.run
+    report = path / "report.json" if path.is_dir() else path
+    if not report.is_file():
+        raise FileNotFoundError(f"{report}: no such report (give a measure --out directory or its report.json)")
+    summary = json.loads(report.read_text())
+    if "measurement" not in summary or "intervals" not in summary:
+        raise ValueError(f"{report}: not the report of a pyfloor measurement")
+    markdown = report.with_name("report.md")
+    markdown.write_text(measurement_markdown(summary))
+    print(markdown.read_text())
+    print(f"wrote {markdown}")
+    return 0
+
+
+def _bar(total: int | None, enabled: bool, desc: str, unit: str):
+    """A progress bar on stderr, shown on a terminal unless disabled."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc,
+                disable=not enabled or not sys.stderr.isatty())
+
+
+def _add_measure_commands(sub) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="measure a teacher: F, α, d*, importances and floors with intervals, from an SAE",
+        description=(
+            "Stream activations (a teacher read at one layer, stopped there, over a token stream; or activation "
+            "files) through an SAE and measure F, L0, α, g(α), d*, the importance distribution and the predicted "
+            "floors with bootstrap intervals. Writes stats.safetensors, measurement.json, report.json, report.md "
+            "and plots to --out, with an atomic checkpoint to --resume from. Under torchrun each rank reads its "
+            "own share of the batches."
+        ),
+    )
+    _add_source_args(p)
+    p.add_argument("--sae", type=Path, required=True,
+                   help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory")
+    p.add_argument("--mode", choices=["relu", "jumprelu", "topk"], help="encode with this activation instead")
+    p.add_argument("--k", type=int, help="k for --mode topk")
+    p.add_argument("--out", type=Path, default=Path("pyfloor-measure"), help="output directory (default pyfloor-measure)")
+    p.add_argument("--max-tokens", type=int, help="stop after this many tokens (rounded up to whole batches)")
+    p.add_argument("--until-stable", type=float, metavar="TOL",
+                   help="stop once d*'s bootstrap interval is narrower than TOL × d* (e.g. 0.01)")
+    p.add_argument("--min-tokens", type=int, default=0, help="never stop for stability before this many tokens")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT/checkpoint.safetensors)")
+    p.add_argument("--checkpoint-every", type=int, default=10_000_000, help="tokens between checkpoints")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    resume.add_argument("--overwrite", action="store_true", help="start over, replacing an existing checkpoint")
+    p.add_argument("--alive-threshold", type=float, default=1e-5, help="firing frequency above which a latent is alive")
+    p.add_argument("--bootstrap", type=int, default=32, help="bootstrap replicates over batches (0: no intervals)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap weights")
+    p.add_argument("--widths", type=_widths, help="student widths for the floor table (default: around d*)")
+    p.add_argument("--no-histograms", action="store_true", help="skip the per-feature and activation histograms")
+    p.add_argument("--histogram-every", type=int, default=1, help="fill the histograms from every N-th batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
+    p.set_defaults(func=_cmd_measure)
+
+    p = sub.add_parser(
+        "train-sae",
+        help="train an SAE on a teacher's activations (ReLU+L1, the paper's recipe, or top-k+AuxK)",
+        description=(
+            "Train an SAE on the same activation sources measure reads: ReLU with an L1 penalty and decoder rows "
+            "renormalised every step (the paper's recipe), or top-k with the AuxK loss (Gao et al. 2024). "
+            "One step per batch; the SAE is saved every --checkpoint-every steps and at the end."
+        ),
+    )
+    _add_source_args(p)
+    p.add_argument("--latents", type=int, required=True, help="number of SAE latents")
+    p.add_argument("--activation", choices=["relu", "topk"], default="relu", help="relu (default) or topk")
+    p.add_argument("--k", type=int, help="k of a top-k SAE")
+    p.add_argument("--l1", type=float, default=1e-2, help="L1 coefficient of a ReLU SAE (default 1e-2)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--steps", type=int, help="training steps (default: one pass over the source)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
+    p.add_argument("--init", type=Path, help="continue training this SAE")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between saves of the SAE (0: only at the end)")
+    p.add_argument("--out", type=Path, default=Path("sae.safetensors"), help="SAE file to write (default sae.safetensors)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_sae)
+
+    p = sub.add_parser("report", help="re-render the Markdown report of a measure run",
+                       description="Re-render report.md from a measure output directory's report.json.")
+    p.add_argument("run", type=Path, help="a measure --out directory, or its report.json")
+    p.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pyfloor`` command."""
     parser = argparse.ArgumentParser(
@@ -250,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="also write the JSON report to this file")
     p.set_defaults(func=_cmd_predict)
     _add_toy_commands(sub)
+    _add_measure_commands(sub)
     return parser
 
 
@@ -260,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = None if argv is None else list(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"pyfloor {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

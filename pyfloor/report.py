@@ -1,9 +1,12 @@
-"""Reports of a measurement: the floor table as JSON-ready dicts and as text for a terminal."""
+"""Reports: floor tables of a measurement, the toy-model experiment, and a teacher's measurement run,
+as JSON-ready dicts, terminal text, Markdown and PNG plots (matplotlib, imported when plotting)."""
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -11,7 +14,32 @@ from numpy.typing import ArrayLike
 from ._version import __version__
 from .stats import Measurement
 
-__all__ = ["default_widths", "floor_table", "prediction_summary", "format_prediction", "format_table"]
+if TYPE_CHECKING:
+    from .measure import MeasureResult
+
+__all__ = [
+    "default_widths",
+    "floor_table",
+    "prediction_summary",
+    "format_prediction",
+    "format_table",
+    "PAPER_TOY_ACCURACY",
+    "toy_width_table",
+    "toy_sparsity_table",
+    "toy_metric_table",
+    "toy_stratum_table",
+    "toy_sae_table",
+    "toy_sweep_table",
+    "toy_markdown",
+    "format_toy_report",
+    "plot_toy_floors",
+    "plot_toy_summary",
+    "measurement_markdown",
+    "top_feature_quantiles",
+    "plot_importance_rank",
+    "plot_floor_curve",
+    "write_measurement_report",
+]
 
 
 def default_widths(critical_width: float) -> list[int]:
@@ -509,16 +537,154 @@ def plot_toy_summary(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-__all__ += [
-    "PAPER_TOY_ACCURACY",
-    "toy_width_table",
-    "toy_sparsity_table",
-    "toy_metric_table",
-    "toy_stratum_table",
-    "toy_sae_table",
-    "toy_sweep_table",
-    "toy_markdown",
-    "format_toy_report",
-    "plot_toy_floors",
-    "plot_toy_summary",
-]
+
+
+# -- a teacher's measurement ------------------------------------------------------------------------
+def _interval_text(iv: dict[str, Any], fmt: str) -> str:
+    return f"{format(iv['estimate'], fmt)} [{format(iv['low'], fmt)}, {format(iv['high'], fmt)}]"
+
+
+def measurement_markdown(summary: dict[str, Any]) -> str:
+    """A Markdown report of a measurement run (:meth:`pyfloor.measure.MeasureResult.to_dict`)."""
+    m, iv = summary["measurement"], summary.get("intervals") or {}
+    conf = iv.get("confidence")
+    lines = [
+        "# pyfloor measurement",
+        "",
+        f"- source: {summary['source']}",
+        f"- tokens: {summary['n_tokens']:,} in {summary['n_batches']:,} batches"
+        + (f"; {summary['n_nonfinite']:,} tokens with non-finite activations excluded" if summary["n_nonfinite"] else ""),
+        f"- {summary['tokens_per_second']:,.0f} tokens/s over {summary['seconds']:.1f} s; stopped: {summary['stopped']}",
+        f"- pyfloor {summary['pyfloor_version']}, torch {summary['torch_version']}",
+        "",
+    ]
+    rows = []
+    for label, key, fmt in (("F (alive features)", "n_features", ",.0f"), ("mean L0", "mean_l0", ".5g"),
+                            ("α", "alpha", ".6f"), ("g(α)", "capacity", ".4f"), ("d* = F / g(α)", "critical_width", ",.1f")):
+        rows.append([label, _interval_text(iv[key], fmt) if key in iv else format(m[key], fmt)])
+    lines.append(_md_table(["quantity", f"estimate [{conf:.0%} bootstrap interval]" if conf else "estimate"], rows))
+    if not m["in_sparse_regime"]:
+        lines += ["", "α < 1 − 1/e: outside the sparse regime of g(α); the capacity is clamped to e."]
+    if iv.get("floors"):
+        lines += ["", "## Predicted floor (Eq. 2) by student width", ""]
+        lines.append(_md_table(["d_S", "floor", "interval"],
+                               [[f"{r['width']:,}", f"{r['estimate']:.6g}", f"[{r['low']:.6g}, {r['high']:.6g}]"]
+                                for r in iv["floors"]]))
+    sens = summary.get("alive_threshold_sensitivity") or []
+    if sens:
+        lines += ["", "## Sensitivity to the alive threshold", ""]
+        lines.append(_md_table(
+            ["threshold", "F", "α", "d*", "enough tokens (≥ 10/threshold)"],
+            [[f"{r['alive_threshold']:g}", _num(r["n_features"], ","), _num(r["alpha"], ".6f"),
+              _num(r["critical_width"], ",.1f"), "yes" if r["resolved"] else "no"] for r in sens],
+        ))
+    quantiles = summary.get("top_feature_quantiles") or []
+    if quantiles:
+        lines += ["", "## Activation quantiles of the most important features", ""]
+        lines.append(_md_table(
+            ["latent", "importance E[z²]", "firing freq.", "median z", "p99 z", "max z"],
+            [[str(q["latent"]), f"{q['importance']:.4g}", f"{q['frequency']:.3g}", f"{q['median']:.4g}",
+              f"{q['p99']:.4g}", f"{q['max']:.4g}"] for q in quantiles],
+        ))
+    return "\n".join(lines) + "\n"
+
+
+def top_feature_quantiles(result: "MeasureResult", n: int = 10) -> list[dict[str, Any]]:
+    """Median, p99 and max of the active values of the ``n`` most important latents (from the
+    per-feature histograms, within half a bin width), with their importance and firing frequency."""
+    if result.feature_histograms is None or result.measurement.feature_ids is None:
+        return []
+    ids = result.measurement.feature_ids[:n]
+    q = result.feature_histograms.quantile([0.5, 0.99])
+    freq = result.stats.frequency
+    return [
+        {"latent": int(i), "importance": float(imp), "frequency": float(freq[i]), "median": float(q[0, i]),
+         "p99": float(q[1, i]), "max": float(result.stats.act_max[i])}
+        for i, imp in zip(ids, result.measurement.importances[:n])
+    ]
+
+
+def plot_importance_rank(measurement: Measurement, path: str | Path) -> Path:
+    """Importance E[z²] against rank, log-log."""
+    if measurement.importances is None:
+        raise ValueError("the measurement has no importances to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    ax.loglog(np.arange(1, measurement.n_features + 1), measurement.importances, lw=1.2, color="C0")
+    ax.set_xlabel("feature rank")
+    ax.set_ylabel("importance E[z²]")
+    ax.set_title(f"Importance by rank: F = {measurement.n_features:,}, α = {measurement.alpha:.5f}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None, path: str | Path) -> Path:
+    """Predicted floor against student width (Eq. 2 and uniform importance), the bootstrap
+    intervals at the tabulated widths, and d* with its interval."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    d_star = measurement.critical_width
+    grid = np.unique(np.round(np.geomspace(max(1.0, d_star / 64), 1.5 * d_star, 200)).astype(np.int64))
+    eq2 = np.asarray(measurement.floor(grid))
+    shown = eq2 > 0
+    ax.plot(grid[shown], eq2[shown], color="C0", label="Eq. 2 (importance-weighted)")
+    ax.plot(grid, measurement.uniform_floor(grid), color="C7", ls="--", label="uniform importance")
+    rows = [r for r in (intervals or {}).get("floors") or [] if r["estimate"] > 0]
+    if rows:
+        est = np.array([r["estimate"] for r in rows])
+        err = np.array([est - [r["low"] for r in rows], [r["high"] for r in rows] - est])
+        ax.errorbar([r["width"] for r in rows], est, yerr=err, fmt="o", ms=4, capsize=3, color="C0",
+                    label=f"{intervals['confidence']:.0%} bootstrap interval")
+    ax.axvline(d_star, color="C3", lw=1, label=f"d* = {d_star:,.1f}")
+    d_iv = (intervals or {}).get("critical_width")
+    if d_iv:
+        ax.axvspan(d_iv["low"], d_iv["high"], color="C3", alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("student width d_S")
+    ax.set_ylabel("predicted floor (floors of 0 not drawn)")
+    ax.set_title("Distillation floor by student width")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _plot_with(draw: Any, path: str | Path) -> Path:
+    """Save a figure whose single Axes ``draw(ax)`` fills."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    draw(ax)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> dict[str, Path]:
+    """Write a measurement's statistics, JSON, Markdown and plots into ``out_dir``; returns the paths."""
+    from .histograms import firing_density
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.to_dict()
+    summary["top_feature_quantiles"] = top_feature_quantiles(result)
+    paths = {"stats": out / "stats.safetensors", "measurement": out / "measurement.json",
+             "json": out / "report.json", "markdown": out / "report.md"}
+    result.stats.save(paths["stats"])
+    result.measurement.save_json(paths["measurement"])
+    paths["json"].write_text(json.dumps(summary, indent=1) + "\n")
+    paths["markdown"].write_text(measurement_markdown(summary))
+    paths["floor_plot"] = plot_floor_curve(result.measurement, result.intervals, out / "floor_curve.png")
+    paths["importance_plot"] = plot_importance_rank(result.measurement, out / "importance_rank.png")
+    density = firing_density(result.stats, alive_threshold=result.measurement.alive_threshold or 1e-5)
+    paths["density_plot"] = _plot_with(density.plot, out / "firing_density.png")
+    if result.activation_histogram is not None:
+        paths["activation_plot"] = _plot_with(
+            lambda ax: (result.activation_histogram.plot(ax, label="teacher activations"),
+                        ax.set_title("Teacher activations at the hooked layer")),
+            out / "activation_histogram.png",
+        )
+    return paths

@@ -11,9 +11,8 @@ its output and stops the forward pass, so no compute is spent on the layers abov
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +58,10 @@ class ActivationSource:
     def describe(self) -> str:
         """A one-line description for reports and checkpoint fingerprints."""
         raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """The activations of every batch, in order (each iteration reads the stream anew)."""
+        return (b.acts for b in self.batches())
 
 
 def _check_shard(start: int, rank: int, world: int) -> None:
@@ -146,7 +149,7 @@ class ArraySource(ActivationSource):
             if a1 <= lo or a0 >= hi:
                 continue
             part = arr[max(lo, a0) - a0 : min(hi, a1) - a0]
-            parts.append(part if isinstance(part, Tensor) else torch.from_numpy(np.ascontiguousarray(part)))
+            parts.append(part if isinstance(part, Tensor) else torch.from_numpy(np.array(part)))  # a writable copy
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
         return _float_activations(x).to(device=self.device, dtype=self.dtype)
 
@@ -207,27 +210,68 @@ class IterableSource(ActivationSource):
 
 
 # -- token sequences ---------------------------------------------------------------------------------
-@dataclass
 class TokenSequences:
-    """Fixed-length token sequences for a teacher: ``ids`` [n_seq, seq_len] int64 and a ``mask``
-    (1 = a real token, 0 = padding); ``leading_bos``: position 0 of every sequence is a BOS token
-    (fed to the teacher, left out of the activations). Built by :func:`token_file_sequences`,
-    :func:`text_file_sequences` or :func:`dataset_sequences`."""
+    """Fixed-length token sequences for a teacher, read lazily: :meth:`rows` gives ``ids``
+    [k, seq_len] int64 and a ``mask`` (1 = a real token, 0 = padding). ``leading_bos``: position 0
+    of every sequence is a BOS token (fed to the teacher, left out of the activations).
 
-    ids: Tensor
-    mask: Tensor
-    description: str
-    leading_bos: bool = False
+    Made from in-memory ``ids``/``mask`` tensors, or by :func:`token_file_sequences`,
+    :func:`text_file_sequences` and :func:`dataset_sequences`, which pack a token stream (a
+    memory-mapped file stays on disk: a batch reads only its own sequences).
+    """
 
-    def __post_init__(self) -> None:
-        if self.ids.ndim != 2 or self.ids.shape != self.mask.shape:
-            raise ValueError(f"ids and mask must both be [n_seq, seq_len]; got {tuple(self.ids.shape)}, {tuple(self.mask.shape)}")
-        if self.ids.shape[0] == 0:
-            raise ValueError(f"{self.description}: no token sequences (the input is empty)")
+    def __init__(self, ids: Tensor, mask: Tensor, description: str, leading_bos: bool = False) -> None:
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"ids and mask must both be [n_seq, seq_len]; got {tuple(ids.shape)}, {tuple(mask.shape)}")
+        self._init(lambda i0, i1: (ids[i0:i1].long(), mask[i0:i1].long()), int(ids.shape[0]), int(ids.shape[1]),
+                   description, leading_bos)
 
-    @property
-    def seq_len(self) -> int:
-        return int(self.ids.shape[1])
+    def _init(self, read: Callable[[int, int], tuple[Tensor, Tensor]], n: int, seq_len: int, description: str,
+              leading_bos: bool, start: int = 0) -> None:
+        if n - start <= 0:
+            raise ValueError(f"{description}: no token sequences (the input is empty)")
+        self._read, self._n, self._start = read, n, start
+        self.seq_len, self.description, self.leading_bos = seq_len, description, leading_bos
+
+    @classmethod
+    def packed(cls, stream: np.ndarray, seq_len: int, description: str, *, bos: int | None = None,
+               pad: int = 0) -> "TokenSequences":
+        """A 1-D token stream (any integer array, e.g. a memmap) cut into sequences of ``seq_len``,
+        each led by ``bos`` when given; the last sequence is padded and its padding masked."""
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2; got {seq_len}")
+        body = seq_len - (bos is not None)
+        first = int(bos is not None)
+
+        def read(i0: int, i1: int) -> tuple[Tensor, Tensor]:
+            chunk = np.asarray(stream[i0 * body : i1 * body], dtype=np.int64)
+            k = i1 - i0
+            ids = np.full((k, seq_len), pad, dtype=np.int64)
+            mask = np.zeros((k, seq_len), dtype=np.int64)
+            body_ids = np.full(k * body, pad, dtype=np.int64)
+            body_ids[: chunk.size] = chunk
+            ids[:, first:] = body_ids.reshape(k, body)
+            mask[:, first:] = (np.arange(k * body) < chunk.size).reshape(k, body)
+            if bos is not None:
+                ids[:, 0], mask[:, 0] = bos, 1
+            return torch.from_numpy(ids), torch.from_numpy(mask)
+
+        out = cls.__new__(cls)
+        out._init(read, -(-int(stream.size) // body), seq_len, description, bos is not None)
+        return out
+
+    def __len__(self) -> int:
+        return self._n - self._start
+
+    def rows(self, i0: int = 0, i1: int | None = None) -> tuple[Tensor, Tensor]:
+        """``ids`` and ``mask`` [k, seq_len] of sequences i0 … i1 − 1 (all of them by default)."""
+        i1 = len(self) if i1 is None else min(i1, len(self))
+        return self._read(self._start + i0, self._start + i1)
+
+    def _window(self, start: int, stop: int, label: str) -> "TokenSequences":
+        out = TokenSequences.__new__(TokenSequences)
+        out._init(self._read, stop, self.seq_len, f"{self.description} [{label}]", self.leading_bos, start)
+        return out
 
     def _sequences_for(self, n_tokens: int) -> int:
         if int(n_tokens) != n_tokens or n_tokens < 0:
@@ -237,37 +281,12 @@ class TokenSequences:
     def take(self, n_tokens: int) -> "TokenSequences":
         """The sequences holding the first ``n_tokens`` tokens (rounded up to whole sequences)."""
         cut = self._sequences_for(n_tokens)
-        return TokenSequences(self.ids[:cut], self.mask[:cut], f"{self.description} [first {cut} seq]", self.leading_bos)
+        return self._window(self._start, self._start + cut, f"first {cut} seq")
 
     def skip(self, n_tokens: int) -> "TokenSequences":
         """The sequences after those :meth:`take` returns, e.g. to measure on tokens an SAE was not trained on."""
         cut = self._sequences_for(n_tokens)
-        return TokenSequences(self.ids[cut:], self.mask[cut:], f"{self.description} [from seq {cut}]", self.leading_bos)
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-
-def _pack(stream: np.ndarray, seq_len: int, bos: int | None, pad: int, description: str) -> TokenSequences:
-    """Cut a 1-D token stream into sequences of ``seq_len`` (each led by ``bos`` when given);
-    the last sequence is padded and its padding masked."""
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2; got {seq_len}")
-    body = seq_len - (bos is not None)
-    n_seq = -(-stream.size // body)
-    ids = np.full((n_seq, seq_len), pad, dtype=np.int64)
-    mask = np.zeros((n_seq, seq_len), dtype=np.int64)
-    start = int(bos is not None)
-    flat = np.zeros(n_seq * body, dtype=np.int64)
-    flat[: stream.size] = stream
-    ids[:, start:] = flat.reshape(n_seq, body)
-    valid = np.zeros(n_seq * body, dtype=np.int64)
-    valid[: stream.size] = 1
-    mask[:, start:] = valid.reshape(n_seq, body)
-    if bos is not None:
-        ids[:, 0] = bos
-        mask[:, 0] = 1
-    return TokenSequences(torch.from_numpy(ids), torch.from_numpy(mask), description, bos is not None)
+        return self._window(self._start + cut, self._n, f"from seq {cut}")
 
 
 def token_file_sequences(
@@ -293,13 +312,12 @@ def token_file_sequences(
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{path}: token ids must be integers; got dtype {arr.dtype}")
     if arr.ndim == 2:
-        ids = torch.from_numpy(np.asarray(arr, dtype=np.int64))
         if bos_token_id is not None:
             raise ValueError(f"{path}: a 2-D token array is used as is; bos_token_id only applies to 1-D streams")
-        return TokenSequences(ids, torch.ones_like(ids), str(path))
+        return TokenSequences.packed(arr.reshape(-1), arr.shape[1], str(path))
     if arr.ndim != 1:
         raise ValueError(f"{path}: token array must be 1-D or 2-D; got shape {arr.shape}")
-    return _pack(np.asarray(arr, dtype=np.int64), seq_len, bos_token_id, pad_token_id, str(path))
+    return TokenSequences.packed(arr, seq_len, str(path), bos=bos_token_id, pad=pad_token_id)
 
 
 def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | None) -> np.ndarray:
@@ -363,7 +381,7 @@ def text_file_sequences(
     stream = _tokenize_documents(docs, tokenizer, max_tokens)
     if stream.size == 0:
         raise ValueError(f"{', '.join(map(str, paths))}: no text to tokenize")
-    return _pack(stream, seq_len, bos, pad, ", ".join(map(str, paths)))
+    return TokenSequences.packed(stream, seq_len, ", ".join(map(str, paths)), bos=bos, pad=pad)
 
 
 def dataset_sequences(
@@ -387,7 +405,8 @@ def dataset_sequences(
     stream = _tokenize_documents((row[column] for row in dataset), tokenizer, max_tokens)
     if stream.size == 0:
         raise ValueError("the dataset holds no text")
-    return _pack(stream, seq_len, bos, pad, f"dataset {getattr(dataset, 'info', None) and dataset.info.dataset_name or dataset!s}"[:200])
+    name = getattr(getattr(dataset, "info", None), "dataset_name", None) or type(dataset).__name__
+    return TokenSequences.packed(stream, seq_len, f"dataset {name}", bos=bos, pad=pad)
 
 
 # -- the hooked teacher ------------------------------------------------------------------------------
@@ -482,7 +501,8 @@ class TeacherSource(ActivationSource):
         cfg = getattr(self.model, "config", None)
         if self.layer_name.endswith(".mlp") or cfg is None or not hasattr(cfg, "hidden_size"):
             with torch.no_grad():
-                return int(self._forward(self.sequences.ids[:1, :2], self.sequences.mask[:1, :2]).shape[-1])
+                ids, mask = self.sequences.rows(0, 1)
+                return int(self._forward(ids[:, :2], mask[:, :2]).shape[-1])
         return int(cfg.hidden_size)
 
     def describe(self) -> str:
@@ -517,8 +537,7 @@ class TeacherSource(ActivationSource):
         _check_shard(start, rank, world)
         first = start + ((rank - start) % world)
         for b in range(first, self.n_batches(), world):
-            sl = slice(b * self.batch_sequences, (b + 1) * self.batch_sequences)
-            ids, mask = self.sequences.ids[sl], self.sequences.mask[sl]
+            ids, mask = self.sequences.rows(b * self.batch_sequences, (b + 1) * self.batch_sequences)
             out = self._forward(ids, mask)
             keep = mask.bool()
             if self.sequences.leading_bos:

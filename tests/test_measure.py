@@ -56,9 +56,10 @@ def test_teacher_end_to_end_equals_numpy_by_hand(tiny_neox):
     sae = sparse_sae(32, 80, bias=-0.8, scale=40.0)  # residual activations have std ≈ 0.025 here
     result = measure(src, sae, MeasureConfig(bootstrap=8, widths=[1, 2, 4]), progress=False)
 
+    ids, mask = seqs.rows()
     with torch.no_grad():
-        hidden = tiny_neox(input_ids=seqs.ids, attention_mask=seqs.mask, output_hidden_states=True).hidden_states[2]
-    keep = seqs.mask.bool()
+        hidden = tiny_neox(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+    keep = mask.bool()
     keep[:, 0] = False  # the leading BOS only
     x = hidden[keep].numpy().astype(np.float64)
     W, b_enc, b_dec = (p.detach().numpy().astype(np.float64) for p in (sae.W_enc, sae.b_enc, sae.b_dec))
@@ -95,6 +96,22 @@ def test_forward_stops_after_the_hooked_layer(tiny_neox):
             h.remove()
     assert len(batches) == 3
     assert calls == [0, 1] * 3  # blocks 2, 3 and the LM head never ran
+
+
+def test_packed_token_files_are_read_lazily_and_split(tmp_path):
+    from pyfloor.sources import token_file_sequences
+
+    stream = np.arange(1, 101, dtype=np.uint16)
+    stream.tofile(tmp_path / "t.bin")
+    seqs = token_file_sequences(tmp_path / "t.bin", 8, bos_token_id=0, pad_token_id=999)
+    assert len(seqs) == 15 and seqs.leading_bos  # 100 tokens, 7 per sequence after the BOS
+    ids, mask = seqs.rows(14, 15)
+    assert ids.tolist() == [[0, 99, 100, 999, 999, 999, 999, 999]] and mask.sum() == 3
+    head, tail = seqs.take(20), seqs.skip(20)
+    assert len(head) == 3 and len(tail) == 12
+    assert tail.rows(0, 1)[0].tolist() == [[0, 22, 23, 24, 25, 26, 27, 28]]
+    with pytest.raises(ValueError, match="no token sequences"):
+        seqs.skip(10_000)
 
 
 def test_mlp_site_and_module_names(tiny_neox):

@@ -286,7 +286,7 @@ def small_teacher():
 def test_sae_measurement_of_a_small_teacher(small_teacher):
     """What the paper's estimators give on a teacher whose truth is known.
 
-    The issue asked for F̂ within ±10 % of the represented count and α̂ within ±0.02 of α under a
+    The goal: F̂ within ±10 % of the represented count and α̂ within ±0.02 of α under a
     penalty rule that does not know the truth. No penalty does that (docs/toy-model.md): with the
     paper's alive threshold (fires on > 1e-5 of tokens) F̂ is the SAE's dictionary size, not the
     teacher's feature count, and α̂ = 1 − L0/F̂ then moves with the penalty. This test pins that
