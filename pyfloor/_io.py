@@ -1,11 +1,15 @@
-"""Atomic file writes: a temporary file in the target's folder, renamed over it when complete."""
+"""Files pyfloor writes: atomic writes, and safetensors files tagged with a format and a version."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal, Mapping
+
+
+class CheckpointError(ValueError):
+    """A file pyfloor cannot use: unreadable, corrupt, foreign, from a newer version, or inconsistent."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -26,3 +30,45 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+Framework = Literal["numpy", "pt"]
+
+
+def save_tagged(path: str | os.PathLike, tensors: Mapping[str, Any], *, kind: str, version: int,
+                metadata: Mapping[str, str] | None = None, framework: Framework = "numpy") -> None:
+    """Write ``tensors`` (numpy arrays or torch tensors) atomically to a safetensors file whose
+    metadata names its ``kind`` and ``version``, plus the given string ``metadata``."""
+    if framework == "numpy":
+        from safetensors.numpy import save_file
+    else:
+        from safetensors.torch import save_file
+    meta = {**(metadata or {}), "format": kind, "version": str(version)}
+    atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=meta))
+
+
+def load_tagged(path: str | os.PathLike, *, kind: str, version: int, what: str,
+                framework: Framework = "numpy") -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and metadata of a file :func:`save_tagged` wrote with this ``kind`` and at most this
+    ``version``; anything else (a foreign, newer, corrupt or missing file) raises CheckpointError
+    naming the file and ``what`` it should have been."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what}")
+    try:
+        with safe_open(str(path), framework=framework) as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != kind:
+                raise CheckpointError(f"{path}: not a pyfloor {what} (format is {meta.get('format')!r})")
+            if int(meta.get("version", "0")) > version:
+                raise CheckpointError(
+                    f"{path}: written by a newer pyfloor ({what} version {meta['version']}; this one reads up to "
+                    f"{version}); upgrade pyfloor"
+                )
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: unreadable or corrupt {what} ({exc})") from exc

@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "build_parser"]
 
@@ -17,7 +20,9 @@ def _widths(text: str) -> list[int]:
     try:
         widths = [int(w) for w in text.replace(" ", "").split(",") if w]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, e.g. 128,256,512; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"widths must be comma-separated integers, e.g. 128,256,512; got {text!r}"
+        ) from None
     if not widths or any(w < 0 for w in widths):
         raise argparse.ArgumentTypeError(f"widths must be non-negative integers; got {text!r}")
     return widths
@@ -61,7 +66,7 @@ def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.8,0.9; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.8,0.9; got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one number; got {text!r}")
     return values

@@ -42,8 +42,6 @@ __all__ = [
     "TARGETS",
     "run_experiment",
     "predict_floors",
-    "continuous_tail",
-    "BudgetLaw",
     "fit_budget_law",
     "build_report",
     "total_steps",
@@ -478,90 +476,47 @@ def _own_predictors(result: ConfigResult) -> dict[str, NDArray[np.float64] | Non
     }
 
 
-class BudgetLaw(NamedTuple):
-    """A fitted law for the number of teacher features a student of width d keeps at sparsity α.
-
-    ``width_exponent`` None: the paper-style packing law k = d·a·g(α)^b (what
-    :func:`pyfloor.theory.fit_packing_law` fits). Otherwise the width-aware law k = a·d^c·g(α)^b
-    with c = ``width_exponent``.
-    """
-
-    a: float
-    b: float
-    width_exponent: float | None
-    n_points: int
-
-    def budget(self, widths: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
-        """k at each width (continuous)."""
-        c = 1.0 if self.width_exponent is None else self.width_exponent
-        return self.a * np.asarray(widths, dtype=np.float64) ** c * float(theory.capacity(alpha)) ** self.b
-
-
 class _BudgetPoints(NamedTuple):
-    """(log g(α), log d, log k) of the students of one configuration whose effective budget k is
+    """Widths, sparsities and effective budgets k of the students of one configuration whose k is
     informative (0 < k < F_T: they kept some but not all of their teacher's features)."""
 
-    log_g: NDArray[np.float64]
-    log_d: NDArray[np.float64]
-    log_k: NDArray[np.float64]
+    widths: NDArray[np.float64]
+    alphas: NDArray[np.float64]
+    budgets: NDArray[np.float64]
 
 
 def _budget_points(r: ConfigResult) -> _BudgetPoints:
     """Effective budgets (:func:`pyfloor.theory.effective_budget`) of r's distilled students,
     each against its own seed's teacher features weighted by I_i·Var(x̂_T,i)."""
-    log_d, log_k = [], []
+    widths, budgets = [], []
     for si, t in enumerate(r.teachers):
         imp = t.represented_weights()
         if imp.size == 0:
             continue
         k = np.atleast_1d(theory.effective_budget(r.distilled.distill[si], imp))
         use = (k > 0) & (k < imp.size)
-        log_d.append(np.log(np.asarray(r.config.widths, dtype=np.float64)[use]))
-        log_k.append(np.log(k[use]))
-    log_d_all = np.concatenate(log_d) if log_d else np.zeros(0)
-    log_g = np.full(log_d_all.size, math.log(float(theory.capacity(r.config.alpha))))
-    return _BudgetPoints(log_g, log_d_all, np.concatenate(log_k) if log_k else np.zeros(0))
+        widths.append(np.asarray(r.config.widths, dtype=np.float64)[use])
+        budgets.append(k[use])
+    w = np.concatenate(widths) if widths else np.zeros(0)
+    return _BudgetPoints(w, np.full(w.size, r.config.alpha), np.concatenate(budgets) if budgets else np.zeros(0))
 
 
-def fit_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> BudgetLaw | None:
-    """Least-squares fit of a :class:`BudgetLaw` to students' effective budgets.
-
-    Paper-style (``width_aware=False``): log(k/d) = log a + b·log g, the regression of
-    :func:`pyfloor.theory.fit_packing_law` (None when b ≤ 0, as there). Width-aware:
-    log k = log a + b·log g + c·log d. None when the points cannot determine the law (too few, or
-    one sparsity / one width only).
-    """
-    log_g = np.concatenate([p.log_g for p in points]) if points else np.zeros(0)
-    log_d = np.concatenate([p.log_d for p in points]) if points else np.zeros(0)
-    log_k = np.concatenate([p.log_k for p in points]) if points else np.zeros(0)
-    columns = [np.ones_like(log_g), log_g] + ([log_d] if width_aware else [])
-    X = np.stack(columns, axis=1)
-    y = log_k if width_aware else log_k - log_d
-    if y.size <= X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
+def fit_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> theory.PackingLaw | None:
+    """:func:`pyfloor.theory.fit_budget_law` over several configurations' students; None when they
+    cannot determine the law (too few, one sparsity or one width only, or b ≤ 0)."""
+    if not points:
         return None
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    if not width_aware and coef[1] <= 0:
+    try:
+        return theory.fit_budget_law(*(np.concatenate(col) for col in zip(*points)), width_aware=width_aware)
+    except ValueError:
         return None
-    return BudgetLaw(float(math.exp(coef[0])), float(coef[1]), float(coef[2]) if width_aware else None, int(y.size))
-
-
-def continuous_tail(importances: NDArray[np.float64], budget: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Σ of descending ``importances`` beyond a continuous budget k: S[⌊k⌋] − (k − ⌊k⌋)·I_⌊k⌋.
-
-    The inverse of :func:`pyfloor.theory.effective_budget` (the partly kept feature counts pro rata).
-    """
-    tails = theory.tail_sums(importances)
-    n = importances.size
-    k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
-    i = np.minimum(np.floor(k).astype(np.int64), n)
-    return tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)])
 
 
 class LocoFits(NamedTuple):
     """The laws fitted for one configuration on all the others (None: could not be fitted)."""
 
-    packing: BudgetLaw | None
-    width_packing: BudgetLaw | None
+    packing: theory.PackingLaw | None
+    width_packing: theory.PackingLaw | None
     calibration: theory.Calibration | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -614,9 +569,7 @@ def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray) -> dict[str, NDAr
         "width_packing_loco": (
             None
             if width_law is None
-            else np.asarray(
-                [continuous_tail(t.represented_weights(), width_law.budget(w, r.config.alpha)) for t in r.teachers]
-            )
+            else np.asarray([width_law.floor(w, r.config.alpha, t.represented_weights()) for t in r.teachers])
         ),
         "calibrated_loco": None if cal is None else np.asarray(cal.apply(eq2), dtype=np.float64),
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import theory
-from ._io import atomic_write
+from ._io import load_tagged, save_tagged
 from ._version import __version__
 from .encode import BatchStats, SparseCodes, StatsAccumulator
 from .histograms import FeatureHistograms, Histogram
@@ -304,31 +303,14 @@ def _rank_path(path: Path, rank: int, world: int) -> Path:
 
 def _save_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     """Write the state atomically: a temporary file renamed over the previous checkpoint."""
-    from safetensors.torch import save_file
-
-    tensors = state.tensors()
-    meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "fingerprint": json.dumps(fingerprint)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    save_tagged(path, state.tensors(), kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                metadata={"fingerprint": json.dumps(fingerprint)}, framework="pt")
 
 
 def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     """Restore ``state`` from ``path``; refuse (leaving the file alone) anything that does not fit."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint to resume from")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != CHECKPOINT_FORMAT:
-                raise CheckpointError(f"{path}: not a pyfloor measurement checkpoint (format {meta.get('format')!r})")
-            if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
-                raise CheckpointError(f"{path}: written by a newer pyfloor (checkpoint version {meta['version']})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({exc})") from exc
+    tensors, meta = load_tagged(path, kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                                what="measurement checkpoint", framework="pt")
     try:
         theirs = json.loads(meta.get("fingerprint", "{}"))
     except json.JSONDecodeError as exc:

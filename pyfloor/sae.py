@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_write
+from ._io import CheckpointError, load_tagged, save_tagged
 
 __all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes", "load_sae"]
 
@@ -163,37 +163,21 @@ class SAE(nn.Module):
         return {"d_in": self.d_in, "n_latents": self.n_latents, "activation": self.activation, "k": self.k}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write weights and config to a safetensors file (pyfloor's own SAE format)."""
-        from safetensors.torch import save_file
-
+        """Write weights and config to a safetensors file (pyfloor's own SAE format), atomically."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"format": SAE_FORMAT, "version": str(SAE_VERSION), "config": json.dumps(self.config())}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        save_tagged(path, tensors, kind=SAE_FORMAT, version=SAE_VERSION, metadata={"config": json.dumps(self.config())},
+                    framework="pt")
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "SAE":
-        """Read a file written by :meth:`save`."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ValueError(f"{path}: unreadable or corrupt SAE file ({exc})") from exc
-        if meta.get("format") != SAE_FORMAT:
-            raise ValueError(f"{path}: not a pyfloor SAE file (format {meta.get('format')!r})")
-        if int(meta.get("version", 0)) > SAE_VERSION:
-            raise ValueError(f"{path}: written by a newer pyfloor (SAE format version {meta['version']})")
+        """Read a file written by :meth:`save`; anything else raises a ValueError naming the problem."""
+        tensors, meta = load_tagged(path, kind=SAE_FORMAT, version=SAE_VERSION, what="SAE file", framework="pt")
         try:
             cfg = json.loads(meta["config"])
             sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
             sae.load_state_dict(tensors)
         except (KeyError, TypeError, json.JSONDecodeError, RuntimeError) as exc:
-            raise ValueError(f"{path}: inconsistent SAE file ({exc})") from exc
+            raise CheckpointError(f"{path}: inconsistent SAE file ({exc})") from exc
         sae.check_weights()
         return sae.to(device) if device is not None else sae
 

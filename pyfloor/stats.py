@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import theory
-from ._io import atomic_write
+from ._io import CheckpointError, load_tagged, save_tagged
 
 __all__ = [
     "FeatureStats",
@@ -48,10 +48,6 @@ STATS_FORMAT = "pyfloor.FeatureStats"
 STATS_VERSION = 1
 MEASUREMENT_FORMAT = "pyfloor.Measurement"
 MEASUREMENT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A statistics file that pyfloor cannot use: unreadable, corrupt, foreign or from a newer version."""
 
 
 _ARRAYS = {"fire_count": np.int64, "act_sum": np.float64, "act_sq_sum": np.float64, "act_max": np.float64}
@@ -248,13 +244,9 @@ class FeatureStats:
 
         ``metadata`` adds string key/value pairs (kept apart from pyfloor's own keys).
         """
-        from safetensors.numpy import save_file
-
-        meta = {"format": STATS_FORMAT, "version": str(STATS_VERSION)}
-        for key, value in (metadata or {}).items():
-            meta[f"user.{key}"] = str(value)
         arrays = {k: np.ascontiguousarray(v) for k, v in self.to_dict().items()}
-        atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+        user = {f"user.{key}": str(value) for key, value in (metadata or {}).items()}
+        save_tagged(path, arrays, kind=STATS_FORMAT, version=STATS_VERSION, metadata=user)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":
@@ -264,29 +256,7 @@ class FeatureStats:
     @classmethod
     def load_with_metadata(cls, path: str | os.PathLike) -> tuple["FeatureStats", dict[str, str]]:
         """Like :meth:`load`, also returning the user metadata given to :meth:`save`."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != STATS_FORMAT:
-                    raise CheckpointError(
-                        f"{path}: not a pyfloor FeatureStats file (format is {meta.get('format')!r})"
-                    )
-                version = int(meta.get("version", "0"))
-                if version > STATS_VERSION:
-                    raise CheckpointError(
-                        f"{path}: written by a newer pyfloor (format version {version}; this one reads "
-                        f"up to {STATS_VERSION}); upgrade pyfloor"
-                    )
-                data = {k: f.get_tensor(k) for k in f.keys()}
-        except CheckpointError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{path}: unreadable or corrupt statistics file ({exc})") from exc
+        data, meta = load_tagged(path, kind=STATS_FORMAT, version=STATS_VERSION, what="FeatureStats file")
         try:
             stats = cls.from_dict(data)
         except ValueError as exc:

@@ -27,9 +27,11 @@ __all__ = [
     "importance_floor",
     "tail_sums",
     "effective_budget",
+    "continuous_floor",
     "Calibration",
     "fit_calibration",
     "PackingLaw",
+    "fit_budget_law",
     "fit_packing_law",
     "check_importances",
 ]
@@ -253,6 +255,16 @@ def effective_budget(observed: ArrayLike, importances: ArrayLike) -> float | NDA
     return _scalar_or_array(result)
 
 
+def continuous_floor(budget: ArrayLike, importances: ArrayLike) -> float | NDArray[np.float64]:
+    """Σ of descending importances beyond a continuous budget k, the partly kept feature pro rata:
+    S[⌊k⌋] − (k − ⌊k⌋) · I_⌊k⌋ (k clipped to [0, F]). The inverse of :func:`effective_budget`."""
+    tails = tail_sums(importances)
+    n = tails.size - 1
+    k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
+    i = np.minimum(np.floor(k).astype(np.int64), n)
+    return _scalar_or_array(tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)]))
+
+
 class Calibration(NamedTuple):
     """Affine calibration ``observed ≈ slope · predicted + intercept`` and its fit quality."""
 
@@ -301,20 +313,79 @@ def fit_calibration(predicted: ArrayLike, observed: ArrayLike) -> Calibration:
 
 
 class PackingLaw(NamedTuple):
-    """Fitted packing law ĝ(α) = a · g(α)^b: the features a trained student actually keeps per dimension."""
+    """A fitted law for the features a trained student keeps.
+
+    Paper-style (``c`` None): ĝ(α) = a · g(α)^b features per dimension, budget ⌊d · ĝ(α)⌋.
+    Width-aware (``c`` set): a continuous budget k = a · d^c · g(α)^b, for students whose kept
+    count grows faster or slower than their width.
+    """
 
     a: float
     b: float
     r2: float
     n_points: int
+    c: float | None = None
 
     def capacity(self, alpha: ArrayLike) -> float | NDArray[np.float64]:
         """ĝ(α) = a · g(α)^b."""
         return _scalar_or_array(_effective_capacity(alpha, self.a, self.b))
 
+    def budget(self, width: ArrayLike, alpha: float) -> float | NDArray[np.float64]:
+        """The continuous budget a · d^c · g(α)^b (c = 1 for the paper-style law)."""
+        w = _check_widths(width)
+        return _scalar_or_array(self.a * w ** (1.0 if self.c is None else self.c) * float(capacity(alpha)) ** self.b)
+
     def floor(self, width: ArrayLike, alpha: float, importances: ArrayLike) -> float | NDArray[np.float64]:
-        """Importance floor with the packed budget ⌊d_S · ĝ(α)⌋."""
-        return importance_floor(width, alpha, importances, a=self.a, b=self.b)
+        """Importance floor beyond the budget: ⌊d · ĝ(α)⌋ whole features (paper-style), or the
+        continuous budget with the partly kept feature counted pro rata (width-aware)."""
+        if self.c is None:
+            return importance_floor(width, alpha, importances, a=self.a, b=self.b)
+        return continuous_floor(self.budget(width, alpha), importances)
+
+
+def fit_budget_law(
+    widths: ArrayLike, alphas: ArrayLike, budgets: ArrayLike, *, width_aware: bool = False, b: float | None = None
+) -> PackingLaw:
+    """Fit a :class:`PackingLaw` to the budgets k_i (features kept) of students of width d_i at α_i.
+
+    Paper-style: log(k/d) = log a + b · log g(α) by least squares. ``width_aware``:
+    log k = log a + b · log g(α) + c · log d. Pass ``b`` to fix the exponent of g (paper-style
+    only). Students with k ≤ 0 or d ≤ 0 carry no information and are left out; raises ValueError
+    when the rest cannot determine the law (too few, one capacity only, or b ≤ 0).
+    """
+    w = _check_widths(widths, "widths").ravel()
+    al = _check_alpha(alphas).ravel()
+    k = np.asarray(budgets, dtype=np.float64).ravel()
+    if not (w.size == al.size == k.size):
+        raise ValueError(f"widths, alphas and budgets must have one entry per student; got {w.size}, {al.size}, {k.size}")
+    if width_aware and b is not None:
+        raise ValueError("b can be fixed for the paper-style law only")
+    use = (w > 0) & (k > 0) & np.isfinite(k)
+    needed = 1 if b is not None else 3 if width_aware else 2
+    if int(use.sum()) < needed:
+        raise ValueError(
+            f"only {int(use.sum())} students kept some but not all features; the law needs at least {needed}"
+        )
+    log_g = np.log(np.asarray(capacity(al[use]), dtype=np.float64))
+    log_d, log_k = np.log(w[use]), np.log(k[use])
+    if b is not None:
+        b = _check_positive(b, "b")
+        log_a = float(np.mean(log_k - log_d - b * log_g))
+        fitted = log_a + b * log_g
+        return PackingLaw(math.exp(log_a), b, _r_squared(log_k - log_d, fitted), int(log_k.size))
+    columns = [np.ones_like(log_g), log_g] + ([log_d] if width_aware else [])
+    X = np.stack(columns, axis=1)
+    y = log_k if width_aware else log_k - log_d
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        raise ValueError(
+            "the students do not determine the law: all share one capacity g(α)"
+            + (" or one width" if width_aware else "; fix the exponent with b=... to fit a alone")
+        )
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    if coef[1] <= 0 and not width_aware:
+        raise ValueError(f"fitted exponent b = {coef[1]:.3g} is not positive; the data do not follow a packing law")
+    return PackingLaw(float(math.exp(coef[0])), float(coef[1]), _r_squared(y, X @ coef), int(y.size),
+                      float(coef[2]) if width_aware else None)
 
 
 def fit_packing_law(
@@ -325,47 +396,25 @@ def fit_packing_law(
     *,
     b: float | None = None,
 ) -> PackingLaw:
-    """Fit ĝ(α) = a · g(α)^b to observed floors of trained students.
+    """Fit the paper-style packing law ĝ(α) = a · g(α)^b to observed floors of trained students.
 
     Each student i (width ``widths[i]``, sparsity ``alphas[i]``, floor ``observed[i]``) is turned
     into the number of features it effectively kept, k_i = :func:`effective_budget`, and
-    log(k_i / d_i) = log a + b · log g(α_i) is fitted by least squares. Students that kept nothing
+    :func:`fit_budget_law` fits log(k_i / d_i) = log a + b · log g(α_i). Students that kept nothing
     or everything carry no information on the budget and are left out.
 
     ``importances`` is one descending array shared by all students or a sequence with one per
     student. Pass ``b`` to fix the exponent and fit only ``a`` (needed when all α are equal).
     """
-    w = _check_widths(widths, "widths").ravel()
-    al = _check_alpha(alphas).ravel()
     obs = np.asarray(observed, dtype=np.float64).ravel()
-    if not (w.size == al.size == obs.size):
-        raise ValueError(
-            f"widths, alphas and observed must have one entry per student; got {w.size}, {al.size}, {obs.size}"
-        )
     shared = not isinstance(importances, (list, tuple)) or np.ndim(importances[0]) == 0
     if shared:
         k = np.asarray(effective_budget(obs, importances), dtype=np.float64)
-        n_feat = np.full(w.size, np.asarray(importances).size)
+        n_feat = np.full(obs.size, np.asarray(importances).size)
     else:
-        if len(importances) != w.size:
-            raise ValueError(f"got {len(importances)} importance arrays for {w.size} students")
+        if len(importances) != obs.size:
+            raise ValueError(f"got {len(importances)} importance arrays for {obs.size} students")
         k = np.array([effective_budget(o, imp) for o, imp in zip(obs, importances)], dtype=np.float64)
         n_feat = np.array([np.asarray(imp).size for imp in importances])
-    use = (w > 0) & (k > 0) & (k < n_feat)
-    if int(use.sum()) < (1 if b is not None else 2):
-        raise ValueError(
-            f"only {int(use.sum())} students kept some but not all features; the packing law needs "
-            f"at least {1 if b is not None else 2}"
-        )
-    y = np.log(k[use] / w[use])
-    x = np.log(np.asarray(capacity(al[use]), dtype=np.float64))
-    if b is None:
-        if np.ptp(x) == 0:
-            raise ValueError("all students share one capacity g(α); fix the exponent with b=... to fit a alone")
-        b_fit, log_a = np.polyfit(x, y, 1)
-    else:
-        b_fit = _check_positive(b, "b")
-        log_a = float(np.mean(y - b_fit * x))
-    if b_fit <= 0:
-        raise ValueError(f"fitted exponent b = {b_fit:.3g} is not positive; the data do not follow a packing law")
-    return PackingLaw(float(math.exp(log_a)), float(b_fit), _r_squared(y, log_a + b_fit * x), int(use.sum()))
+    informative = np.where((k > 0) & (k < n_feat), k, 0.0)  # 0: left out by fit_budget_law
+    return fit_budget_law(widths, alphas, informative, b=b)

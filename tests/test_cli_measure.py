@@ -1,7 +1,6 @@
 """The measuring commands: train-sae, measure (with resume after a kill), report."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """pyfloor.measure, pyfloor.sources and pyfloor.distributed on a CPU."""
 
 import json
-import multiprocessing
 import os
 
 import numpy as np
@@ -13,7 +12,6 @@ from pyfloor.sae import SAE
 from pyfloor.sources import ArraySource, IterableSource, TeacherSource, TokenSequences, find_layer
 from pyfloor.stats import CheckpointError, FeatureStats, Measurement
 
-transformers = pytest.importorskip("transformers")
 
 
 def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
@@ -31,6 +29,7 @@ def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
 
 @pytest.fixture(scope="module")
 def tiny_neox():
+    transformers = pytest.importorskip("transformers")
     cfg = transformers.GPTNeoXConfig(
         hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=97,
         max_position_embeddings=64,

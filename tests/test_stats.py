@@ -147,7 +147,7 @@ def test_load_refuses_foreign_corrupt_and_newer_files(tmp_path):
     with pytest.raises(CheckpointError, match="newer pyfloor"):
         FeatureStats.load(newer)
 
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such FeatureStats file"):
         FeatureStats.load(tmp_path / "missing.safetensors")
 
 

@@ -11,9 +11,11 @@ from hypothesis.extra.numpy import arrays
 from pyfloor import theory
 from pyfloor.theory import (
     capacity,
+    continuous_floor,
     critical_width,
     effective_budget,
     feature_budget,
+    fit_budget_law,
     fit_calibration,
     fit_packing_law,
     importance_floor,
@@ -203,6 +205,27 @@ def test_effective_budget_interpolates_and_censors():
     assert effective_budget(5.0, imp) == pytest.approx(0.5)
     assert effective_budget(2.0, imp) == pytest.approx(1.5)
     np.testing.assert_allclose(effective_budget([10.0, 7.0, 0.0, -1.0], imp), [0, 0, 3, 3])
+
+
+def test_continuous_floor_inverts_effective_budget():
+    imp = np.array([0.5, 0.3, 0.1, 0.05])
+    k = np.array([0.0, 0.5, 1.0, 2.25, 4.0, 7.0])
+    floors = continuous_floor(k, imp)
+    np.testing.assert_allclose(floors, [0.95, 0.7, 0.45, 0.125, 0.0, 0.0])
+    np.testing.assert_allclose(effective_budget(floors[1:4], imp), k[1:4])
+
+
+def test_width_aware_budget_law_recovers_its_exponents():
+    d = np.array([1, 2, 3, 4, 1, 2, 3, 4], dtype=float)
+    alphas = np.array([0.9] * 4 + [0.99] * 4)
+    k = 1.2 * d**1.1 * np.asarray(capacity(alphas)) ** 0.3
+    law = fit_budget_law(d, alphas, k, width_aware=True)
+    assert (law.a, law.b, law.c) == pytest.approx((1.2, 0.3, 1.1))
+    np.testing.assert_allclose(law.budget(d[:4], 0.9), k[:4])
+    imp = np.sort(np.random.default_rng(0).random(40))[::-1]
+    assert law.floor(2, 0.9, imp) == pytest.approx(continuous_floor(k[1], imp))
+    with pytest.raises(ValueError, match="one width"):
+        fit_budget_law([2, 2, 2], [0.9, 0.95, 0.99], [3.0, 4.0, 5.0], width_aware=True)
 
 
 def test_fit_calibration_recovers_an_affine_law():

@@ -11,7 +11,6 @@ from pyfloor.cli import main
 from pyfloor.experiment import (
     PREDICTORS,
     _budget_points,
-    continuous_tail,
     fit_budget_law,
     ConfigResult,
     ExperimentSettings,
@@ -224,17 +223,9 @@ def test_budget_laws_match_the_theory_module():
     reference = theory.fit_packing_law(widths, alphas, observed, importances)
     assert (law.a, law.b, law.n_points) == pytest.approx((reference.a, reference.b, reference.n_points))
     width_law = fit_budget_law([_budget_points(r) for r in results], width_aware=True)
-    assert width_law.width_exponent is not None and width_law.n_points == law.n_points
+    assert width_law.c is not None and width_law.n_points == law.n_points
     # one sparsity only: the α exponent is not determined
     assert fit_budget_law([_budget_points(synthetic_result(0.9, 5, 1.0))], width_aware=True) is None
-
-
-def test_continuous_tail_inverts_effective_budget():
-    imp = np.array([0.5, 0.3, 0.1, 0.05])
-    k = np.array([0.0, 0.5, 1.0, 2.25, 4.0, 7.0])
-    floors = continuous_tail(imp, k)
-    np.testing.assert_allclose(floors, [0.95, 0.7, 0.45, 0.125, 0.0, 0.0])
-    np.testing.assert_allclose(theory.effective_budget(floors[1:4], imp), k[1:4])
 
 
 def test_fitted_predictors_need_other_configurations():
