@@ -243,17 +243,23 @@ def _new_axes() -> "Axes":
 
 
 def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], label: str) -> None:
-    """Step plot of the positive and negative log bins' density (count per unit of |x|)."""
+    """Step plot of the density of log10|x| (share of all values per decade), positive and
+    negative values apart; the x axis spans the occupied bins."""
     e = binning.edges()
-    width = np.diff(e)
+    per_decade = 1.0 / (max(int(counts.sum()), 1) * np.log10(e[1:] / e[:-1]))
+    occupied: list[float] = []
     for sign, part in (("+", binning.positive), ("−", binning.negative)):
         c = counts[part]
         if c.any():
-            ax.stairs(c / width, e, label=f"{label} {sign}".strip())
+            ax.stairs(c * per_decade, e, label=f"{label} {sign}".strip())
+            nz = np.flatnonzero(c)
+            occupied += [e[nz[0]], e[nz[-1] + 1]]
+    if occupied:
+        ax.set_xlim(min(occupied) / 2, max(occupied) * 2)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("|value|")
-    ax.set_ylabel("count per unit |value|")
+    ax.set_ylabel("share of values per decade of |value|")
 
 
 # -- histograms ---------------------------------------------------------------------------------
@@ -376,8 +382,8 @@ class Histogram:
 
     # -- plot -----------------------------------------------------------------------------------
     def plot(self, ax: "Axes | None" = None, *, label: str = "") -> "Axes":
-        """Log-log step plot of the value density by magnitude (positive and negative values
-        apart); the exact counters go in the title. Returns the Axes."""
+        """Log-log step plot of the density of log10|value| (positive and negative values apart);
+        the exact counters go in the title. Returns the Axes."""
         ax = ax if ax is not None else _new_axes()
         _plot_magnitudes(ax, self.binning, self._h.counts, label)
         shown = {k: v for k, v in self.counters().items() if v}
