@@ -48,7 +48,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -265,7 +265,81 @@ def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], la
 # -- histograms ---------------------------------------------------------------------------------
 
 
-class Histogram:
+_C = TypeVar("_C", bound="_Counts")
+
+
+class _Counts:
+    """What both histogram kinds share: an int64 count array in a C++ object ``_h``, its binning,
+    and merging, equality and plain-data round-trips."""
+
+    _h: Any
+
+    @property
+    def binning(self) -> Binning:
+        """The :class:`Binning`."""
+        return Binning(self._h.mantissa_bits, self._h.lo, self._h.hi)
+
+    def _check_compatible(self, other: Any) -> None:
+        """Raise ValueError unless ``other`` has the same shape and binning."""
+        if other._h.counts.shape != self._h.counts.shape or other.binning != self.binning:
+            raise ValueError(f"cannot merge {self!r} and {other!r}: shapes or binnings differ")
+
+    def copy(self: _C) -> _C:
+        """A deep copy."""
+        return type(self).from_dict(self.to_dict())
+
+    def merge(self: _C, *others: _C) -> _C:
+        """The histogram(s) of all values filled into this object and ``others`` (same shape and binning)."""
+        out = self.copy()
+        for other in others:
+            out += other
+        return out
+
+    def __add__(self: _C, other: _C) -> _C:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self.merge(other)
+
+    def __iadd__(self: _C, other: _C) -> _C:
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        self._check_compatible(other)
+        self._h.add(other._h)
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        """Same shape, binning and every count equal."""
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return self.binning == other.binning and np.array_equal(self._h.counts, other._h.counts)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, NDArray[np.int64]]:
+        """``{"counts": int64 copy of the counters, "binning": int64 [mantissa_bits, lo, hi]}``:
+        plain arrays, e.g. to all-reduce with torch.distributed (sum the counts)."""
+        return {"counts": self._h.counts.copy(), "binning": self.binning.to_array()}
+
+    @classmethod
+    def from_dict(cls: type[_C], d: Mapping[str, ArrayLike]) -> _C:
+        """Inverse of :meth:`to_dict` (numpy arrays or anything ``np.asarray`` takes)."""
+        binning, counts = _unpack(d, cls.__name__)
+        out = cls._empty_like(binning, counts)
+        _set_counts(out._h.counts, counts, cls.__name__)
+        return out
+
+    @classmethod
+    def _empty_like(cls: type[_C], binning: Binning, counts: np.ndarray) -> _C:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, NDArray[np.int64]]:
+        return self.to_dict()
+
+    def __setstate__(self, state: dict[str, NDArray[np.int64]]) -> None:
+        self._h = type(self).from_dict(state)._h
+
+
+class Histogram(_Counts):
     """One log-binned histogram over all values filled (see the module docstring).
 
     ``Histogram()`` uses :data:`DENSE_BINNING` (254 KiB). Memory is ``n_bins × 8`` bytes, plus,
@@ -275,11 +349,6 @@ class Histogram:
     def __init__(self, mantissa_bits: int = DENSE_BINNING.mantissa_bits, lo: int = DENSE_BINNING.lo,
                  hi: int = DENSE_BINNING.hi) -> None:
         self._h = _hist.Histogram(mantissa_bits, lo, hi)
-
-    @property
-    def binning(self) -> Binning:
-        """The :class:`Binning`."""
-        return Binning(self._h.mantissa_bits, self._h.lo, self._h.hi)
 
     @property
     def counts(self) -> NDArray[np.int64]:
@@ -324,61 +393,13 @@ class Histogram:
         out = table[bins]
         return float(out) if qa.ndim == 0 else out
 
-    # -- algebra --------------------------------------------------------------------------------
-    def copy(self) -> "Histogram":
-        """A deep copy."""
-        return Histogram.from_dict(self.to_dict())
-
-    def merge(self, *others: "Histogram") -> "Histogram":
-        """The histogram of all values filled into this one and ``others`` (same binning)."""
-        out = self.copy()
-        for other in others:
-            out += other
-        return out
-
-    def __add__(self, other: "Histogram") -> "Histogram":
-        if not isinstance(other, Histogram):
-            return NotImplemented
-        return self.merge(other)
-
-    def __iadd__(self, other: "Histogram") -> "Histogram":
-        if not isinstance(other, Histogram):
-            return NotImplemented
-        if other.binning != self.binning:
-            raise ValueError(f"cannot merge histograms with binnings {self.binning} and {other.binning}")
-        self._h.add(other._h)
-        return self
-
-    def __eq__(self, other: object) -> bool:
-        """Same binning and every count equal."""
-        if not isinstance(other, Histogram):
-            return NotImplemented
-        return self.binning == other.binning and np.array_equal(self._h.counts, other._h.counts)
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         b = self.binning
         return f"Histogram(mantissa_bits={b.mantissa_bits}, lo={b.lo}, hi={b.hi}, total={self.total:,})"
 
-    # -- plain data -----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, NDArray[np.int64]]:
-        """``{"counts": int64 [n_bins] copy, "binning": int64 [mantissa_bits, lo, hi]}``."""
-        return {"counts": self._h.counts.copy(), "binning": self.binning.to_array()}
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, ArrayLike]) -> "Histogram":
-        """Inverse of :meth:`to_dict` (numpy arrays or anything ``np.asarray`` takes)."""
-        binning, counts = _unpack(d, "Histogram")
-        h = cls(*binning)
-        _set_counts(h._h.counts, counts, "Histogram")
-        return h
-
-    def __getstate__(self) -> dict[str, NDArray[np.int64]]:
-        return self.to_dict()
-
-    def __setstate__(self, state: dict[str, NDArray[np.int64]]) -> None:
-        self._h = Histogram.from_dict(state)._h
+    def _empty_like(cls, binning: Binning, counts: np.ndarray) -> "Histogram":
+        return cls(*binning)
 
     # -- plot -----------------------------------------------------------------------------------
     def plot(self, ax: "Axes | None" = None, *, label: str = "") -> "Axes":
@@ -393,7 +414,7 @@ class Histogram:
         return ax
 
 
-class FeatureHistograms:
+class FeatureHistograms(_Counts):
     """One log-binned histogram per feature, from sparse codes or dense [N, m] arrays.
 
     ``FeatureHistograms(m)`` uses :data:`FEATURE_BINNING`: 328 counters, 2,624 bytes per feature
@@ -408,11 +429,6 @@ class FeatureHistograms:
         if isinstance(n_features, (bool, np.bool_)) or int(n_features) != n_features or n_features < 1:
             raise ValueError(f"n_features must be a positive integer; got {n_features!r}")
         self._h = _hist.FeatureHistograms(int(n_features), mantissa_bits, lo, hi)
-
-    @property
-    def binning(self) -> Binning:
-        """The :class:`Binning` shared by every feature."""
-        return Binning(self._h.mantissa_bits, self._h.lo, self._h.hi)
 
     @property
     def n_features(self) -> int:
@@ -471,42 +487,6 @@ class FeatureHistograms:
             raise IndexError(f"feature {i} is outside [0, {self.n_features})")
         return Histogram.from_dict({"counts": self._h.counts[int(i)], "binning": self.binning.to_array()})
 
-    # -- algebra --------------------------------------------------------------------------------
-    def copy(self) -> "FeatureHistograms":
-        """A deep copy."""
-        return FeatureHistograms.from_dict(self.to_dict())
-
-    def merge(self, *others: "FeatureHistograms") -> "FeatureHistograms":
-        """The histograms of all values filled into this object and ``others`` (same shape)."""
-        out = self.copy()
-        for other in others:
-            out += other
-        return out
-
-    def __add__(self, other: "FeatureHistograms") -> "FeatureHistograms":
-        if not isinstance(other, FeatureHistograms):
-            return NotImplemented
-        return self.merge(other)
-
-    def __iadd__(self, other: "FeatureHistograms") -> "FeatureHistograms":
-        if not isinstance(other, FeatureHistograms):
-            return NotImplemented
-        if other.binning != self.binning or other.n_features != self.n_features:
-            raise ValueError(
-                f"cannot merge feature histograms of {self.n_features} features binned {self.binning} "
-                f"and {other.n_features} features binned {other.binning}"
-            )
-        self._h.add(other._h)
-        return self
-
-    def __eq__(self, other: object) -> bool:
-        """Same shape, binning and every count equal."""
-        if not isinstance(other, FeatureHistograms):
-            return NotImplemented
-        return self.binning == other.binning and np.array_equal(self._h.counts, other._h.counts)
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         b = self.binning
         return (
@@ -514,26 +494,11 @@ class FeatureHistograms:
             f"hi={b.hi}, {self.nbytes / 2**20:,.1f} MiB)"
         )
 
-    # -- plain data -----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, NDArray[np.int64]]:
-        """``{"counts": int64 [n_features, n_bins] copy, "binning": int64 [mantissa_bits, lo, hi]}``."""
-        return {"counts": self._h.counts.copy(), "binning": self.binning.to_array()}
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, ArrayLike]) -> "FeatureHistograms":
-        """Inverse of :meth:`to_dict`."""
-        binning, counts = _unpack(d, "FeatureHistograms")
+    def _empty_like(cls, binning: Binning, counts: np.ndarray) -> "FeatureHistograms":
         if counts.ndim != 2:
             raise ValueError(f"FeatureHistograms counts must be 2-D [n_features, n_bins]; got shape {counts.shape}")
-        h = cls(counts.shape[0], *binning)
-        _set_counts(h._h.counts, counts, "FeatureHistograms")
-        return h
-
-    def __getstate__(self) -> dict[str, NDArray[np.int64]]:
-        return self.to_dict()
-
-    def __setstate__(self, state: dict[str, NDArray[np.int64]]) -> None:
-        self._h = FeatureHistograms.from_dict(state)._h
+        return cls(counts.shape[0], *binning)
 
     # -- plot -----------------------------------------------------------------------------------
     def plot(self, features: Sequence[int], ax: "Axes | None" = None) -> "Axes":
