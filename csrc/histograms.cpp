@@ -1,19 +1,25 @@
 // Fill kernels of the log-binned histograms: each fill runs in blocks of kBlock values, first a
 // vectorised pass that turns the block's values into counter offsets ("keys"), then a scalar pass
-// that increments the counters at those keys.
+// that increments the counters at those keys while prefetching the next block's input.
 #include "histograms.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <future>
 #include <limits>
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <utility>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace pyfloor {
 namespace {
@@ -30,61 +36,109 @@ constexpr size_t kLanes = 4;                      // sub-histograms of a dense f
 constexpr size_t kMinPerThread = size_t(1) << 16;  // values below which another thread doesn't pay
 constexpr size_t kFoldEvery = size_t(1) << 30;     // values per thread between folds of uint32 lanes
 constexpr size_t kTileBytes = size_t(1) << 20;     // counts of one feature tile: about half an L2
+constexpr size_t kLine = 64;                       // bytes of a cache line
+constexpr size_t kGroup = 16;                      // increments per prefetched line of each input
 
 template <class T>
 using Storage = typename T::Storage;
 
-// keys[i] = base[i] + bin of x[i], counting ±inf and NaN as overflow; returns false if it met any.
-template <class T>
-PYFLOOR_SIMD_CLONES bool finite_keys_of_values(const BinParams p, const Storage<T>* __restrict x,
-                                               const uint32_t* __restrict base, size_t n,
-                                               uint32_t* __restrict keys) {
+// Bin of the float32 whose bits are `bits`; with Finite, ±inf and NaN come out as overflow, for about a third fewer
+// instructions.
+template <bool Finite>
+uint32_t bin_of_bits(const BinParams& p, uint32_t bits) {
+    if constexpr (Finite)
+        return finite_bin_of(p, bits);
+    else
+        return bin_of(p, bits);
+}
+
+// keys[i] = base[i] + bin of x[i] (see bin_of_bits); returns whether it met ±inf or NaN.
+template <class T, bool Finite>
+PYFLOOR_SIMD_CLONES bool value_keys(const BinParams p, const Storage<T>* __restrict x, const uint32_t* __restrict base,
+                                    size_t n, uint32_t* __restrict keys) {
     uint32_t nonfinite = 0;
 #pragma omp simd reduction(| : nonfinite)
     for (size_t i = 0; i < n; ++i) {
         const uint32_t bits = T::bits(x[i]);
         nonfinite |= uint32_t((bits & 0x7fffffffu) >= kInfBits);
-        keys[i] = base[i] + finite_bin_of(p, bits);
+        keys[i] = base[i] + bin_of_bits<Finite>(p, bits);
     }
-    return nonfinite == 0;
+    return nonfinite != 0;
 }
 
-// keys[i] = base[i] + bin of x[i], for any values.
-template <class T>
-PYFLOOR_SIMD_CLONES void keys_of_any_values(const BinParams p, const Storage<T>* __restrict x,
-                                            const uint32_t* __restrict base, size_t n,
-                                            uint32_t* __restrict keys) {
-#pragma omp simd
-    for (size_t i = 0; i < n; ++i) keys[i] = base[i] + bin_of(p, T::bits(x[i]));
-}
-
-// keys[i] = base[i] + bin of x[i]: the finite pass (about a third fewer instructions), redone in
-// full for a block that holds ±inf or NaN.
+// keys[i] = base[i] + bin of x[i]: the finite pass, redone in full for a block that holds ±inf or NaN.
 template <class T>
 void keys_of_values(const BinParams& p, const Storage<T>* x, const uint32_t* base, size_t n, uint32_t* keys) {
-    if (!finite_keys_of_values<T>(p, x, base, n, keys)) keys_of_any_values<T>(p, x, base, n, keys);
+    if (value_keys<T, true>(p, x, base, n, keys)) value_keys<T, false>(p, x, base, n, keys);
 }
 
-// keys[i] = idx[i] * n_bins + bin of x[i]; returns whether every idx[i] lies in [0, n_features).
-template <class T, class I>
-PYFLOOR_SIMD_CLONES bool keys_of_pairs(const BinParams p, const I* __restrict idx,
-                                       const Storage<T>* __restrict x, size_t n, uint32_t n_features,
-                                       uint32_t n_bins, uint32_t* __restrict keys) {
+// What pair_keys met.
+enum : uint32_t { kAllFinite = 0, kNonFinite = 1, kBadIndex = 2 };
+
+// keys[i] = idx[i] * n_bins + bin of x[i] (see bin_of_bits). Returns kBadIndex if an idx[i] lies outside
+// [0, n_features), else kNonFinite if it met ±inf or NaN, else kAllFinite.
+template <class T, class I, bool Finite>
+PYFLOOR_SIMD_CLONES uint32_t pair_keys(const BinParams p, const I* __restrict idx, const Storage<T>* __restrict x,
+                                       size_t n, uint32_t n_features, uint32_t n_bins, uint32_t* __restrict keys) {
     using U = std::make_unsigned_t<I>;
-    uint32_t bad = 0;
-#pragma omp simd reduction(| : bad)
+    uint32_t bad = 0, nonfinite = 0;
+#pragma omp simd reduction(| : bad, nonfinite)
     for (size_t i = 0; i < n; ++i) {
+        const uint32_t bits = T::bits(x[i]);
         bad |= uint32_t(U(idx[i]) >= U(n_features));
-        keys[i] = uint32_t(idx[i]) * n_bins + bin_of(p, T::bits(x[i]));
+        nonfinite |= uint32_t((bits & 0x7fffffffu) >= kInfBits);
+        keys[i] = uint32_t(idx[i]) * n_bins + bin_of_bits<Finite>(p, bits);
     }
-    return bad == 0;
+    return bad ? kBadIndex : nonfinite ? kNonFinite : kAllFinite;
 }
 
-// counts[keys[i]] += delta for every i.
-template <class C>
-void add_at(const uint32_t* __restrict keys, size_t n, C* __restrict counts, C delta) {
-#pragma GCC unroll 8
-    for (size_t i = 0; i < n; ++i) counts[keys[i]] += delta;
+// keys[i] = idx[i] * n_bins + bin of x[i]: the finite pass, redone in full for a block that holds ±inf or NaN.
+// Returns whether every idx[i] lies in [0, n_features).
+template <class T, class I>
+bool keys_of_pairs(const BinParams& p, const I* idx, const Storage<T>* x, size_t n, uint32_t n_features,
+                   uint32_t n_bins, uint32_t* keys) {
+    const uint32_t met = pair_keys<T, I, true>(p, idx, x, n, n_features, n_bins, keys);
+    if (met == kNonFinite) pair_keys<T, I, false>(p, idx, x, n, n_features, n_bins, keys);
+    return met != kBadIndex;
+}
+
+// Walks through the bytes of n elements at `data`, prefetching one cache line per step(): what the next block's key
+// pass will read. The increment loops read no input, so without it the hardware prefetcher would idle while they run
+// and every key pass would start by waiting on memory.
+class Prefetcher {
+public:
+    Prefetcher() = default;
+    template <class E>
+    Prefetcher(const E* data, size_t n)
+        : next_(reinterpret_cast<const char*>(data)), end_(reinterpret_cast<const char*>(data + n)) {}
+    void step() {
+        if (next_ < end_) {
+            __builtin_prefetch(next_);
+            next_ += kLine;
+        }
+    }
+
+private:
+    const char* next_ = nullptr;
+    const char* end_ = nullptr;
+};
+
+// op(keys[i]) for every i in order, stepping every prefetcher once per kGroup keys.
+template <class Op, class... Ahead>
+void for_each_key(const uint32_t* __restrict keys, size_t n, Op op, Ahead... ahead) {
+    size_t i = 0;
+    for (; i + kGroup <= n; i += kGroup) {
+        (ahead.step(), ...);
+#pragma GCC unroll 16
+        for (size_t j = i; j < i + kGroup; ++j) op(keys[j]);
+    }
+    for (; i < n; ++i) op(keys[i]);
+}
+
+// counts[keys[i]] += delta for every i, prefetching `ahead`.
+template <class C, class... Ahead>
+void add_at(const uint32_t* keys, size_t n, C* __restrict counts, C delta, Ahead... ahead) {
+    for_each_key(keys, n, [counts, delta](uint32_t k) { counts[k] += delta; }, ahead...);
 }
 
 // [begin, end) of part t of n items split into `parts` near-equal contiguous parts.
@@ -170,7 +224,8 @@ void fill_values(const LogBins& bins, const Storage<T>* x, size_t n, int threads
         for (size_t s = begin, since_fold = 0; s < end; s += kBlock) {
             const size_t len = std::min(kBlock, end - s);
             keys_of_values<T>(p, x + s, lane_base.data(), len, block_keys.data());
-            add_at<uint32_t>(block_keys.data(), len, lanes.data(), 1);
+            const Prefetcher next_block(x + s + len, std::min(kBlock, end - s - len));
+            add_at<uint32_t>(block_keys.data(), len, lanes.data(), 1, next_block);
             if ((since_fold += len) >= kFoldEvery) {
                 fold();
                 since_fold = 0;
@@ -205,10 +260,14 @@ void fill_rows(const LogBins& bins, const Storage<T>* x, size_t rows, size_t m, 
         for (size_t k = size_t(t); k < n_tiles; k += size_t(workers)) {
             const size_t f0 = k * tile, width = std::min(tile, m - f0);
             int64_t* tile_counts = counts + f0 * nb;
+            // The values of the tile's pass over rows [r, r + rows_per_pass), contiguous in x.
+            auto pass = [&](size_t r) { return std::pair(x + r * m + f0, width * std::min(rows_per_pass, rows - r)); };
             for (size_t r = 0; r < rows; r += rows_per_pass) {
-                const size_t len = width * std::min(rows_per_pass, rows - r);
-                keys_of_values<T>(p, x + r * m + f0, base.data(), len, keys.data());
-                add_at<int64_t>(keys.data(), len, tile_counts, 1);
+                const auto [values, len] = pass(r);
+                keys_of_values<T>(p, values, base.data(), len, keys.data());
+                const size_t next = r + rows_per_pass;
+                add_at<int64_t>(keys.data(), len, tile_counts, 1,
+                                next < rows ? std::make_from_tuple<Prefetcher>(pass(next)) : Prefetcher());
             }
         }
     });
@@ -221,81 +280,143 @@ size_t first_bad(const I* idx, size_t n, size_t m) {
     return size_t(std::find_if(idx, idx + n, [m](I i) { return U(i) >= U(m); }) - idx);
 }
 
-struct FreeDeleter {
-    void operator()(int64_t* p) const { std::free(p); }
-};
-
-// Per-feature histograms of (index, value) pairs. Worker 0 counts straight into `counts`, the others
-// into zero-filled private copies (so extra threads are used only when the fill is large next to the
-// counts) that are added at the end. A bad index (or any failure) stops every worker; worker 0 then
-// takes back what it counted, so the counts are left unchanged.
+// The (index, value) pairs of a sparse fill, with what their keys idx * n_bins + bin need.
 template <class T, class I>
-void fill_pairs(const LogBins& bins, size_t m, const I* idx, const Storage<T>* x, size_t n, int threads,
-                int64_t* counts) {
-    const BinParams p(bins);
-    const uint32_t nb = uint32_t(bins.n_bins());
-    const size_t size = m * nb;
-    const int workers = workers_for(threads, n, std::max(kMinPerThread, size / 8));
-    std::vector<std::unique_ptr<int64_t[], FreeDeleter>> copies(static_cast<size_t>(workers));
-    std::vector<size_t> done(static_cast<size_t>(workers)), bad(static_cast<size_t>(workers), n);
-    std::atomic<bool> failed{false};
-    const std::atomic<bool> never{false};
-    // Counts pairs [begin, ...) with weight delta until `end`, a block with a bad index, or `abort`;
-    // sets `stop` to the first pair not counted and returns the bad index's position (n if none).
-    auto sweep = [&](size_t begin, size_t end, int64_t* c, int64_t delta, const std::atomic<bool>& abort,
-                     size_t& stop) {
+struct Pairs {
+    BinParams p;
+    uint32_t n_bins;
+    size_t m;  // features
+    const I* idx;
+    const Storage<T>* x;
+    size_t n;
+
+    // Computes the keys of pairs [begin, end) block by block and passes each block to
+    // count(keys, len, prefetchers of the next block's indices and values), until `end`, a block holding an index
+    // outside [0, m) (left uncounted), or `abort`. Sets `stop` to the first pair not counted; returns the bad
+    // index's position, or n if none.
+    template <class Count>
+    size_t sweep(size_t begin, size_t end, const std::atomic<bool>& abort, size_t& stop, Count count) const {
         std::vector<uint32_t> keys(kBlock);
         for (stop = begin; stop < end && !abort.load(std::memory_order_relaxed); stop += kBlock) {
             const size_t len = std::min(kBlock, end - stop);
-            if (!keys_of_pairs<T, I>(p, idx + stop, x + stop, len, uint32_t(m), nb, keys.data()))
+            if (!keys_of_pairs<T, I>(p, idx + stop, x + stop, len, uint32_t(m), n_bins, keys.data()))
                 return stop + first_bad(idx + stop, len, m);
-            add_at<int64_t>(keys.data(), len, c, delta);
+            const size_t next = std::min(kBlock, end - stop - len);
+            count(keys.data(), len, Prefetcher(idx + stop + len, next), Prefetcher(x + stop + len, next));
         }
         stop = std::min(stop, end);
         return n;
+    }
+};
+
+// Counts every pair straight into the int64 `counts`, on the calling thread. A bad index takes back what was
+// counted and throws, leaving the counts unchanged.
+template <class T, class I>
+void count_in_place(const Pairs<T, I>& pairs, int64_t* counts) {
+    const std::atomic<bool> never{false};
+    auto add = [counts](int64_t delta) {
+        return [counts, delta](const uint32_t* keys, size_t len, auto... ahead) {
+            add_at<int64_t>(keys, len, counts, delta, ahead...);
+        };
     };
-    auto count = [&](int t) {
-        const auto [begin, end] = slice(n, size_t(workers), size_t(t));
-        int64_t* c = counts;
-        if (t > 0) {
-            copies[size_t(t)].reset(static_cast<int64_t*>(std::calloc(size, sizeof(int64_t))));
-            if (!copies[size_t(t)]) throw std::bad_alloc();
-            c = copies[size_t(t)].get();
+    size_t stop, undone;
+    const size_t bad = pairs.sweep(0, pairs.n, never, stop, add(1));
+    if (bad < pairs.n) {
+        pairs.sweep(0, stop, never, undone, add(-1));
+        throw IndexOutOfRange(bad, int64_t(pairs.idx[bad]), pairs.m);
+    }
+}
+
+// One worker's counts of its pairs in 8-bit counters that wrap to zero every 256 counts, with a log of the keys at
+// which one wrapped. An eighth of the int64 table's bytes, so that many more of the bins in use stay in cache.
+class NarrowCounts {
+public:
+    using Counter = uint8_t;
+    static constexpr int64_t kWrap = int64_t(1) << (8 * sizeof(Counter));  // counts a wrap stands for
+
+    // Zeroed counters for `size` bins and room for the wraps of n_pairs counts (one per kWrap at most).
+    NarrowCounts(size_t size, size_t n_pairs)
+        : counters_(size), wraps_(n_pairs / kWrap + 1) {}
+
+    // Counts one at each of keys[0, n), prefetching `ahead`.
+    template <class... Ahead>
+    void add(const uint32_t* keys, size_t n, Ahead... ahead) {
+        Counter* __restrict c = counters_.data();
+        uint32_t* __restrict wrap = wraps_.data() + n_wraps_;
+        for_each_key(keys, n, [c, &wrap](uint32_t k) {
+            if (__builtin_expect(++c[k] == 0, 0)) *wrap++ = k;
+        }, ahead...);
+        n_wraps_ = size_t(wrap - wraps_.data());
+    }
+
+    // counts[b] += the count of bin b, for b in [begin, end).
+    void fold_into(int64_t* counts, size_t begin, size_t end) const {
+        for (const uint32_t* k = wraps_.data(); k < wraps_.data() + n_wraps_; ++k)
+            if (*k >= begin && *k < end) counts[*k] += kWrap;
+        const Counter* c = counters_.data();
+        size_t b = begin;
+        for (; b + kFoldGroup <= end; b += kFoldGroup) {
+            uint64_t group;  // kFoldGroup counters, one cache line of int64 counts
+            std::memcpy(&group, c + b, sizeof group);
+            if (group == 0) continue;  // most bins of a feature are empty: leave their counts untouched
+            for (size_t j = b; j < b + kFoldGroup; ++j) counts[j] += c[j];
         }
-        bad[size_t(t)] = sweep(begin, end, c, 1, failed, done[size_t(t)]);
-        if (bad[size_t(t)] < n) failed = true;
-    };
-    auto take_back = [&] {
-        size_t undone;
-        sweep(0, done[0], counts, -1, never, undone);
-    };
-    try {
-        run_parallel(workers, [&](int t) {
-            try {
-                count(t);
-            } catch (...) {
-                failed = true;
-                throw;
-            }
-        });
-    } catch (...) {
-        take_back();
-        throw;
+        for (; b < end; ++b) counts[b] += c[b];
     }
+
+private:
+    static constexpr size_t kFoldGroup = sizeof(uint64_t) / sizeof(Counter);
+    std::vector<Counter, CounterAllocator<Counter>> counters_;
+    std::vector<uint32_t> wraps_;
+    size_t n_wraps_ = 0;
+};
+
+// Counts the pairs on `workers` threads, each into its own NarrowCounts, then adds those into `counts`, each thread
+// a range of bins. Nothing touches `counts` before every pair has been counted, so a bad index or any failure leaves
+// them unchanged.
+template <class T, class I>
+void count_narrow(const Pairs<T, I>& pairs, int workers, int64_t* counts) {
+    const size_t size = pairs.m * pairs.n_bins, w = size_t(workers);
+    std::vector<std::unique_ptr<NarrowCounts>> parts(w);
+    std::vector<size_t> bad(w, pairs.n);
+    std::atomic<bool> failed{false};
+    run_parallel(workers, [&](int t) {
+        try {
+            const auto [begin, end] = slice(pairs.n, w, size_t(t));
+            parts[size_t(t)] = std::make_unique<NarrowCounts>(size, end - begin);
+            NarrowCounts& part = *parts[size_t(t)];
+            auto count = [&part](const uint32_t* keys, size_t len, auto... ahead) { part.add(keys, len, ahead...); };
+            size_t stop;
+            bad[size_t(t)] = pairs.sweep(begin, end, failed, stop, count);
+            if (bad[size_t(t)] < pairs.n) failed = true;
+        } catch (...) {
+            failed = true;
+            throw;
+        }
+    });
     if (failed) {
-        take_back();
         const size_t first = *std::min_element(bad.begin(), bad.end());
-        throw IndexOutOfRange(first, int64_t(idx[first]), m);
+        throw IndexOutOfRange(first, int64_t(pairs.idx[first]), pairs.m);
     }
-    if (workers > 1) {
-        run_parallel(workers, [&](int t) {
-            const auto [begin, end] = slice(size, size_t(workers), size_t(t));
-            for (int w = 1; w < workers; ++w) {
-                const int64_t* c = copies[size_t(w)].get();
-                for (size_t i = begin; i < end; ++i) counts[i] += c[i];
-            }
-        });
-    }
+    run_parallel(workers, [&](int t) {
+        const auto [begin, end] = slice(size, w, size_t(t));
+        for (const auto& part : parts) part->fold_into(counts, begin, end);
+    });
+}
+
+// Per-feature histograms of (index, value) pairs. A fill of fewer pairs than counters is counted in place on one
+// thread (narrow counters would cost more to set up and add up than they save); a larger one in narrow counters
+// (see NarrowCounts), on more threads where it is large enough.
+template <class T, class I>
+void fill_pairs(const LogBins& bins, size_t m, const I* idx, const Storage<T>* x, size_t n, int threads,
+                int64_t* counts) {
+    const Pairs<T, I> pairs{BinParams(bins), uint32_t(bins.n_bins()), m, idx, x, n};
+    const size_t size = m * size_t(bins.n_bins());
+    const int workers = workers_for(threads, n, std::max(kMinPerThread, size / 8));
+    if (workers == 1 && n < size)
+        count_in_place(pairs, counts);
+    else
+        count_narrow(pairs, workers, counts);
 }
 
 // Adds `src` into `dst` (equal sizes), taking both mutexes; `self` adds a histogram to itself.
@@ -311,6 +432,21 @@ void add_locked(H& dst, H& src, std::mutex& dst_mutex, std::mutex& src_mutex) {
 }
 
 }  // namespace
+
+void* allocate_counters(size_t bytes) {
+    constexpr size_t kHugePage = size_t(1) << 21;
+    if (bytes < kHugePage) {
+        if (void* p = std::malloc(std::max<size_t>(bytes, 1))) return p;
+        throw std::bad_alloc();
+    }
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__)
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice: ignored where huge pages are off
+#endif
+    return p;
+}
 
 IndexOutOfRange::IndexOutOfRange(size_t position, int64_t value, size_t n_features)
     : std::out_of_range("index " + std::to_string(value) + " at position " + std::to_string(position) +

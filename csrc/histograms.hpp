@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <vector>
@@ -26,6 +27,26 @@ struct IndexOutOfRange : std::out_of_range {
     IndexOutOfRange(size_t position, int64_t value, size_t n_features);
     size_t position;
     int64_t value;
+};
+
+// `bytes` of memory for counters, released with std::free; throws std::bad_alloc. Beyond a huge page it is aligned
+// to huge pages and advised to use them: counters incremented at random over tens of MB of 4 KiB pages would miss
+// the TLB on most increments.
+void* allocate_counters(size_t bytes);
+
+// std::allocator for counter arrays, through allocate_counters.
+template <class T>
+struct CounterAllocator {
+    using value_type = T;
+    CounterAllocator() = default;
+    template <class U>
+    CounterAllocator(const CounterAllocator<U>&) {}
+    T* allocate(size_t n) { return static_cast<T*>(allocate_counters(n * sizeof(T))); }
+    void deallocate(T* p, size_t) { std::free(p); }
+    template <class U>
+    bool operator==(const CounterAllocator<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const CounterAllocator<U>&) const { return false; }
 };
 
 enum class ValueType { float32, float16, bfloat16 };
@@ -73,7 +94,7 @@ public:
 private:
     LogBins bins_;
     size_t n_features_;
-    std::vector<int64_t> counts_;
+    std::vector<int64_t, CounterAllocator<int64_t>> counts_;
     std::mutex mutex_;
 };
 

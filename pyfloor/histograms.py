@@ -418,10 +418,12 @@ class FeatureHistograms(_Counts):
     """One log-binned histogram per feature, from sparse codes or dense [N, m] arrays.
 
     ``FeatureHistograms(m)`` uses :data:`FEATURE_BINNING`: 328 counters, 2,624 bytes per feature
-    (86 MB at m = 32,768; 344 MB at m = 131,072). Memory is ``m × n_bins × 8`` bytes. A sparse fill
-    on ``t`` threads holds ``t - 1`` private copies of that for the call, so it starts them only for
-    calls of at least ``t × max(65,536, m × n_bins / 8)`` pairs; a dense fill splits the features
-    between threads and needs no copies.
+    (86 MB at m = 32,768; 344 MB at m = 131,072). Memory is ``m × n_bins × 8`` bytes (tables of
+    2 MiB or more on huge pages, rounded up to 2 MiB). A sparse fill of at least ``m × n_bins``
+    pairs, or on more than one thread, counts into one-byte tables first (``m × n_bins`` bytes per
+    thread for the call; a counter that wraps past 255 is logged and added back exactly), and starts
+    ``t`` threads only for calls of at least ``t × max(65,536, m × n_bins / 8)`` pairs; a dense fill
+    splits the features between threads and needs no copies.
     """
 
     def __init__(self, n_features: int, mantissa_bits: int = FEATURE_BINNING.mantissa_bits,

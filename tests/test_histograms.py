@@ -298,6 +298,26 @@ def test_sparse_fill_matches_reference(codes):
     np.testing.assert_array_equal(f.counts, reference_feature_counts(indices, values, m, binning))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n_features", [3, 700])
+def test_large_sparse_fills_count_past_one_byte_exactly(threads, n_features):
+    """Fills of at least m × n_bins pairs count in one-byte tables: bins hit hundreds of thousands of
+    times must wrap and be added back exactly, on any number of threads."""
+    rng = np.random.default_rng(threads * 1000 + n_features)
+    n = 3 * max(65_536, n_features * FEATURE_BINNING.n_bins)  # enough for every thread to start
+    indices = np.where(rng.random((n, 2)) < 0.5, 0, rng.integers(0, n_features, (n, 2))).astype(np.int32)
+    values = np.where(rng.random((n, 2)) < 0.5, np.float32(1.0), rng.standard_t(2, (n, 2))).astype(np.float32)
+    f = FeatureHistograms(n_features).fill(indices, values, threads=threads)
+    expected = reference_feature_counts(indices, values, n_features, FEATURE_BINNING)
+    assert expected.max() > 100_000  # the one bin (feature 0, value 1.0) wraps many times
+    np.testing.assert_array_equal(f.counts, expected)
+    bad = indices.copy()
+    bad[-1, 1] = n_features
+    with pytest.raises(ValueError, match="outside"):
+        f.fill(bad, values, threads=threads)
+    np.testing.assert_array_equal(f.counts, expected)  # nothing counted by the failed fill
+
+
 @settings(max_examples=60, deadline=None)
 @given(binnings(max_bits=4), st.integers(1, 40), st.integers(0, 30), st.sampled_from([np.float32, np.float16]),
        st.data())
