@@ -12,11 +12,18 @@ class CheckpointError(ValueError):
     """A file pyfloor cannot use: unreadable, corrupt, foreign, from a newer version, or inconsistent."""
 
 
+def _umask() -> int:
+    """This process's umask (reading it means setting it: it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result onto ``path``.
 
     A crash or error part-way leaves any previous file at ``path`` untouched and no temporary
-    file behind.
+    file behind. The file gets the permissions a newly created file gets (0o666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +31,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -72,3 +80,30 @@ def load_tagged(path: str | os.PathLike, *, kind: str, version: int, what: str,
         raise
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: unreadable or corrupt {what} ({exc})") from exc
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` tag of a safetensors file :func:`save_tagged` wrote; None for any other file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:  # not safetensors at all: safetensors raises its own error types
+        return None
+
+
+def check_replaceable(path: str | os.PathLike, *, kind: str, what: str, overwrite: bool) -> None:
+    """Raise CheckpointError unless ``path`` may be written: absent, or (with ``overwrite``) a pyfloor
+    ``what`` of this ``kind``; never a directory, and never some other file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give a file path for the {what}")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise CheckpointError(f"{path} already exists: pass overwrite (--overwrite) to replace it")
+    found = file_format(path)
+    if found != kind:
+        it = "not a pyfloor file" if found is None else f"a {found} file"
+        raise CheckpointError(f"{path} is {it}, not a pyfloor {what}: refusing to replace it")

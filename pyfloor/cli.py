@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -28,6 +29,16 @@ def _widths(text: str) -> list[int]:
     return widths
 
 
+def _out_dir(path: Path) -> Path:
+    """``path`` as an output directory, created now, so that a bad ``--out`` fails before any work."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; give a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {path}: the directory is not writable")
+    return path
+
+
 def _write_json(obj: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
@@ -50,6 +61,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         raise ValueError("nothing to predict from: give a measurement file, or --features with --mean-l0 or --alpha")
+    if args.output is not None and args.output.is_dir():
+        raise ValueError(f"-o {args.output} is a directory; give a file path for the JSON report")
     summary = prediction_summary(measurement, args.widths)
     if args.output is not None:
         _write_json(summary, args.output)
@@ -103,14 +116,13 @@ def _run_toy(args: argparse.Namespace, configs: list) -> int:
     from .report import format_toy_report, plot_toy_floors, plot_toy_summary, toy_markdown
 
     settings = _toy_settings(args)
-    out = Path(args.out)
+    out = _out_dir(Path(args.out))
     start = time.perf_counter()
     bar = _bar(total_steps(configs, settings), not args.quiet, f"pyfloor {args.command}", "step")
     with bar:
         results = run_experiment(configs, settings, progress=bar.update)
     command = "pyfloor " + " ".join(sys.argv[1:]) if args.argv is None else "pyfloor " + " ".join(args.argv)
     report = build_report(results, settings, command=command, seconds=time.perf_counter() - start)
-    out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.json", out / "report.md"]
     _write_json(report, files[0])
     files[1].write_text(toy_markdown(report))
@@ -215,22 +227,34 @@ def _add_toy_commands(sub) -> None:
 
 
 # -- measuring a teacher -----------------------------------------------------------------------------
+# Options that only apply to a --model teacher, with their defaults.
+_TEACHER_OPTIONS = {
+    "gguf_file": None, "layer": None, "site": "resid", "tokens": None, "bin_dtype": "uint16", "text": None,
+    "dataset": None, "column": "text", "seq_len": 1024, "skip_tokens": 0, "read_tokens": None, "dtype": None,
+}
+
+
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     """Arguments that name an activation stream: a teacher with its tokens, or activation files."""
     g = p.add_argument_group("activation source: a teacher (--model, --layer, and tokens) or --activations")
     g.add_argument("--model", help="Hugging Face causal LM: a local directory or a hub id")
     g.add_argument("--gguf-file", help="GGUF checkpoint inside the --model directory")
     g.add_argument("--layer", help="block index (the residual stream after it) or a module name")
-    g.add_argument("--site", choices=["resid", "mlp"], default="resid", help="read the block's output or its MLP's")
+    g.add_argument("--site", choices=["resid", "mlp"], default=_TEACHER_OPTIONS["site"],
+                   help="read the block's output or its MLP's")
     g.add_argument("--tokens", type=Path, help="pre-tokenized token file (.npy, or .bin of --bin-dtype)")
-    g.add_argument("--bin-dtype", default="uint16", help="integer type of a .bin token file (default uint16)")
+    g.add_argument("--bin-dtype", default=_TEACHER_OPTIONS["bin_dtype"],
+                   help="integer type of a .bin token file (default uint16)")
     g.add_argument("--text", nargs="+", type=Path, help="text files, or directories of .txt/.md files")
     g.add_argument("--dataset", help="a 'datasets' dataset name or path (needs the datasets package)")
-    g.add_argument("--column", default="text", help="text column of --dataset (default text)")
-    g.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence fed to the teacher (default 1024)")
-    g.add_argument("--skip-tokens", type=int, default=0, help="skip this many tokens of the token stream first")
+    g.add_argument("--column", default=_TEACHER_OPTIONS["column"], help="text column of --dataset (default text)")
+    g.add_argument("--seq-len", type=int, default=_TEACHER_OPTIONS["seq_len"],
+                   help="tokens per sequence fed to the teacher (default 1024)")
+    g.add_argument("--skip-tokens", type=int, default=_TEACHER_OPTIONS["skip_tokens"],
+                   help="skip this many tokens of the token stream first")
     g.add_argument("--read-tokens", type=int, help="tokenize at most this many tokens of --text/--dataset")
     g.add_argument("--activations", nargs="+", type=Path, help=".npy or .safetensors activation files [N, d]")
+    g.add_argument("--activations-key", help="the tensor to read from --activations safetensors files holding several")
     g.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per batch (default 65536)")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the teacher's dtype")
@@ -243,23 +267,42 @@ def _device(args: argparse.Namespace) -> "torch.device":
     from .distributed import init_from_env
 
     default = init_from_env()
-    return torch.device(args.device) if args.device else default
+    if not args.device:
+        return default
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch sees no CUDA device")
+    return device
 
 
-def _source_from_args(args: argparse.Namespace, device: "torch.device"):
-    """The activation source the arguments name."""
-    import torch
-
-    from . import sources
-
+def _check_source_args(args: argparse.Namespace) -> None:
+    """Raise ValueError unless the arguments name exactly one complete activation source."""
     if (args.model is None) == (args.activations is None):
         raise ValueError("name one activation source: --model (with --layer and tokens) or --activations")
     if args.activations is not None:
-        return sources.ArraySource(args.activations, args.batch_tokens, device=device)
+        given = [f"--{k.replace('_', '-')}" for k, default in _TEACHER_OPTIONS.items() if getattr(args, k) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for a --model teacher, not for --activations")
+        return
+    if args.activations_key is not None:
+        raise ValueError("--activations-key goes with --activations")
     if args.layer is None:
         raise ValueError("--model needs --layer (a block index or a module name)")
     if sum(x is not None for x in (args.tokens, args.text, args.dataset)) != 1:
         raise ValueError("--model needs exactly one token input: --tokens, --text or --dataset")
+
+
+def _source_from_args(args: argparse.Namespace, device: "torch.device"):
+    """The activation source the arguments name (checked by :func:`_check_source_args`)."""
+    import torch
+
+    from . import sources
+
+    if args.activations is not None:
+        return sources.ArraySource(args.activations, args.batch_tokens, key=args.activations_key, device=device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = sources.load_teacher(args.model, gguf_file=args.gguf_file, device=device, dtype=dtype)
     budget = None if args.read_tokens is None else args.read_tokens + args.skip_tokens
@@ -276,14 +319,13 @@ def _source_from_args(args: argparse.Namespace, device: "torch.device"):
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
+    from ._io import check_replaceable
     from .distributed import rank_and_world
-    from .measure import MeasureConfig, measure
+    from .measure import CHECKPOINT_FORMAT, MeasureConfig, measure
     from .report import measurement_markdown, write_measurement_report
     from .sae import load_sae
 
-    device = _device(args)
-    sae = load_sae(args.sae, device=device)
-    source = _source_from_args(args, device)
+    _check_source_args(args)
     config = MeasureConfig(
         max_tokens=args.max_tokens, until_stable=args.until_stable, min_tokens=args.min_tokens,
         checkpoint=args.checkpoint or args.out / "checkpoint.safetensors", checkpoint_every=args.checkpoint_every,
@@ -291,6 +333,14 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         seed=args.seed, widths=args.widths, mode=args.mode, k=args.k, histograms=not args.no_histograms,
         histogram_every=args.histogram_every,
     )
+    device = _device(args)
+    sae = load_sae(args.sae, device=device)
+    _out_dir(args.out)
+    _out_dir(Path(config.checkpoint).parent)
+    if not args.resume:  # fail now, not after loading the teacher; measure() checks again
+        check_replaceable(Path(config.checkpoint), kind=CHECKPOINT_FORMAT, what="measure checkpoint",
+                          overwrite=args.overwrite)
+    source = _source_from_args(args, device)
     result = measure(source, sae, config, progress=not args.quiet)
     if rank_and_world()[0] != 0:
         return 0
@@ -304,16 +354,31 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
-    from .sae import SAE, TrainConfig, load_sae, train_sae
+    from ._io import check_replaceable
+    from .sae import SAE, SAE_FORMAT, TrainConfig, load_sae, train_sae
 
+    _check_source_args(args)
+    check_replaceable(args.out, kind=SAE_FORMAT, what="SAE file", overwrite=args.overwrite)
+    _out_dir(args.out.parent)
     device = _device(args)
-    source = _source_from_args(args, device)
-    config = TrainConfig(n_latents=args.latents, activation=args.activation, k=args.k, l1_coeff=args.l1, lr=args.lr,
-                         steps=args.steps, seed=args.seed)
     if args.init is not None:
         sae, fresh = load_sae(args.init, device=device), False
+        given = {"--latents": (args.latents, sae.n_latents), "--activation": (args.activation, sae.activation),
+                 "--k": (args.k, sae.k)}
+        for flag, (asked, has) in given.items():
+            if asked is not None and asked != has:
+                raise ValueError(f"{flag} {asked}: the --init SAE has {has}; leave {flag} out to keep it")
+    elif args.latents is None:
+        raise ValueError("--latents is required to train a new SAE (or continue one with --init)")
     else:
-        sae, fresh = SAE(source.d, args.latents, args.activation, k=args.k, device=device), True
+        sae, fresh = None, True
+    activation = sae.activation if sae is not None else args.activation or "relu"
+    config = TrainConfig(n_latents=sae.n_latents if sae is not None else args.latents, activation=activation,
+                         k=sae.k if sae is not None else args.k, l1_coeff=args.l1, lr=args.lr, steps=args.steps,
+                         seed=args.seed)
+    source = _source_from_args(args, device)
+    if sae is None:
+        sae = SAE(source.d, config.n_latents, config.activation, k=config.k, device=device)
     if sae.d_in != source.d:
         raise ValueError(f"the SAE has d_in = {sae.d_in} but the source yields activations of width {source.d}")
     bar = _bar(args.steps, not args.quiet, "train-sae", "step")
@@ -329,8 +394,10 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
                                  init_pre_bias=fresh, on_step=on_step)
     sae.save(args.out)
     last = history[-1]
+    nonfinite = sum(step.nonfinite for step in history)
+    left_out = f"; {nonfinite:,} tokens with NaN or ±Inf activations left out" if nonfinite else ""
     print(f"trained {sae.d_in}→{sae.n_latents} {sae.activation} SAE for {len(history)} steps: "
-          f"FVU {last.fvu:.4f}, L0 {last.l0:.1f}, dead latents {last.dead}\nwrote {args.out}")
+          f"FVU {last.fvu:.4f}, L0 {last.l0:.1f}, dead latents {last.dead}{left_out}\nwrote {args.out}")
     return 0
 
 
@@ -341,11 +408,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     report = path / "report.json" if path.is_dir() else path
     if not report.is_file():
         raise FileNotFoundError(f"{report}: no such report (give a measure --out directory or its report.json)")
-    summary = json.loads(report.read_text())
-    if "measurement" not in summary or "intervals" not in summary:
+    try:
+        summary = json.loads(report.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{report}: not JSON ({exc})") from None
+    if not isinstance(summary, dict) or "measurement" not in summary or "intervals" not in summary:
         raise ValueError(f"{report}: not the report of a pyfloor measurement")
+    try:
+        text = measurement_markdown(summary)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"{report}: an incomplete or damaged measurement report ({type(exc).__name__}: {exc})") from None
     markdown = report.with_name("report.md")
-    markdown.write_text(measurement_markdown(summary))
+    markdown.write_text(text)
     print(markdown.read_text())
     print(f"wrote {markdown}")
     return 0
@@ -406,8 +480,8 @@ def _add_measure_commands(sub) -> None:
         ),
     )
     _add_source_args(p)
-    p.add_argument("--latents", type=int, required=True, help="number of SAE latents")
-    p.add_argument("--activation", choices=["relu", "topk"], default="relu", help="relu (default) or topk")
+    p.add_argument("--latents", type=int, help="number of SAE latents (required unless --init)")
+    p.add_argument("--activation", choices=["relu", "topk"], help="relu (default) or topk")
     p.add_argument("--k", type=int, help="k of a top-k SAE")
     p.add_argument("--l1", type=float, default=1e-2, help="L1 coefficient of a ReLU SAE (default 1e-2)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -416,6 +490,7 @@ def _add_measure_commands(sub) -> None:
     p.add_argument("--init", type=Path, help="continue training this SAE")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between saves of the SAE (0: only at the end)")
     p.add_argument("--out", type=Path, default=Path("sae.safetensors"), help="SAE file to write (default sae.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing SAE file at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_sae)
 
@@ -451,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--alpha", type=float, help="sparsity α (with --features)")
     p.add_argument("--widths", type=_widths, help="student widths, comma-separated (default: around d*)")
     p.add_argument(
-        "--alive-threshold", type=float, default=1e-5, help="firing frequency above which a latent is alive"
+        "--alive-threshold", type=float,
+        help="firing frequency above which a latent is alive, for a statistics file (default 1e-5)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("-o", "--output", type=Path, help="also write the JSON report to this file")
@@ -468,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = None if argv is None else list(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         print(f"pyfloor {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +296,21 @@ class TrainConfig:
     dead_tokens: int = 1_000_000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        def positive_int(name: str, value: object) -> None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+        positive_int("n_latents", self.n_latents)
+        positive_int("dead_tokens", self.dead_tokens)
+        if self.steps is not None:
+            positive_int("steps", self.steps)
+        for name, value, low in (("l1_coeff", self.l1_coeff, 0.0), ("aux_coeff", self.aux_coeff, 0.0)):
+            if not math.isfinite(value) or value < low:
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0; got {self.lr!r}")
+
 
 class TrainStep(NamedTuple):
     """Metrics of one optimisation step."""
@@ -304,6 +320,7 @@ class TrainStep(NamedTuple):
     fvu: float
     l0: float
     dead: int
+    nonfinite: int = 0  # tokens of the batch left out for NaN or ±Inf activations
 
 
 def _variance(x: Tensor) -> Tensor:
@@ -350,8 +367,15 @@ def _train(
     aux_k = config.aux_k or max(1, d_in // 2)
     history: list[TrainStep] = []
     sae.train()
-    for step, x in enumerate(_cycled(batches, config.steps)):
+    for x in _cycled(batches, config.steps):
         x = x.to(device=device, dtype=sae.W_enc.dtype).reshape(-1, d_in)
+        finite = torch.isfinite(x).all(-1)
+        nonfinite = int(x.shape[0] - finite.sum())
+        if nonfinite:
+            x = x[finite]
+        step = len(history)
+        if x.shape[0] == 0:
+            continue
         if step == 0 and init_pre_bias:
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
@@ -372,11 +396,15 @@ def _train(
         else:
             l1 = (z * sae.W_dec.norm(dim=1)).sum(-1).mean() / var.sqrt()
             loss = mse + config.l1_coeff * l1
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise ValueError(f"the training loss is {loss_value} at step {step}: try a smaller lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sae.normalize_decoder_()
-        rec = TrainStep(step, loss.item(), mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()))
+        rec = TrainStep(step, loss_value, mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()),
+                        nonfinite)
         history.append(rec)
         if on_step is not None:
             on_step(rec)

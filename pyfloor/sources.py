@@ -289,6 +289,17 @@ class TokenSequences:
         return self._window(self._start + cut, self._n, f"from seq {cut}")
 
 
+def _integer_dtype(name: str) -> np.dtype:
+    """The numpy integer dtype called ``name``; ValueError for anything else."""
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"bin_dtype must name an integer type such as uint16 or int32; got {name!r}")
+    return dtype
+
+
 def token_file_sequences(
     path: str | os.PathLike,
     seq_len: int,
@@ -306,7 +317,7 @@ def token_file_sequences(
     if path.suffix == ".npy":
         arr = np.load(path, mmap_mode="r")
     elif path.suffix == ".bin":
-        arr = np.memmap(path, dtype=np.dtype(bin_dtype), mode="r")
+        arr = np.memmap(path, dtype=_integer_dtype(bin_dtype), mode="r")
     else:
         raise ValueError(f"{path}: token files must be .npy or .bin")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -329,6 +340,11 @@ def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | N
         if not doc.strip():
             continue
         ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(
+                f"the tokenizer turned the text {doc.strip()[:40]!r} into no tokens: is it the teacher's own "
+                "tokenizer (does the model directory hold its tokenizer files)?"
+            )
         if sep is not None:
             ids = ids + [sep]
         parts.append(ids)
@@ -363,6 +379,17 @@ def text_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a file; ValueError for a binary or otherwise non-UTF-8 file."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"{path}: not a text file (it holds NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def text_file_sequences(
     paths: Sequence[str | os.PathLike],
     tokenizer: Any,
@@ -376,7 +403,7 @@ def text_file_sequences(
     starts with BOS if ``prepend_bos``; at most ``max_tokens`` tokens are read."""
     docs: list[str] = []
     for path in text_files(paths):
-        docs += path.read_text(encoding="utf-8", errors="replace").split("\n\n")
+        docs += _read_text(path).split("\n\n")
     bos, pad = _special_ids(tokenizer, prepend_bos)
     stream = _tokenize_documents(docs, tokenizer, max_tokens)
     if stream.size == 0:
@@ -401,6 +428,9 @@ def dataset_sequences(
         except ImportError as exc:
             raise ImportError("reading a dataset by name needs the 'datasets' package: pip install datasets") from exc
         dataset = datasets.load_dataset(str(dataset), split=split)
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and column not in columns:
+        raise ValueError(f"the dataset has no column {column!r}; its columns: {', '.join(map(str, columns))}")
     bos, pad = _special_ids(tokenizer, prepend_bos)
     stream = _tokenize_documents((row[column] for row in dataset), tokenizer, max_tokens)
     if stream.size == 0:
@@ -511,6 +541,13 @@ class TeacherSource(ActivationSource):
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Run the model on [B, T] ids until the hooked module and return its output [B, T, d]."""
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        vocab = getattr(embeddings, "num_embeddings", None)
+        if vocab is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise ValueError(
+                f"{self.sequences.description}: token id {bad} is outside the teacher's vocabulary [0, {vocab})"
+            )
         captured: list[Tensor] = []
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:

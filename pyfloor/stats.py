@@ -539,15 +539,31 @@ def _from_published_json(d: Mapping[str, Any], source: str) -> Measurement:
     return Measurement.from_importances(imp, mean_l0=float(d["avg_active"]), source=source)
 
 
-def load_measurement(path: str | os.PathLike, *, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD) -> Measurement:
-    """Load a measurement from a FeatureStats file (``.safetensors``), a pyfloor Measurement JSON,
-    or a published measurement JSON with ``F_alive``, ``avg_active`` and ``sorted_importance``.
+def load_measurement(path: str | os.PathLike, *, alive_threshold: float | None = None) -> Measurement:
+    """Load a measurement from a FeatureStats file (``.safetensors``; latents alive above
+    ``alive_threshold``, default :data:`DEFAULT_ALIVE_THRESHOLD`), a pyfloor Measurement JSON, or a
+    published measurement JSON with ``F_alive``, ``avg_active`` and ``sorted_importance``. A JSON
+    measurement is already thresholded: asking it for another threshold is a ValueError.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        return Measurement.from_stats(FeatureStats.load(path), alive_threshold=alive_threshold, source=str(path))
+        threshold = DEFAULT_ALIVE_THRESHOLD if alive_threshold is None else alive_threshold
+        return Measurement.from_stats(FeatureStats.load(path), alive_threshold=threshold, source=str(path))
+    measurement = _load_measurement_json(path)
+    if alive_threshold is not None and alive_threshold != measurement.alive_threshold:
+        made = "at an unrecorded threshold" if measurement.alive_threshold is None else (
+            f"at {measurement.alive_threshold:g}")
+        raise ValueError(
+            f"{path}: a JSON measurement counts its alive latents once, {made}; a different alive threshold "
+            "needs the statistics file (stats.safetensors)"
+        )
+    return measurement
+
+
+def _load_measurement_json(path: Path) -> Measurement:
+    """A pyfloor Measurement JSON or a published measurement JSON."""
     try:
         d = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
