@@ -4,13 +4,15 @@ Statistics accumulate on the device batch by batch in a fixed order, so a run re
 checkpoint gives bit-identical statistics to an uninterrupted one. Uncertainty comes from a
 Poisson bootstrap over batches: replicate r weighs batch b by w_rb ~ Poisson(1), drawn from a
 generator seeded by (seed, b), so replicates are sums too — mergeable across ranks and resumed
-runs — and give percentile intervals for F, α, d* and the floors.
+runs. F, L0, α, g and d* get percentile intervals; the floors get bias-corrected basic intervals
+(see :func:`_intervals`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,19 +24,19 @@ import torch
 from torch import Tensor
 
 from . import theory
-from ._io import load_tagged, save_tagged
+from ._io import check_replaceable, load_tagged, save_tagged
 from ._version import __version__
 from .encode import BatchStats, SparseCodes, StatsAccumulator
 from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
-from .sources import ActivationSource
+from .sources import ActivationSource, ArraySource, TeacherSource
 from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement, estimate
 
 __all__ = ["MeasureConfig", "MeasureResult", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS"]
 
 CHECKPOINT_FORMAT = "pyfloor.MeasureCheckpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the measuring time so far ("seconds"); version 1 did not record it
 SENSITIVITY_THRESHOLDS = (1e-5, 1e-6, 1e-7)
 
 
@@ -46,7 +48,8 @@ class MeasureConfig:
     to whole batches. ``until_stable``: stop once the bootstrap interval of d* is narrower than
     this fraction of d* (checked every ``check_every`` rounds of batches, not before
     ``min_tokens``). ``checkpoint`` is written every ``checkpoint_every`` tokens; an existing file
-    there is refused unless ``resume`` (continue it) or ``overwrite`` (start over). ``bootstrap`` replicates give intervals at level ``confidence``; 0 disables them.
+    there is refused unless ``resume`` (continue it) or ``overwrite`` (start over, replacing it only
+    if it is a measure checkpoint). ``bootstrap`` replicates give intervals at level ``confidence``; 0 disables them.
     ``histograms``: per-feature histograms of the active latents' values and a histogram of the
     teacher's activations, filled from every ``histogram_every``-th batch (by global index, so
     any number of ranks fills the same batches) with ``histogram_threads`` CPU threads.
@@ -98,7 +101,13 @@ class MeasureConfig:
 
 @dataclass
 class MeasureResult:
-    """Everything a measurement run produced."""
+    """Everything a measurement run produced.
+
+    ``seconds`` is the wall time spent measuring, summed over a run and the runs it resumed (NaN
+    where a resumed checkpoint predates time-keeping). ``intervals`` holds intervals only where 2 or
+    more bootstrap replicates were usable; the floors at the tabulated widths (``config["widths"]``)
+    are in :meth:`to_dict` either way.
+    """
 
     stats: FeatureStats
     measurement: Measurement
@@ -114,12 +123,17 @@ class MeasureResult:
 
     @property
     def tokens_per_second(self) -> float:
-        """Counted tokens per second of wall time."""
+        """Counted tokens (of every resumed run) per second of measuring time (NaN where that is unknown)."""
         return self.stats.n_tokens / self.seconds if self.seconds > 0 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: the measurement (without per-feature arrays), intervals, provenance."""
+        """JSON-ready summary: the measurement (without per-feature arrays), the Eq. 2 floors at the
+        tabulated widths (``config["widths"]``, else the default widths around d*), intervals, provenance.
+        Non-finite numbers stay floats here; :func:`pyfloor.report.write_measurement_report` writes them as null."""
+        from .report import default_widths, floor_table
+
         m = self.measurement.to_dict()
+        widths = self.config.get("widths") or default_widths(self.measurement.critical_width)
         return {
             "pyfloor_version": __version__,
             "torch_version": torch.__version__,
@@ -132,6 +146,7 @@ class MeasureResult:
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
             "measurement": {k: v for k, v in m.items() if k not in ("importances", "feature_ids")},
+            "floors": floor_table(self.measurement, widths),
             "intervals": self.intervals,
             "alive_threshold_sensitivity": self.sensitivity,
         }
@@ -143,8 +158,9 @@ def bootstrap_weights(seed: int, index: int, replicates: int) -> np.ndarray:
 
 
 class _State:
-    """Running sums on the device: totals, bootstrap replicates, histograms, and the stream position
-    (``next_index``: the next batch this rank reads; ``rounds``: loop rounds done, the same on every rank)."""
+    """Running sums on the device: totals, bootstrap replicates, histograms, the stream position
+    (``next_index``: the next batch this rank reads; ``rounds``: loop rounds done, the same on every rank)
+    and ``seconds``, this rank's measuring time so far (NaN: not recorded by a version-1 checkpoint)."""
 
     COUNTERS = ("rows", "nonfinite", "next_index", "n_batches", "rounds")
 
@@ -153,6 +169,7 @@ class _State:
             return torch.zeros(shape, dtype=dtype, device=device)
 
         self.rows = self.next_index = self.n_batches = self.rounds = 0
+        self.seconds = 0.0
         self.fire, self.s1, self.s2 = zeros((m,), torch.int64), zeros((m,), torch.float64), zeros((m,), torch.float64)
         self.mx, self.nonfinite = zeros((m,), torch.float32), zeros((), torch.int64)
         self.boot_n = zeros((replicates,), torch.int64)
@@ -193,15 +210,17 @@ class _State:
         """Everything a checkpoint holds, as CPU tensors."""
         out = {self._FILE_NAMES[k]: getattr(self, k).detach().cpu().contiguous() for k in self._FILE_NAMES}
         out["counters"] = torch.tensor([self.rows, int(self.nonfinite), self.next_index, self.n_batches, self.rounds])
+        out["seconds"] = torch.tensor(self.seconds, dtype=torch.float64)
         for name, _ in self._HISTOGRAMS:
             hist = getattr(self, name)
             if hist is not None:
                 out.update({f"hist_{name}.{k}": torch.from_numpy(v) for k, v in hist.to_dict().items()})
         return out
 
-    def load(self, t: dict[str, Tensor]) -> None:
-        """Restore from :meth:`tensors`; raises CheckpointError for anything inconsistent."""
-        missing = sorted({*self._FILE_NAMES.values(), "counters"} - t.keys())
+    def load(self, t: dict[str, Tensor], version: int = CHECKPOINT_VERSION) -> None:
+        """Restore from :meth:`tensors` of a checkpoint of this ``version``; raises CheckpointError for
+        anything inconsistent. A version-1 checkpoint has no ``seconds``: the time so far becomes NaN."""
+        missing = sorted({*self._FILE_NAMES.values(), "counters", *(("seconds",) if version >= 2 else ())} - t.keys())
         if missing:
             raise CheckpointError(f"checkpoint lacks {', '.join(missing)}")
         for attr, name in self._FILE_NAMES.items():
@@ -213,6 +232,12 @@ class _State:
         if counters.shape != (len(self.COUNTERS),) or counters.dtype != torch.int64:
             raise CheckpointError(f"checkpoint counters must be int64 [{len(self.COUNTERS)}]; got {tuple(counters.shape)}")
         rows, nonfinite, next_index, n_batches, rounds = (int(v) for v in counters)
+        if "seconds" in t and (t["seconds"].shape != () or t["seconds"].dtype != torch.float64):
+            raise CheckpointError(f"checkpoint seconds must be a float64 scalar; got {tuple(t['seconds'].shape)} "
+                                  f"{t['seconds'].dtype}")
+        seconds = float(t["seconds"]) if "seconds" in t else math.nan
+        if not (math.isnan(seconds) or 0 <= seconds < math.inf):
+            raise CheckpointError(f"checkpoint seconds must be finite and >= 0 (or NaN: not recorded); got {seconds}")
         try:  # FeatureStats checks counts against tokens, finite non-negative sums
             FeatureStats(rows - nonfinite, t["fire_count"].numpy(), t["act_sum"].numpy(), t["act_sq_sum"].numpy(),
                          t["act_max"].double().numpy(), nonfinite)
@@ -238,6 +263,7 @@ class _State:
             getattr(self, attr).copy_(t[name])
         self.nonfinite.fill_(nonfinite)
         self.rows, self.next_index, self.n_batches, self.rounds = rows, next_index, n_batches, rounds
+        self.seconds = seconds
         for name, hist in hists.items():
             setattr(self, name, hist)
 
@@ -284,6 +310,20 @@ class _State:
         )
 
 
+def _source_settings(source: ActivationSource) -> dict[str, Any]:
+    """What changes a source's activations but not its description: a teacher's sequence length,
+    whether it leaves out a leading BOS, and its parameters' dtype; the dtype activations are cast to
+    (None where a source has no such setting)."""
+    settings: dict[str, Any] = {"seq_len": None, "leading_bos": None, "teacher_dtype": None, "activation_dtype": None}
+    if isinstance(source, TeacherSource):
+        param = next(source.model.parameters(), None)
+        settings.update(seq_len=source.sequences.seq_len, leading_bos=source.sequences.leading_bos,
+                        teacher_dtype=None if param is None else str(param.dtype))
+    if isinstance(source, (TeacherSource, ArraySource)) and source.dtype is not None:
+        settings["activation_dtype"] = str(source.dtype)
+    return settings
+
+
 def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank: int, world: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed."""
     h = hashlib.sha256()
@@ -291,9 +331,9 @@ def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return {
-        "source": source.describe(), "batch_tokens": source.batch_tokens, "sae_sha256": h.hexdigest(),
-        "mode": config.mode, "k": config.k, "bootstrap": config.bootstrap, "seed": config.seed,
-        "rank": rank, "world": world,
+        "source": source.describe(), "batch_tokens": source.batch_tokens, **_source_settings(source),
+        "sae_sha256": h.hexdigest(), "mode": config.mode, "k": config.k, "bootstrap": config.bootstrap,
+        "seed": config.seed, "rank": rank, "world": world,
     }
 
 
@@ -308,7 +348,8 @@ def _save_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
 
 
 def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
-    """Restore ``state`` from ``path``; refuse (leaving the file alone) anything that does not fit."""
+    """Restore ``state`` from ``path``; refuse (leaving the file alone) anything that does not fit,
+    including a checkpoint that does not record a setting this run has."""
     tensors, meta = load_tagged(path, kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
                                 what="measurement checkpoint", framework="pt")
     try:
@@ -317,10 +358,12 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from exc
     diff = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
     if diff:
-        detail = "; ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {fingerprint[k]!r}" for k in diff)
+        detail = "; ".join(f"{k}: checkpoint {theirs[k]!r} vs now {fingerprint[k]!r}" if k in theirs
+                           else f"{k}: not recorded in the checkpoint (an older pyfloor) vs now {fingerprint[k]!r}"
+                           for k in diff)
         raise CheckpointError(f"{path}: checkpoint belongs to a different run ({detail})")
     try:
-        state.load(tensors)
+        state.load(tensors, int(meta.get("version", 0)))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
 
@@ -344,22 +387,35 @@ def _intervals(
     boot_n: np.ndarray, boot_fire: np.ndarray, boot_s2: np.ndarray, thr: float, widths: np.ndarray,
     confidence: float, point: dict[str, Any],
 ) -> dict[str, Any]:
-    """Bootstrap percentile intervals of every estimate from the replicates' weighted sums."""
+    """Bootstrap intervals at level ``confidence`` from the replicates' weighted sums (replicates
+    where an estimate is undefined are left out; fewer than 2 usable ones give no intervals).
+
+    F, L0, α, g and d* get percentile intervals [q_lo, q_hi] of the replicates θ*. A floor is the
+    summed importance beyond the budget after sorting; each replicate re-sorts noisy importances,
+    which moves features across the cut and biases the tail sum low — in the replicates relative
+    to θ̂ as in θ̂ relative to the truth — so percentile intervals of the floors can lie wholly below
+    θ̂. Floors therefore get basic bootstrap intervals, the replicates reflected around θ̂, which
+    corrects that first-order bias: low = max(0, 2θ̂ − q_hi), high = max(0, 2θ̂ − q_lo); each
+    floor also carries ``bias`` = mean(θ*) − θ̂, the bootstrap estimate of the point estimate's bias.
+    Such an interval need not contain θ̂.
+    """
     reps = [_estimates(float(boot_n[r]), boot_fire[r], boot_s2[r], thr, widths) for r in range(boot_n.size)]
     reps = [r for r in reps if r is not None]
     lo_q, hi_q = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
     out: dict[str, Any] = {"confidence": confidence, "replicates": len(reps)}
     if len(reps) < 2:
         return out
-
-    def interval(estimate: float, values: np.ndarray) -> dict[str, float]:
-        return {"estimate": float(estimate), "low": float(np.percentile(values, lo_q)),
-                "high": float(np.percentile(values, hi_q))}
-
     for key in ("n_features", "mean_l0", "alpha", "capacity", "critical_width"):
-        out[key] = interval(point[key], np.array([r[key] for r in reps], dtype=np.float64))
+        values = np.array([r[key] for r in reps], dtype=np.float64)
+        out[key] = {"estimate": float(point[key]), "low": float(np.percentile(values, lo_q)),
+                    "high": float(np.percentile(values, hi_q))}
     floors = np.stack([r["floors"] for r in reps])
-    out["floors"] = [{"width": int(w), **interval(point["floors"][i], floors[:, i])} for i, w in enumerate(widths)]
+    q_lo, q_hi = np.percentile(floors, [lo_q, hi_q], axis=0)
+    out["floors"] = [
+        {"width": int(w), "estimate": float(est), "low": max(0.0, float(2 * est - q_hi[i])),
+         "high": max(0.0, float(2 * est - q_lo[i])), "bias": float(floors[:, i].mean() - est)}
+        for i, (w, est) in enumerate(zip(widths, point["floors"]))
+    ]
     return out
 
 
@@ -396,6 +452,8 @@ def _prepare_checkpoint(config: MeasureConfig, state: _State, fingerprint: dict[
             _load_checkpoint(path, state, fingerprint)
         elif path is not None and path.exists() and not config.overwrite:
             raise CheckpointError(f"{path} already exists: resume it, or start over with overwrite")
+        elif path is not None:
+            check_replaceable(path, kind=CHECKPOINT_FORMAT, what="measure checkpoint", overwrite=True)
     except CheckpointError as exc:
         error = exc
     if not _everyone(error is None, device):
@@ -432,7 +490,7 @@ def measure(
     total = state.reduced(histograms=False).rows
     bar = _progress(progress and rank == 0, config.max_tokens)
     bar.update(total)
-    start_time = time.perf_counter()
+    start_time, seconds_before = time.perf_counter(), state.seconds
     since_checkpoint = 0
     stopped = "source exhausted"
     batches = source.batches(start=state.next_index, rank=rank, world=world)
@@ -468,6 +526,7 @@ def measure(
         total += int(flags[1])
         bar.update(int(flags[1]))
         if ckpt is not None and since_checkpoint >= config.checkpoint_every:
+            state.seconds = seconds_before + time.perf_counter() - start_time
             _save_checkpoint(ckpt, state, fingerprint)
             since_checkpoint = 0
         if state.rounds % config.check_every:
@@ -488,7 +547,7 @@ def measure(
                 stopped = f"d* stable: interval {d['low']:.1f} to {d['high']:.1f} within {config.until_stable:.2%}"
                 break
     bar.close()
-    seconds = time.perf_counter() - start_time
+    state.seconds = seconds_before + time.perf_counter() - start_time
     if ckpt is not None:
         _save_checkpoint(ckpt, state, fingerprint)
     merged = state.reduced()
@@ -506,7 +565,7 @@ def measure(
     intervals = merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
     cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
     cfg.update(widths=widths.tolist(), world_size=world)
-    return MeasureResult(stats, measurement, intervals, _sensitivity(stats), merged.n_batches, seconds, stopped,
+    return MeasureResult(stats, measurement, intervals, _sensitivity(stats), merged.n_batches, state.seconds, stopped,
                          source.describe(), cfg, merged.features, merged.acts)
 
 

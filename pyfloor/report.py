@@ -46,9 +46,8 @@ def default_widths(critical_width: float) -> list[int]:
     """Student widths worth tabulating: the powers of two in [d*/16, 2·d*] and ⌈d*⌉ itself."""
     if not math.isfinite(critical_width) or critical_width <= 0:
         raise ValueError(f"critical_width must be a finite number > 0; got {critical_width!r}")
-    lo = max(0, math.floor(math.log2(max(critical_width / 16, 1))))
     hi = math.ceil(math.log2(2 * critical_width))
-    widths = {2**p for p in range(lo, hi + 1) if 2**p <= 2 * critical_width}
+    widths = {2**p for p in range(max(hi, 0) + 1) if critical_width / 16 <= 2**p <= 2 * critical_width}
     widths.add(math.ceil(critical_width))
     return sorted(widths)
 
@@ -544,17 +543,26 @@ def _interval_text(iv: dict[str, Any], fmt: str) -> str:
     return f"{format(iv['estimate'], fmt)} [{format(iv['low'], fmt)}, {format(iv['high'], fmt)}]"
 
 
+def _finite(x: float | None) -> float | None:
+    """``x`` where it is a finite number, else None."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 def measurement_markdown(summary: dict[str, Any]) -> str:
-    """A Markdown report of a measurement run (:meth:`pyfloor.measure.MeasureResult.to_dict`)."""
+    """A Markdown report of a measurement run (:meth:`pyfloor.measure.MeasureResult.to_dict`, or
+    that dict read back from report.json, where null stands for a number that is not finite)."""
     m, iv = summary["measurement"], summary.get("intervals") or {}
     conf = iv.get("confidence")
+    seconds, rate = _finite(summary["seconds"]), _finite(summary["tokens_per_second"])
+    timing = ("measuring time not recorded (resumed from a checkpoint of an older pyfloor)" if seconds is None
+              else f"{_num(rate, ',.0f')} tokens/s over {seconds:.1f} s")
     lines = [
         "# pyfloor measurement",
         "",
         f"- source: {summary['source']}",
         f"- tokens: {summary['n_tokens']:,} in {summary['n_batches']:,} batches"
         + (f"; {summary['n_nonfinite']:,} tokens with non-finite activations excluded" if summary["n_nonfinite"] else ""),
-        f"- {summary['tokens_per_second']:,.0f} tokens/s over {summary['seconds']:.1f} s; stopped: {summary['stopped']}",
+        f"- {timing}; stopped: {summary['stopped']}",
         f"- pyfloor {summary['pyfloor_version']}, torch {summary['torch_version']}",
         "",
     ]
@@ -562,14 +570,28 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
     for label, key, fmt in (("F (alive features)", "n_features", ",.0f"), ("mean L0", "mean_l0", ".5g"),
                             ("α", "alpha", ".6f"), ("g(α)", "capacity", ".4f"), ("d* = F / g(α)", "critical_width", ",.1f")):
         rows.append([label, _interval_text(iv[key], fmt) if key in iv else format(m[key], fmt)])
-    lines.append(_md_table(["quantity", f"estimate [{conf:.0%} bootstrap interval]" if conf else "estimate"], rows))
+    lines.append(_md_table(["quantity", f"estimate [{conf:.0%} bootstrap interval]" if "n_features" in iv else "estimate"],
+                           rows))
     if not m["in_sparse_regime"]:
         lines += ["", "α < 1 − 1/e: outside the sparse regime of g(α); the capacity is clamped to e."]
-    if iv.get("floors"):
-        lines += ["", "## Predicted floor (Eq. 2) by student width", ""]
-        lines.append(_md_table(["d_S", "floor", "interval"],
-                               [[f"{r['width']:,}", f"{r['estimate']:.6g}", f"[{r['low']:.6g}, {r['high']:.6g}]"]
-                                for r in iv["floors"]]))
+    floors = summary.get("floors") or [{"width": r["width"], "floor": r["estimate"]} for r in iv.get("floors") or []]
+    if floors:
+        by_width = {r["width"]: r for r in iv.get("floors") or []}
+        headers = ["d_S", "kept F_S", "dropped", "floor"]
+        headers += [f"{conf:.0%} interval", "bootstrap bias"] if by_width else []
+        rows = []
+        for r in floors:
+            cells = [f"{r['width']:,}", _num(r.get("kept"), ","), _num(r.get("dropped"), ","), _num(r["floor"], ".6g")]
+            if by_width:
+                b = by_width[r["width"]]
+                cells += [f"[{b['low']:.6g}, {b['high']:.6g}]", _num(b.get("bias"), "+.3g")]
+            rows.append(cells)
+        lines += ["", "## Predicted floor (Eq. 2) by student width", "", _md_table(headers, rows)]
+        if by_width:
+            lines += ["", "Floor intervals are basic bootstrap intervals (2·floor − the replicates' percentiles, "
+                          "at least 0), which correct the low bias that re-sorting noisy importances gives each "
+                          "replicate's floor and the floor alike, so an interval may lie above the floor; "
+                          "the other intervals are percentile intervals."]
     sens = summary.get("alive_threshold_sensitivity") or []
     if sens:
         lines += ["", "## Sensitivity to the alive threshold", ""]
@@ -583,8 +605,9 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "## Activation quantiles of the most important features", ""]
         lines.append(_md_table(
             ["latent", "importance E[z²]", "firing freq.", "median z", "p99 z", "max z"],
-            [[str(q["latent"]), f"{q['importance']:.4g}", f"{q['frequency']:.3g}", f"{q['median']:.4g}",
-              f"{q['p99']:.4g}", f"{q['max']:.4g}"] for q in quantiles],
+            [[str(q["latent"]), _num(_finite(q["importance"]), ".4g"), _num(_finite(q["frequency"]), ".3g"),
+              _num(_finite(q["median"]), ".4g"), _num(_finite(q["p99"]), ".4g"), _num(_finite(q["max"]), ".4g")]
+             for q in quantiles],
         ))
     return "\n".join(lines) + "\n"
 
@@ -622,9 +645,12 @@ def plot_importance_rank(measurement: Measurement, path: str | Path) -> Path:
 
 def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None, path: str | Path) -> Path:
     """Predicted floor against student width (Eq. 2 and uniform importance), the bootstrap
-    intervals at the tabulated widths, and d* with its interval."""
+    intervals at the tabulated widths drawn from their own low and high (a bias-corrected interval
+    need not contain the estimate), and d* with its interval."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     d_star = measurement.critical_width
     grid = np.unique(np.round(np.geomspace(max(1.0, d_star / 64), 1.5 * d_star, 200)).astype(np.int64))
     eq2 = np.asarray(measurement.floor(grid))
@@ -633,16 +659,17 @@ def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None,
     ax.plot(grid, measurement.uniform_floor(grid), color="C7", ls="--", label="uniform importance")
     rows = [r for r in (intervals or {}).get("floors") or [] if r["estimate"] > 0]
     if rows:
+        w = np.array([r["width"] for r in rows])
         est = np.array([r["estimate"] for r in rows])
-        err = np.array([est - [r["low"] for r in rows], [r["high"] for r in rows] - est])
-        ax.errorbar([r["width"] for r in rows], est, yerr=err, fmt="o", ms=4, capsize=3, color="C0",
-                    label=f"{intervals['confidence']:.0%} bootstrap interval")
+        # a low of 0 cannot be drawn on the log axis: such an interval reaches down to the curves' bottom
+        low = np.maximum([r["low"] for r in rows], ax.get_ylim()[0])
+        high = np.maximum([r["high"] for r in rows], low)
+        ax.vlines(w, low, high, color="C0", lw=1.5, label=f"{intervals['confidence']:.0%} bootstrap interval")
+        ax.plot(w, est, "o", ms=4, color="C0")
     ax.axvline(d_star, color="C3", lw=1, label=f"d* = {d_star:,.1f}")
     d_iv = (intervals or {}).get("critical_width")
     if d_iv:
         ax.axvspan(d_iv["low"], d_iv["high"], color="C3", alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("student width d_S")
     ax.set_ylabel("predicted floor (floors of 0 not drawn)")
     ax.set_title("Distillation floor by student width")
@@ -663,8 +690,20 @@ def _plot_with(draw: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def _json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±Inf) in its dicts and lists replaced by None (null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    return obj
+
+
 def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> dict[str, Path]:
-    """Write a measurement's statistics, JSON, Markdown and plots into ``out_dir``; returns the paths."""
+    """Write a measurement's statistics, JSON (non-finite numbers as null), Markdown and plots into
+    ``out_dir``; returns the paths."""
     from .histograms import firing_density
 
     out = Path(out_dir)
@@ -675,7 +714,7 @@ def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> di
              "json": out / "report.json", "markdown": out / "report.md"}
     result.stats.save(paths["stats"])
     result.measurement.save_json(paths["measurement"])
-    paths["json"].write_text(json.dumps(summary, indent=1) + "\n")
+    paths["json"].write_text(json.dumps(_json_ready(summary), indent=1, allow_nan=False) + "\n")
     paths["markdown"].write_text(measurement_markdown(summary))
     paths["floor_plot"] = plot_floor_curve(result.measurement, result.intervals, out / "floor_curve.png")
     paths["importance_plot"] = plot_importance_rank(result.measurement, out / "importance_rank.png")

@@ -123,7 +123,7 @@ class ArraySource(ActivationSource):
                 path = Path(a)
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: no such activation file")
-                self._names.append(str(path))
+                self._names.append(str(path.resolve()))
                 arr = _load_array(path, key)
             else:
                 self._names.append(f"<array {tuple(a.shape)}>")
@@ -325,10 +325,10 @@ def token_file_sequences(
     if arr.ndim == 2:
         if bos_token_id is not None:
             raise ValueError(f"{path}: a 2-D token array is used as is; bos_token_id only applies to 1-D streams")
-        return TokenSequences.packed(arr.reshape(-1), arr.shape[1], str(path))
+        return TokenSequences.packed(arr.reshape(-1), arr.shape[1], str(path.resolve()))
     if arr.ndim != 1:
         raise ValueError(f"{path}: token array must be 1-D or 2-D; got shape {arr.shape}")
-    return TokenSequences.packed(arr, seq_len, str(path), bos=bos_token_id, pad=pad_token_id)
+    return TokenSequences.packed(arr, seq_len, str(path.resolve()), bos=bos_token_id, pad=pad_token_id)
 
 
 def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | None) -> np.ndarray:
@@ -408,7 +408,8 @@ def text_file_sequences(
     stream = _tokenize_documents(docs, tokenizer, max_tokens)
     if stream.size == 0:
         raise ValueError(f"{', '.join(map(str, paths))}: no text to tokenize")
-    return TokenSequences.packed(stream, seq_len, ", ".join(map(str, paths)), bos=bos, pad=pad)
+    names = ", ".join(str(Path(p).resolve()) for p in paths)
+    return TokenSequences.packed(stream, seq_len, names, bos=bos, pad=pad)
 
 
 def dataset_sequences(
@@ -597,6 +598,8 @@ def load_teacher(
     except ImportError as exc:
         raise ImportError("reading a teacher needs transformers: pip install 'pyfloor[hf]'") from exc
     local = Path(name).is_dir()
+    if local:  # the absolute path: it names the teacher in reports and checkpoints wherever pyfloor runs from
+        name = Path(name).resolve()
     kw: dict[str, Any] = {"local_files_only": True} if local else {}
     if gguf_file is not None:
         kw["gguf_file"] = gguf_file

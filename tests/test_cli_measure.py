@@ -124,6 +124,13 @@ def test_measure_a_teacher_from_a_local_directory(tmp_path, capsys):
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_tokens"] == 4000 and "gpt_neox.layers.1" in report["source"]
+    # few tokens and replicates: bias-corrected floor intervals that exclude their estimate are plotted too
+    assert main(["measure", "--model", str(model_dir), "--layer", "1", "--tokens", str(tokens), "--seq-len", "32",
+                 "--batch-tokens", "512", "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "short"),
+                 "--bootstrap", "4", "--max-tokens", "1000", "--quiet", "--json"]) == 0
+    short = json.loads(capsys.readouterr().out)
+    assert any(not f["low"] <= f["estimate"] <= f["high"] for f in short["intervals"]["floors"])
+    assert (tmp_path / "short" / "floor_curve.png").is_file()
     assert main(["measure", "--model", str(model_dir), "--layer", "7", "--tokens", str(tokens),
                  "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "m2")]) == 2
     assert "blocks 0 … 2" in capsys.readouterr().err

@@ -1,13 +1,16 @@
 """pyfloor.measure, pyfloor.sources and pyfloor.distributed on a CPU."""
 
+import copy
 import json
+import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from pyfloor.measure import MeasureConfig, bootstrap_weights, measure
+from pyfloor.measure import MeasureConfig, _estimates, bootstrap_weights, measure
 from pyfloor.sae import SAE
 from pyfloor.sources import ArraySource, IterableSource, TeacherSource, TokenSequences, find_layer
 from pyfloor.stats import CheckpointError, FeatureStats, Measurement
@@ -213,6 +216,40 @@ def test_bootstrap_weights_are_deterministic_per_batch():
     assert a.dtype == np.int64 and a.mean() == pytest.approx(1, abs=0.5)
 
 
+def test_floor_intervals_are_basic_bootstrap_intervals(tmp_path):
+    """1,024 latents of equal true importance: every replicate re-sorts noisy importances, so its
+    floor is biased low, and the percentile interval lies below the estimate at some widths."""
+    from safetensors.torch import load_file
+
+    sae = sparse_sae(32, 1024, bias=-2.0)
+    sae.b_dec.data.zero_()  # every latent reads a unit direction of N(0, I) activations: equal importance
+    x = np.random.default_rng(0).normal(size=(100_000, 32)).astype(np.float32)
+    widths = np.array([16, 32, 64, 88])
+    ckpt = tmp_path / "c.safetensors"
+    cfg = MeasureConfig(bootstrap=32, widths=widths, checkpoint=ckpt, histograms=False)
+    r = measure(ArraySource([x], 2000), sae, cfg, progress=False)  # 50 batches
+    t = load_file(str(ckpt))  # the replicates' weighted sums
+    reps = [_estimates(float(t["boot_n"][i]), t["boot_fire"][i].numpy(), t["boot_s2"][i].numpy(), 1e-5, widths)
+            for i in range(32)]
+    floors = np.stack([rep["floors"] for rep in reps])
+    below = []
+    for i, iv in enumerate(r.intervals["floors"]):
+        est = iv["estimate"]
+        q_lo, q_hi = np.percentile(floors[:, i], [2.5, 97.5])
+        assert iv["low"] == pytest.approx(max(0.0, 2 * est - q_hi), rel=1e-12, abs=1e-15)
+        assert iv["high"] == pytest.approx(max(0.0, 2 * est - q_lo), rel=1e-12, abs=1e-15)
+        assert iv["bias"] == pytest.approx(floors[:, i].mean() - est, rel=1e-9, abs=1e-15)
+        if q_hi < est:
+            below.append(iv["width"])
+            assert iv["bias"] < 0 and iv["low"] > est  # the correction lifts the interval above the biased estimate
+    assert below == [32, 64]
+    last = r.intervals["floors"][-1]
+    assert last["estimate"] == 0 and last["low"] == last["high"] == 0  # 2·0 − q_hi < 0 is clipped to 0
+    alphas = [rep["alpha"] for rep in reps]  # the other quantities keep percentile intervals
+    assert r.intervals["alpha"]["low"] == pytest.approx(np.percentile(alphas, 2.5), rel=1e-12)
+    assert r.intervals["alpha"]["high"] == pytest.approx(np.percentile(alphas, 97.5), rel=1e-12)
+
+
 def test_until_stable_stops_early():
     x = np.random.default_rng(2).normal(size=(20000, 8)).astype(np.float32)
     cfg = MeasureConfig(until_stable=0.05, check_every=5, bootstrap=16)
@@ -256,13 +293,104 @@ def test_fresh_run_refuses_to_overwrite_an_existing_checkpoint(tmp_path):
     x = np.random.default_rng(9).normal(size=(300, 8)).astype(np.float32)
     sae = sparse_sae(8, 20)
     ckpt = tmp_path / "c.safetensors"
-    FeatureStats.empty(3).save(ckpt)
+    measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=ckpt, max_tokens=100), progress=False)
     before = ckpt.read_bytes()
     with pytest.raises(CheckpointError, match="already exists: resume it, or start over with overwrite"):
         measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=ckpt), progress=False)
     assert ckpt.read_bytes() == before
     measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=ckpt, overwrite=True), progress=False)
     assert ckpt.read_bytes() != before
+
+
+def test_overwrite_replaces_only_a_measure_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    x = np.random.default_rng(9).normal(size=(300, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20)
+    sae.save(tmp_path / "sae.safetensors")
+    np.save(tmp_path / "acts.npy", x)
+    FeatureStats.empty(3).save(tmp_path / "stats.safetensors")
+    save_file({"W_enc": torch.zeros(8, 20)}, str(tmp_path / "foreign.safetensors"))  # e.g. another library's SAE
+    (tmp_path / "dir.safetensors").mkdir()
+    cases = {
+        "foreign.safetensors": "is not a pyfloor file, not a pyfloor measure checkpoint",
+        "sae.safetensors": r"is a pyfloor\.SAE file, not a pyfloor measure checkpoint",
+        "acts.npy": "is not a pyfloor file, not a pyfloor measure checkpoint",
+        "stats.safetensors": r"is a pyfloor\.FeatureStats file, not a pyfloor measure checkpoint",
+        "dir.safetensors": "is a directory",
+    }
+    for name, message in cases.items():
+        path = tmp_path / name
+        before = None if path.is_dir() else path.read_bytes()
+        with pytest.raises(CheckpointError, match=f"{name} {message}"):
+            measure(ArraySource([x], 100), sae, MeasureConfig(checkpoint=path, overwrite=True), progress=False)
+        assert path.is_dir() if before is None else path.read_bytes() == before
+    assert SAE.load(tmp_path / "sae.safetensors").n_latents == 20
+
+
+def test_resume_with_other_sequences_or_teacher_dtype_is_refused(tiny_neox, tmp_path):
+    stream = np.random.default_rng(11).integers(1, 97, size=600)
+    sae = sparse_sae(32, 40, scale=40.0)
+    ckpt = tmp_path / "c.safetensors"
+
+    def source(seq_len, bos=None, model=tiny_neox, **kw):  # the same description and batch_tokens every time
+        return TeacherSource(model, 1, TokenSequences.packed(stream, seq_len, "tokens", bos=bos), 64, **kw)
+
+    measure(source(16), sae, MeasureConfig(bootstrap=0, checkpoint=ckpt, max_tokens=64), progress=False)
+    good = ckpt.read_bytes()
+    resume = MeasureConfig(bootstrap=0, checkpoint=ckpt, resume=True)
+    with pytest.raises(CheckpointError, match="different run.*seq_len: checkpoint 16 vs now 8"):
+        measure(source(8), sae, resume, progress=False)
+    with pytest.raises(CheckpointError, match="different run.*leading_bos: checkpoint False vs now True"):
+        measure(source(16, bos=5), sae, resume, progress=False)
+    wide = copy.deepcopy(tiny_neox).double()
+    with pytest.raises(CheckpointError, match="different run.*teacher_dtype: checkpoint 'torch.float32' vs now "
+                                              "'torch.float64'"):
+        measure(source(16, model=wide, dtype=torch.float32), sae, resume, progress=False)
+    assert ckpt.read_bytes() == good
+    assert measure(source(16), sae, resume, progress=False).stats.n_tokens == 600
+
+
+def test_measuring_time_adds_up_over_resumed_runs(tmp_path, monkeypatch):
+    now = [0.0]
+
+    def clock():  # each reading of the clock is 10 s after the last
+        now[0] += 10.0
+        return now[0]
+
+    monkeypatch.setattr("pyfloor.measure.time", SimpleNamespace(perf_counter=clock))
+    x = np.random.default_rng(12).normal(size=(1000, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20)
+    ckpt = tmp_path / "c.safetensors"
+    first = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=0, checkpoint=ckpt, max_tokens=400),
+                    progress=False)
+    assert first.seconds == 10.0 and first.tokens_per_second == 40.0
+    resume = MeasureConfig(bootstrap=0, checkpoint=ckpt, resume=True)
+    rest = measure(ArraySource([x], 100), sae, resume, progress=False)
+    assert rest.stats.n_tokens == 1000 and rest.seconds == 20.0 and rest.tokens_per_second == 50.0
+    done = measure(ArraySource([x], 100), sae, resume, progress=False)  # a completed run resumed: nothing to read
+    assert done.seconds == 30.0 and done.to_dict()["tokens_per_second"] == pytest.approx(1000 / 30)
+
+
+def test_checkpoint_without_measuring_time_resumes_with_the_time_unknown(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    x = np.random.default_rng(13).normal(size=(500, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20)
+    ckpt = tmp_path / "c.safetensors"
+    measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, max_tokens=200), progress=False)
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(ckpt))
+    del tensors["seconds"]  # as version 1 wrote it
+    save_file(tensors, str(ckpt), metadata={**meta, "version": "1"})
+    r = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
+    full = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4), progress=False)
+    assert r.stats == full.stats and math.isnan(r.seconds) and math.isnan(r.tokens_per_second)
+    save_file(tensors, str(ckpt), metadata=meta)  # version 2 must record it
+    with pytest.raises(CheckpointError, match="lacks seconds"):
+        measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
 
 
 def test_checkpoint_with_impossible_contents_is_refused_and_kept(tmp_path):
