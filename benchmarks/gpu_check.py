@@ -64,7 +64,7 @@ _import_pyfloor()
 
 import torch  # noqa: E402
 
-from pyfloor.encode import EncodeSpec, reference_batch_stats  # noqa: E402
+from pyfloor.encode import BatchStats, EncodeSpec, reference_batch_stats  # noqa: E402
 from pyfloor.kernels import encode_stats  # noqa: E402
 from pyfloor.sae import SAE  # noqa: E402
 
@@ -228,11 +228,7 @@ def measure_ms(fn: Callable[[], Any], device: str, quick: bool, slow: bool = Fal
 
 def eager_stats(x: torch.Tensor, sae: SAE, mode: str, k: int | None, chunk: int = 16384):
     """The usual torch path: a bf16 GEMM writing tokens × latents, then ReLU/top-k and reductions."""
-    m = sae.n_latents
-    fire = torch.zeros(m, dtype=torch.int64, device=x.device)
-    s1 = torch.zeros(m, dtype=torch.float64, device=x.device)
-    s2 = torch.zeros(m, dtype=torch.float64, device=x.device)
-    mx = torch.zeros(m, dtype=torch.float32, device=x.device)
+    fire, s1, s2, mx, _, _ = BatchStats.zeros(sae.n_latents, x.device)
     with torch.no_grad():
         for c in range(0, x.shape[0], chunk):
             pre = torch.addmm(sae.b_enc, x[c : c + chunk] - sae.b_dec, sae.W_enc)

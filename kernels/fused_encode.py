@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pyfloor.encode import SUPPORTED_DTYPES, BatchStats, SparseCodes
+from pyfloor.encode import SUPPORTED_DTYPES, BatchStats, EncodeSpec, SparseCodes
 from pyfloor.sae import SAE
 
 from .bitonic import topk_desc
@@ -325,7 +325,8 @@ def _check_pow2(name: str, value: int, lo: int = 16) -> int:
     return int(value)
 
 
-def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> None:
+def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> int | None:
+    """Raise unless the kernel can encode ``x`` with ``sae`` in ``mode``; returns k as an int (None but in top-k)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor; got {type(x).__name__}")
     if x.ndim != 2:
@@ -336,17 +337,9 @@ def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> None:
         raise ValueError(f"activations must be float32, float16 or bfloat16; got {x.dtype}")
     if sae.W_enc.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"SAE weights must be float32, float16 or bfloat16; got {sae.W_enc.dtype}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'relu', 'jumprelu' or 'topk'; got {mode!r}")
-    if mode == "topk":
-        if k is None or int(k) != k or not 1 <= k <= sae.n_latents:
-            raise ValueError(f"top-k encode needs 1 <= k <= n_latents ({sae.n_latents}); got k={k!r}")
-        if k > MAX_K:
-            raise ValueError(f"the Triton top-k kernel supports k <= {MAX_K}; got k={k}")
-    elif k is not None:
-        raise ValueError(f"k is only meaningful in top-k mode; got k={k} with mode {mode!r}")
-    if mode == "jumprelu" and sae.threshold is None:
-        raise ValueError("jumprelu mode needs an SAE with per-latent thresholds (activation='jumprelu')")
+    k = EncodeSpec.checked(sae, mode, k).k
+    if k is not None and k > MAX_K:
+        raise ValueError(f"the Triton top-k kernel supports k <= {MAX_K}; got k={k}")
     named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
     if mode == "jumprelu":
         named["threshold"] = sae.threshold
@@ -364,6 +357,7 @@ def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> None:
             "the Triton kernels need CUDA tensors; on CPU set TRITON_INTERPRET=1 before pyfloor.kernels is "
             "imported (or use the torch reference, backend='torch')"
         )
+    return k
 
 
 def encode_stats(
@@ -399,17 +393,13 @@ def encode_stats(
     16-bit x and W_enc of the same dtype are multiplied as they are (fp32 accumulation), with b_dec
     folded into the bias in float64.
     """
-    _validate(x, sae, mode, k)
+    k = _validate(x, sae, mode, k)
     if input_precision not in ("ieee", "tf32", "tf32x3"):
         raise ValueError(f"input_precision must be 'ieee', 'tf32' or 'tf32x3'; got {input_precision!r}")
     n, d = x.shape
     m, dev = sae.n_latents, x.device
     interp = _interpreting()
-    fire = torch.zeros(m, dtype=torch.int64, device=dev)
-    s1 = torch.zeros(m, dtype=torch.float64, device=dev)
-    s2 = torch.zeros(m, dtype=torch.float64, device=dev)
-    mx = torch.zeros(m, dtype=torch.float32, device=dev)
-    nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
+    fire, s1, s2, mx, nonfinite, _ = BatchStats.zeros(m, dev)
     topk = mode == "topk"
     if n == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=dev)

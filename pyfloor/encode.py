@@ -59,6 +59,15 @@ class BatchStats(NamedTuple):
     n_nonfinite: Tensor  # int64 [] tokens excluded
     codes: SparseCodes | None
 
+    @classmethod
+    def zeros(cls, m: int, device: torch.device | str) -> "BatchStats":
+        """Sums of no tokens over ``m`` latents, without codes."""
+        def z(*shape: int, dtype: torch.dtype) -> Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(z(m, dtype=torch.int64), z(m, dtype=torch.float64), z(m, dtype=torch.float64),
+                   z(m, dtype=torch.float32), z(dtype=torch.int64), None)
+
 
 @dataclass
 class EncodeSpec:
@@ -69,11 +78,16 @@ class EncodeSpec:
 
     @classmethod
     def resolve(cls, sae: SAE, mode: Activation | None, k: int | None) -> "EncodeSpec":
+        """The SAE's own activation (and its k) unless ``mode`` (and ``k``) override them; see :meth:`checked`."""
         mode = mode or sae.activation
+        return cls.checked(sae, mode, k if k is not None or mode != "topk" else sae.k)
+
+    @classmethod
+    def checked(cls, sae: SAE, mode: str, k: int | None) -> "EncodeSpec":
+        """Exactly this ``mode`` and ``k`` (an int), valid for ``sae``; ValueError naming the problem otherwise."""
         if mode not in ("relu", "jumprelu", "topk"):
             raise ValueError(f"mode must be 'relu', 'jumprelu' or 'topk'; got {mode!r}")
         if mode == "topk":
-            k = k if k is not None else sae.k
             if k is None or int(k) != k or not 1 <= k <= sae.n_latents:
                 raise ValueError(f"top-k encode needs 1 <= k <= n_latents ({sae.n_latents}); got k={k!r}")
             k = int(k)
@@ -96,11 +110,7 @@ def reference_batch_stats(
     ``x`` is [N, d]. Memory is O(chunk_tokens × m), never O(N × m).
     """
     m, device = sae.n_latents, x.device
-    fire = torch.zeros(m, dtype=torch.int64, device=device)
-    s1 = torch.zeros(m, dtype=torch.float64, device=device)
-    s2 = torch.zeros(m, dtype=torch.float64, device=device)
-    mx = torch.zeros(m, dtype=torch.float32, device=device)
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+    fire, s1, s2, mx, nonfinite, _ = BatchStats.zeros(m, device)
     idx_parts, val_parts, count_parts = [], [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk_tokens):

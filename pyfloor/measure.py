@@ -130,10 +130,9 @@ class MeasureResult:
         """JSON-ready summary: the measurement (without per-feature arrays), the Eq. 2 floors at the
         tabulated widths (``config["widths"]``, else the default widths around d*), intervals, provenance.
         Non-finite numbers stay floats here; :func:`pyfloor.report.write_measurement_report` writes them as null."""
-        from .report import default_widths, floor_table
+        from .report import prediction_summary
 
-        m = self.measurement.to_dict()
-        widths = self.config.get("widths") or default_widths(self.measurement.critical_width)
+        summary = prediction_summary(self.measurement, self.config.get("widths"))
         return {
             "pyfloor_version": __version__,
             "torch_version": torch.__version__,
@@ -145,8 +144,8 @@ class MeasureResult:
             "n_nonfinite": self.stats.n_nonfinite,
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
-            "measurement": {k: v for k, v in m.items() if k not in ("importances", "feature_ids")},
-            "floors": floor_table(self.measurement, widths),
+            "measurement": summary["measurement"],
+            "floors": summary["floors"],
             "intervals": self.intervals,
             "alive_threshold_sensitivity": self.sensitivity,
         }

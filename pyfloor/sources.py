@@ -526,6 +526,8 @@ class TeacherSource(ActivationSource):
         self.batch_tokens = self.batch_sequences * sequences.seq_len
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        self._vocab: int | None = getattr(embeddings, "num_embeddings", None)  # token ids must lie below it
         self.d = self._width()
 
     def _width(self) -> int:
@@ -542,13 +544,11 @@ class TeacherSource(ActivationSource):
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Run the model on [B, T] ids until the hooked module and return its output [B, T, d]."""
-        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-        vocab = getattr(embeddings, "num_embeddings", None)
-        if vocab is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise ValueError(
-                f"{self.sequences.description}: token id {bad} is outside the teacher's vocabulary [0, {vocab})"
-            )
+        if self._vocab is not None and ids.numel():
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self._vocab:
+                raise ValueError(f"{self.sequences.description}: token id {low if low < 0 else high} is outside "
+                                 f"the teacher's vocabulary [0, {self._vocab})")
         captured: list[Tensor] = []
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:

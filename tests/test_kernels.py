@@ -257,6 +257,11 @@ def test_stats_only_returns_no_codes_and_empty_batch():
         assert empty.fire_count.sum() == 0 and empty.codes.offsets.tolist() == [0]
 
 
+def test_an_integral_float_k_is_the_same_k():
+    sae, x = make_sae(), make_x()
+    assert_batch_equal(encode_stats(x, sae, "topk", 4.0, want_codes=True, **BLOCKS), reference(x, sae, "topk", 4))
+
+
 def test_rows_with_a_stride_are_read_in_place():
     sae = make_sae()
     wide = make_x(d=90)
