@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pyfloor.encode import SUPPORTED_DTYPES, BatchStats, EncodeSpec, SparseCodes
+from pyfloor.encode import SUPPORTED_DTYPES, BatchStats, EncodeSpec, SparseCodes, check_activations
 from pyfloor.sae import SAE
 
 from .bitonic import topk_desc
@@ -327,14 +327,9 @@ def _check_pow2(name: str, value: int, lo: int = 16) -> int:
 
 def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> int | None:
     """Raise unless the kernel can encode ``x`` with ``sae`` in ``mode``; returns k as an int (None but in top-k)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"expected a torch.Tensor; got {type(x).__name__}")
+    check_activations(x, sae)
     if x.ndim != 2:
         raise ValueError(f"the kernel takes activations [N, d]; got shape {tuple(x.shape)} (reshape(-1, d) first)")
-    if x.shape[1] != sae.d_in:
-        raise ValueError(f"activations have width {x.shape[1]} but the SAE expects d_in = {sae.d_in}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"activations must be float32, float16 or bfloat16; got {x.dtype}")
     if sae.W_enc.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"SAE weights must be float32, float16 or bfloat16; got {sae.W_enc.dtype}")
     k = EncodeSpec.checked(sae, mode, k).k

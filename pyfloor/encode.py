@@ -98,6 +98,13 @@ class EncodeSpec:
         return cls(mode, k)
 
 
+def check_activations(x: Tensor, sae: SAE) -> None:
+    """Raise unless ``x`` is a float32, float16 or bfloat16 tensor [..., sae.d_in]."""
+    sae.check_input(x)
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"activations must be float32, float16 or bfloat16; got {x.dtype}")
+
+
 def _finite_rows(x: Tensor) -> Tensor:
     return torch.isfinite(x).all(dim=-1)
 
@@ -196,9 +203,7 @@ class StatsAccumulator:
         return self.backend == "triton" or (self.backend == "auto" and x.is_cuda)
 
     def _check(self, x: Tensor) -> Tensor:
-        self.sae.check_input(x)
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"activations must be float32, float16 or bfloat16; got {x.dtype}")
+        check_activations(x, self.sae)
         if x.device != self.sae.W_enc.device:
             raise ValueError(f"activations are on {x.device} but the SAE is on {self.sae.W_enc.device}")
         return x.reshape(-1, self.sae.d_in)
