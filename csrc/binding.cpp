@@ -74,7 +74,6 @@ void add_bins_properties(py::class_<H>& cls) {
     cls.def_property_readonly("mantissa_bits", [](const H& h) { return h.bins().mantissa_bits; })
         .def_property_readonly("lo", [](const H& h) { return h.bins().lo; })
         .def_property_readonly("hi", [](const H& h) { return h.bins().hi; })
-        .def_property_readonly("n_bins", [](const H& h) { return h.bins().n_bins(); })
         .def(
             "add",
             [](H& self, H& other) {

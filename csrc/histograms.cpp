@@ -189,54 +189,6 @@ void check_threads(int threads) {
     if (threads < 1) throw std::invalid_argument("threads must be >= 1; got " + std::to_string(threads));
 }
 
-// One histogram over n values: each worker counts its slice into kLanes uint32 sub-histograms
-// (consecutive values go to different lanes, so a run of equal bins doesn't wait on its own
-// stores), folds them into a private int64 histogram, and the caller adds those up.
-template <class T>
-void fill_values(const LogBins& bins, const Storage<T>* x, size_t n, int threads, int64_t* counts) {
-    const BinParams p(bins);
-    const size_t nb = size_t(bins.n_bins());
-    std::vector<uint32_t> keys(kBlock);
-    const int workers = workers_for(threads, n, kMinPerThread);
-    if (workers == 1 && n < kLanes * nb) {  // too few values to pay for the lanes
-        const std::vector<uint32_t> no_base(kBlock, 0);
-        for (size_t s = 0; s < n; s += kBlock) {
-            const size_t len = std::min(kBlock, n - s);
-            keys_of_values<T>(p, x + s, no_base.data(), len, keys.data());
-            add_at<int64_t>(keys.data(), len, counts, 1);
-        }
-        return;
-    }
-    std::vector<uint32_t> lane_base(kBlock);
-    for (size_t i = 0; i < kBlock; ++i) lane_base[i] = uint32_t((i % kLanes) * nb);
-    std::vector<std::vector<int64_t>> partial(static_cast<size_t>(workers));
-    run_parallel(workers, [&](int t) {
-        const auto [begin, end] = slice(n, size_t(workers), size_t(t));
-        std::vector<uint32_t> lanes(kLanes * nb, 0), block_keys(kBlock);
-        std::vector<int64_t>& sum = partial[size_t(t)];
-        sum.assign(nb, 0);
-        auto fold = [&] {
-            static_assert(kLanes == 4, "fold adds four lanes");
-            const uint32_t *l0 = lanes.data(), *l1 = l0 + nb, *l2 = l1 + nb, *l3 = l2 + nb;
-            for (size_t b = 0; b < nb; ++b) sum[b] += int64_t(l0[b]) + l1[b] + l2[b] + l3[b];
-            std::fill(lanes.begin(), lanes.end(), 0u);
-        };
-        for (size_t s = begin, since_fold = 0; s < end; s += kBlock) {
-            const size_t len = std::min(kBlock, end - s);
-            keys_of_values<T>(p, x + s, lane_base.data(), len, block_keys.data());
-            const Prefetcher next_block(x + s + len, std::min(kBlock, end - s - len));
-            add_at<uint32_t>(block_keys.data(), len, lanes.data(), 1, next_block);
-            if ((since_fold += len) >= kFoldEvery) {
-                fold();
-                since_fold = 0;
-            }
-        }
-        fold();
-    });
-    for (const auto& sum : partial)
-        for (size_t b = 0; b < nb; ++b) counts[b] += sum[b];
-}
-
 // Per-feature histograms of a row-major [rows, m] array. Features are cut into tiles whose counts
 // fit in L2; each worker owns whole tiles (no two write the same counts) and sweeps every row of
 // its tiles. Where one tile spans all features, a key pass covers several rows at once.
@@ -271,6 +223,46 @@ void fill_rows(const LogBins& bins, const Storage<T>* x, size_t rows, size_t m, 
             }
         }
     });
+}
+
+// One histogram over n values: each worker counts its slice into kLanes uint32 sub-histograms
+// (consecutive values go to different lanes, so a run of equal bins doesn't wait on its own
+// stores), folds them into a private int64 histogram, and the caller adds those up.
+template <class T>
+void fill_values(const LogBins& bins, const Storage<T>* x, size_t n, int threads, int64_t* counts) {
+    const BinParams p(bins);
+    const size_t nb = size_t(bins.n_bins());
+    const int workers = workers_for(threads, n, kMinPerThread);
+    if (workers == 1 && n < kLanes * nb)  // too few values to pay for the lanes: count them as one feature
+        return fill_rows<T>(bins, x, n, 1, 1, counts);
+    std::vector<uint32_t> lane_base(kBlock);
+    for (size_t i = 0; i < kBlock; ++i) lane_base[i] = uint32_t((i % kLanes) * nb);
+    std::vector<std::vector<int64_t>> partial(static_cast<size_t>(workers));
+    run_parallel(workers, [&](int t) {
+        const auto [begin, end] = slice(n, size_t(workers), size_t(t));
+        std::vector<uint32_t> lanes(kLanes * nb, 0), block_keys(kBlock);
+        std::vector<int64_t>& sum = partial[size_t(t)];
+        sum.assign(nb, 0);
+        auto fold = [&] {
+            static_assert(kLanes == 4, "fold adds four lanes");
+            const uint32_t *l0 = lanes.data(), *l1 = l0 + nb, *l2 = l1 + nb, *l3 = l2 + nb;
+            for (size_t b = 0; b < nb; ++b) sum[b] += int64_t(l0[b]) + l1[b] + l2[b] + l3[b];
+            std::fill(lanes.begin(), lanes.end(), 0u);
+        };
+        for (size_t s = begin, since_fold = 0; s < end; s += kBlock) {
+            const size_t len = std::min(kBlock, end - s);
+            keys_of_values<T>(p, x + s, lane_base.data(), len, block_keys.data());
+            const Prefetcher next_block(x + s + len, std::min(kBlock, end - s - len));
+            add_at<uint32_t>(block_keys.data(), len, lanes.data(), 1, next_block);
+            if ((since_fold += len) >= kFoldEvery) {
+                fold();
+                since_fold = 0;
+            }
+        }
+        fold();
+    });
+    for (const auto& sum : partial)
+        for (size_t b = 0; b < nb; ++b) counts[b] += sum[b];
 }
 
 // Position of the first index in idx[0, n) outside [0, m).

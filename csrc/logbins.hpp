@@ -65,7 +65,6 @@ struct BinParams {
     int32_t first;      // (lo + 127) << p: the key of the first log bin
     int32_t last;       // (hi + 127) << p: one past the key of the last log bin
     int32_t zero;       // index of the zero bin
-    int32_t log_plus3;  // n_log + 3: offset of ±inf from the zero bin
     int32_t nan;        // index of the NaN bin
 
     explicit BinParams(const LogBins& b)
@@ -73,7 +72,6 @@ struct BinParams {
           first((b.lo + 127) << b.mantissa_bits),
           last((b.hi + 127) << b.mantissa_bits),
           zero(b.zero_bin()),
-          log_plus3(b.n_log() + 3),
           nan(b.n_bins() - 1) {}
 };
 
@@ -92,7 +90,7 @@ inline uint32_t finite_bin_of(const BinParams& p, uint32_t bits) {
 // Bin index of any float32, ±inf and NaN included.
 inline uint32_t bin_of(const BinParams& p, uint32_t bits) {
     const int32_t mag = int32_t(bits & 0x7fffffffu);
-    const int32_t inf = int32_t(bits) < 0 ? p.zero - p.log_plus3 : p.zero + p.log_plus3;
+    const int32_t inf = int32_t(bits) < 0 ? 0 : 2 * p.zero;  // -inf is bin 0, +inf the zero bin's mirror image
     const int32_t idx = mag == int32_t(kInfBits) ? inf : int32_t(finite_bin_of(p, bits));
     return uint32_t(mag > int32_t(kInfBits) ? p.nan : idx);
 }
