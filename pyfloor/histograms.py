@@ -284,9 +284,17 @@ class _Counts:
         if other._h.counts.shape != self._h.counts.shape or other.binning != self.binning:
             raise ValueError(f"cannot merge {self!r} and {other!r}: shapes or binnings differ")
 
+    @property
+    def counts(self) -> NDArray[np.int64]:
+        """Read-only int64 view of the counters: [n_bins] (layout in the module docstring), or
+        [n_features, n_bins]."""
+        return _readonly(self._h.counts)
+
     def copy(self: _C) -> _C:
         """A deep copy."""
-        return type(self).from_dict(self.to_dict())
+        out = type(self)._empty_like(self.binning, self._h.counts)
+        out._h.add(self._h)
+        return out
 
     def merge(self: _C, *others: _C) -> _C:
         """The histogram(s) of all values filled into this object and ``others`` (same shape and binning)."""
@@ -351,11 +359,6 @@ class Histogram(_Counts):
         self._h = _hist.Histogram(mantissa_bits, lo, hi)
 
     @property
-    def counts(self) -> NDArray[np.int64]:
-        """Read-only int64 [n_bins] view of the counters (layout in the module docstring)."""
-        return _readonly(self._h.counts)
-
-    @property
     def total(self) -> int:
         """Values counted, NaN included."""
         return int(self._h.counts.sum())
@@ -378,20 +381,19 @@ class Histogram(_Counts):
     # -- statistics -----------------------------------------------------------------------------
     def quantile(self, q: ArrayLike) -> float | NDArray[np.float64]:
         """Quantile(s) ``q`` in [0, 1] of the non-NaN values, within relative error ``2^-(p+1)``."""
-        return self._quantile(q, self.binning.bin_values())
+        return self._quantile(q, self.binning.bin_values())[0]
 
     def quantile_interval(self, q: ArrayLike) -> tuple[Any, Any]:
         """``(lower, upper)``: the exact bounds of quantile(s) ``q`` (those of its counter)."""
-        lower, upper = self.binning.bin_bounds()
-        return self._quantile(q, lower), self._quantile(q, upper)
+        return self._quantile(q, *self.binning.bin_bounds())
 
-    def _quantile(self, q: ArrayLike, table: NDArray[np.float64]) -> Any:
+    def _quantile(self, q: ArrayLike, *tables: NDArray[np.float64]) -> tuple[Any, ...]:
+        """Each table's entry at the bin of quantile(s) ``q`` (a float for a scalar ``q``)."""
         qa = np.asarray(q, dtype=np.float64)
         bins = _quantile_bins(self._h.counts[None, :], qa)[..., 0]
         if np.any(bins < 0):
             raise ValueError("the histogram holds no non-NaN values")
-        out = table[bins]
-        return float(out) if qa.ndim == 0 else out
+        return tuple(float(t[bins]) if qa.ndim == 0 else t[bins] for t in tables)
 
     def __repr__(self) -> str:
         b = self.binning
@@ -436,11 +438,6 @@ class FeatureHistograms(_Counts):
     def n_features(self) -> int:
         """Number of features m."""
         return int(self._h.n_features)
-
-    @property
-    def counts(self) -> NDArray[np.int64]:
-        """Read-only int64 [n_features, n_bins] view of the counters."""
-        return _readonly(self._h.counts)
 
     @property
     def n_values(self) -> NDArray[np.int64]:
