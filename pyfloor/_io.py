@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
 
 
 class CheckpointError(ValueError):
@@ -38,6 +41,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def json_ready(obj: Any) -> Any:
+    """A JSON-ready copy of ``obj``: numpy arrays and scalars to Python lists and numbers, NaN/±Inf to
+    None (null), tuples to lists, dict keys to strings."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 Framework = Literal["numpy", "pt"]

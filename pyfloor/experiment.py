@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import scoring, theory
+from ._io import json_ready
 from ._version import __version__
 
 __all__ = [
@@ -734,7 +735,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The JSON-ready report: settings, every observed and predicted number, and the scores."""
     preds, fits = _predict(results)
-    return _clean(
+    return json_ready(
         {
             "format": "pyfloor.toy-report",
             "version": 1,
@@ -748,18 +749,3 @@ def build_report(
             "summary": _summary(results, preds),
         }
     )
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-ready copy: numpy scalars to Python numbers, NaN/±Inf to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj

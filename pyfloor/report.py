@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._io import json_ready
 from ._version import __version__
 from .stats import Measurement
 
@@ -162,10 +163,6 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
-def _fix(x: float | None, fmt: str = ".3f") -> str:
-    return "—" if x is None else format(x, fmt)
-
-
 def _available(report: dict[str, Any], target: str = "distill") -> list[str]:
     return [k for k, v in report["summary"][target].items() if v is not None]
 
@@ -176,7 +173,7 @@ def toy_width_table(config: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     and every available predictor's floor."""
     preds = [k for k, v in config["predictions"].items() if v is not None]
     headers = ["d_S", "d/d*", "(a) distill", "(b) excess task", "(c) task", "task-trained (c)", "kept"]
-    headers += [TOY_PREDICTOR_LABELS.get(k, k) for k in preds]
+    headers += [_label(k) for k in preds]
     rows = []
     for i, s in enumerate(config["students"]):
         d = s["distilled"]
@@ -193,7 +190,7 @@ def toy_sparsity_table(report: dict[str, Any], target: str = "distill") -> tuple
     """Median accuracy of every predictor at every sparsity against ``target``, beside the paper's claim."""
     names = _available(report, target)
     alphas = list(report["summary"][target][names[0]]["by_sparsity"]) if names else []
-    headers = ["α", "paper's claim"] + [TOY_PREDICTOR_LABELS.get(k, k) for k in names]
+    headers = ["α", "paper's claim"] + [_label(k) for k in names]
     rows = []
     for a in alphas:
         rows.append(
@@ -222,13 +219,13 @@ def toy_metric_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
             pc = s["per_config"]
             rows.append(
                 [
-                    TOY_PREDICTOR_LABELS.get(name, name),
+                    _label(name),
                     TOY_TARGET_LABELS[target],
                     _pct(s["overall"]["median_accuracy"]),
-                    _fix(s["overall"]["r2"]),
-                    _fix(s["overall"]["pearson_r"], ".4f"),
-                    _fix(pc["pearson_r_median"], ".4f"),
-                    _fix(pc["pearson_r_min"], ".4f"),
+                    _num(s["overall"]["r2"], ".3f"),
+                    _num(s["overall"]["pearson_r"], ".4f"),
+                    _num(pc["pearson_r_median"], ".4f"),
+                    _num(pc["pearson_r_min"], ".4f"),
                     _pct(pc["fraction_r_at_least_0.98"]),
                 ]
             )
@@ -252,7 +249,7 @@ def toy_stratum_table(report: dict[str, Any], target: str = "distill") -> tuple[
         else ["predictor"]
     )
     rows = [
-        [TOY_PREDICTOR_LABELS.get(k, k)]
+        [_label(k)]
         + [_pct(report["summary"][target][k]["by_stratum"].get(s, {}).get("median_accuracy")) for s in strata]
         for k in names
     ]
@@ -361,7 +358,7 @@ def toy_markdown(report: dict[str, Any]) -> str:
         "Predictors:",
         "",
     ]
-    lines += [f"- **{TOY_PREDICTOR_LABELS.get(k, k)}** (`{k}`): {v}" for k, v in report["predictors"].items()]
+    lines += [f"- **{_label(k)}** (`{k}`): {v}" for k, v in report["predictors"].items()]
     note = _missing_note(report)
     if note:
         lines += ["", note]
@@ -374,7 +371,7 @@ def _missing_note(report: dict[str, Any]) -> str | None:
     """Why some predictors are absent from a report, or None."""
     missing = [k for k, v in report["summary"]["distill"].items() if v is None]
     notes = []
-    fitted = [TOY_PREDICTOR_LABELS.get(k, k) for k in missing if k.endswith("_loco")]
+    fitted = [_label(k) for k in missing if k.endswith("_loco")]
     if fitted:
         notes.append(
             f"Not shown: {', '.join(fitted)}. They are fitted on the other configurations of a run (leave one "
@@ -432,7 +429,7 @@ def _floor_axes(ax, c: dict[str, Any], legend: bool) -> None:
             ax.plot(
                 w,
                 np.where(p > 0, p, np.nan),
-                label=TOY_PREDICTOR_LABELS.get(name, name),
+                label=_label(name),
                 **{"lw": 1.5, **_TOY_STYLES.get(name, {})},
             )
     ax.set_ylim(
@@ -509,7 +506,7 @@ def plot_toy_summary(report: dict[str, Any], path: str) -> None:
         ax.set_ylim(lo / 1.5, hi)
         ax.set_xlabel("observed distillation loss (a), mean over seeds")
         ax.set_ylabel(f"predicted floor (values below {lo:.0e} drawn at it)")
-        ax.set_title(TOY_PREDICTOR_LABELS.get(name, name))
+        ax.set_title(_label(name))
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=8, loc="upper left")
     ax = axes[-1]
@@ -521,7 +518,7 @@ def plot_toy_summary(report: dict[str, Any], path: str) -> None:
             np.arange(len(alphas)) + (i - (len(names) - 1) / 2) * width,
             acc,
             width,
-            label=TOY_PREDICTOR_LABELS.get(name, name),
+            label=_label(name),
             color=_TOY_STYLES.get(name, {}).get("color"),
         )
     ax.axhline(PAPER_TOY_ACCURACY, color="k", ls="--", lw=1, label="paper: > 93 %")
@@ -690,17 +687,6 @@ def _plot_with(draw: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def _json_ready(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, ±Inf) in its dicts and lists replaced by None (null)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    return obj
-
-
 def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> dict[str, Path]:
     """Write a measurement's statistics, JSON (non-finite numbers as null), Markdown and plots into
     ``out_dir``; returns the paths."""
@@ -714,7 +700,7 @@ def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> di
              "json": out / "report.json", "markdown": out / "report.md"}
     result.stats.save(paths["stats"])
     result.measurement.save_json(paths["measurement"])
-    paths["json"].write_text(json.dumps(_json_ready(summary), indent=1, allow_nan=False) + "\n")
+    paths["json"].write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")
     paths["markdown"].write_text(measurement_markdown(summary))
     paths["floor_plot"] = plot_floor_curve(result.measurement, result.intervals, out / "floor_curve.png")
     paths["importance_plot"] = plot_importance_rank(result.measurement, out / "importance_rank.png")
