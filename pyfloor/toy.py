@@ -243,9 +243,8 @@ class _Block:
         self.W = torch.stack(
             [torch.stack([_xavier(specs[m].width, n, width, specs[m].init_seed) for m in g]) for g in groups]
         )
+        # A narrower model's padding rows are zero, so their gradients are exactly zero: they stay zero.
         self.b = torch.zeros(len(groups), len(groups[0]), n)
-        widths = torch.tensor([[specs[m].width for m in g] for g in groups])
-        self.row_mask = (torch.arange(width) < widths.unsqueeze(-1)).unsqueeze(-1).float()
         self.generators = [torch.Generator().manual_seed(specs[g[0]].data_seed) for g in groups]
         self.teacher_W = self.teacher_b = None
         if first.teacher is not None:
@@ -266,7 +265,7 @@ class _Block:
             with torch.no_grad():
                 y = _forward(self.teacher_W, self.teacher_b, x)[:, 0]
         grad_W, grad_b = _grads(self.W, self.b, x, y, weight)
-        self.W.grad = grad_W.mul_(self.row_mask)
+        self.W.grad = grad_W
         self.b.grad = grad_b
 
 
