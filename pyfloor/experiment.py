@@ -478,28 +478,30 @@ def _own_predictors(result: ConfigResult) -> dict[str, NDArray[np.float64] | Non
 
 
 class _BudgetPoints(NamedTuple):
-    """Widths, sparsities and effective budgets k of the students of one configuration whose k is
-    informative (0 < k < F_T: they kept some but not all of their teacher's features)."""
+    """Widths, sparsities and effective budgets k of the students of one configuration, with the
+    number of features each could keep (its teacher's F_T)."""
 
     widths: NDArray[np.float64]
     alphas: NDArray[np.float64]
     budgets: NDArray[np.float64]
+    n_features: NDArray[np.float64]
 
 
 def _budget_points(r: ConfigResult) -> _BudgetPoints:
     """Effective budgets (:func:`pyfloor.theory.effective_budget`) of r's distilled students,
     each against its own seed's teacher features weighted by I_i·Var(x̂_T,i)."""
-    widths, budgets = [], []
+    widths, budgets, n_features = [], [], []
     for si, t in enumerate(r.teachers):
         imp = t.represented_weights()
         if imp.size == 0:
             continue
         k = np.atleast_1d(theory.effective_budget(r.distilled.distill[si], imp))
-        use = (k > 0) & (k < imp.size)
-        widths.append(np.asarray(r.config.widths, dtype=np.float64)[use])
-        budgets.append(k[use])
+        widths.append(np.asarray(r.config.widths, dtype=np.float64))
+        budgets.append(k)
+        n_features.append(np.full(k.size, float(imp.size)))
     w = np.concatenate(widths) if widths else np.zeros(0)
-    return _BudgetPoints(w, np.full(w.size, r.config.alpha), np.concatenate(budgets) if budgets else np.zeros(0))
+    return _BudgetPoints(w, np.full(w.size, r.config.alpha), *(np.concatenate(c) if c else np.zeros(0)
+                                                               for c in (budgets, n_features)))
 
 
 def fit_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> theory.PackingLaw | None:
@@ -508,7 +510,8 @@ def fit_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> the
     if not points:
         return None
     try:
-        return theory.fit_budget_law(*(np.concatenate(col) for col in zip(*points)), width_aware=width_aware)
+        widths, alphas, budgets, n_features = (np.concatenate(col) for col in zip(*points))
+        return theory.fit_budget_law(widths, alphas, budgets, n_features=n_features, width_aware=width_aware)
     except ValueError:
         return None
 

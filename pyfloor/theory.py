@@ -344,13 +344,15 @@ class PackingLaw(NamedTuple):
 
 
 def fit_budget_law(
-    widths: ArrayLike, alphas: ArrayLike, budgets: ArrayLike, *, width_aware: bool = False, b: float | None = None
+    widths: ArrayLike, alphas: ArrayLike, budgets: ArrayLike, *, n_features: ArrayLike | None = None,
+    width_aware: bool = False, b: float | None = None,
 ) -> PackingLaw:
     """Fit a :class:`PackingLaw` to the budgets k_i (features kept) of students of width d_i at α_i.
 
     Paper-style: log(k/d) = log a + b · log g(α) by least squares. ``width_aware``:
     log k = log a + b · log g(α) + c · log d. Pass ``b`` to fix the exponent of g (paper-style
-    only). Students with k ≤ 0 or d ≤ 0 carry no information and are left out; raises ValueError
+    only). Students with k ≤ 0 or d ≤ 0, and with ``n_features`` (the features each student could
+    keep) those with k ≥ n_features, carry no information and are left out; raises ValueError
     when the rest cannot determine the law (too few, one capacity only, or b ≤ 0).
     """
     w = _check_widths(widths, "widths").ravel()
@@ -361,6 +363,8 @@ def fit_budget_law(
     if width_aware and b is not None:
         raise ValueError("b can be fixed for the paper-style law only")
     use = (w > 0) & (k > 0) & np.isfinite(k)
+    if n_features is not None:
+        use &= k < np.broadcast_to(np.asarray(n_features, dtype=np.float64).ravel(), k.shape)
     needed = 1 if b is not None else 3 if width_aware else 2
     if int(use.sum()) < needed:
         raise ValueError(
@@ -416,5 +420,4 @@ def fit_packing_law(
             raise ValueError(f"got {len(importances)} importance arrays for {obs.size} students")
         k = np.array([effective_budget(o, imp) for o, imp in zip(obs, importances)], dtype=np.float64)
         n_feat = np.array([np.asarray(imp).size for imp in importances])
-    informative = np.where((k > 0) & (k < n_feat), k, 0.0)  # 0: left out by fit_budget_law
-    return fit_budget_law(widths, alphas, informative, b=b)
+    return fit_budget_law(widths, alphas, k, n_features=n_feat, b=b)

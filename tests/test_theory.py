@@ -226,6 +226,10 @@ def test_width_aware_budget_law_recovers_its_exponents():
     assert law.floor(2, 0.9, imp) == pytest.approx(continuous_floor(k[1], imp))
     with pytest.raises(ValueError, match="one width"):
         fit_budget_law([2, 2, 2], [0.9, 0.95, 0.99], [3.0, 4.0, 5.0], width_aware=True)
+    # students that kept every feature they could are left out, and do not move the law
+    more = fit_budget_law(np.r_[d, 5.0], np.r_[alphas, 0.9], np.r_[k, 10.0], n_features=np.r_[np.full(8, 100.0), 10.0],
+                          width_aware=True)
+    assert (more.a, more.b, more.c, more.n_points) == pytest.approx((1.2, 0.3, 1.1, 8))
 
 
 def test_fit_calibration_recovers_an_affine_law():
