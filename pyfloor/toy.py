@@ -389,7 +389,10 @@ def evaluate_losses(
             imp = torch.as_tensor(task.importances)
             sel = models.select(idx)
             with_t = [j for j, i in enumerate(idx) if tindex[i] is not None]
-            t_models = teachers.select([tindex[idx[j]] for j in with_t]) if with_t else None
+            # each teacher runs once per chunk, however many of these models it taught
+            used = sorted({tindex[idx[j]] for j in with_t})
+            t_models = teachers.select(used) if with_t else None
+            of_model = [used.index(tindex[idx[j]]) for j in with_t]
             sums = torch.zeros(3, len(idx), dtype=torch.float64)
             done = 0
             while done < n_samples:
@@ -398,8 +401,8 @@ def evaluate_losses(
                 sums[0] += _weighted_sq(out - x, imp)
                 if t_models is not None:
                     t_out = t_models.forward(x)
-                    sums[1, with_t] += _weighted_sq(out[with_t] - t_out, imp)
-                    sums[2, with_t] += _weighted_sq(t_out - x, imp)
+                    sums[1, with_t] += _weighted_sq(out[with_t] - t_out[of_model], imp)
+                    sums[2, with_t] += _weighted_sq(t_out - x, imp)[of_model]
                 done += x.shape[0]
             sums /= n_samples
             task_loss[idx] = sums[0].numpy()
