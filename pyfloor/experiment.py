@@ -117,10 +117,6 @@ class ToyConfig:
         """d* = n / g(α) with the true n and α."""
         return theory.critical_width(self.n_features, self.alpha)
 
-    @property
-    def task_key(self) -> tuple:
-        return (self.n_features, self.alpha, self.importance, self.ratio)
-
     def label(self) -> str:
         extra = f" r={self.ratio:g}" if self.importance == "geometric" else ""
         return f"n={self.n_features} d_T={self.d_teacher} α={self.alpha:g} {self.importance}{extra}"
@@ -339,9 +335,9 @@ def _measure(r: ConfigResult, teachers, plan: _UnitModels, settings: ExperimentS
 
 
 def _units(configs: Sequence[ToyConfig]) -> list[list[ToyConfig]]:
-    units: dict[tuple, list[ToyConfig]] = {}
+    units: dict[Any, list[ToyConfig]] = {}  # by task (ToyTask)
     for c in configs:
-        units.setdefault(c.task_key, []).append(c)
+        units.setdefault(c.task, []).append(c)
     return list(units.values())
 
 
