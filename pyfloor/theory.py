@@ -261,7 +261,7 @@ def continuous_floor(budget: ArrayLike, importances: ArrayLike) -> float | NDArr
     tails = tail_sums(importances)
     n = tails.size - 1
     k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
-    i = np.minimum(np.floor(k).astype(np.int64), n)
+    i = np.floor(k).astype(np.int64)
     return _scalar_or_array(tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)]))
 
 
