@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._io import json_ready
+from .scoring import WIDTH_STRATA
 from ._version import __version__
 from .stats import Measurement
 
@@ -235,14 +236,8 @@ def toy_metric_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
 def toy_stratum_table(report: dict[str, Any], target: str = "distill") -> tuple[list[str], list[list[str]]]:
     """Median accuracy (and the number of students) per d/d* stratum for every predictor."""
     names = _available(report, target)
-    strata: list[str] = []
-    for k in names:
-        for label in report["summary"][target][k]["by_stratum"]:
-            if label not in strata:
-                strata.append(label)
-    from .scoring import WIDTH_STRATA
-
-    strata.sort(key=lambda s: [w[0] for w in WIDTH_STRATA].index(s))
+    scores = report["summary"][target]
+    strata = [label for label, *_ in WIDTH_STRATA if any(label in scores[k]["by_stratum"] for k in names)]
     headers = (
         ["predictor"] + [f"{s} (n={report['summary'][target][names[0]]['by_stratum'][s]['n_points']})" for s in strata]
         if names
