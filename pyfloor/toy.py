@@ -504,22 +504,30 @@ def _activation_stream(W: Tensor, task: ToyTask, batch_size: int, seed: int):
         yield task.sample(batch_size, g) @ W.T
 
 
-def _measure_sae(sae, W: Tensor, task: ToyTask, settings: SAESettings, seed: int):
-    """Encode ``measure_tokens`` fresh activations: FeatureStats → Measurement, and the FVU."""
+def _measurement_batches(W: Tensor, task: ToyTask, n_tokens: int, seed: int) -> tuple[list[Tensor], float]:
+    """``n_tokens`` fresh activations in batches, and their summed squared deviation from each
+    batch's mean (the denominator of an SAE's FVU on them)."""
+    stream = _activation_stream(W, task, 8192, seed)
+    batches, total, done = [], 0.0, 0
+    while done < n_tokens:
+        h = next(stream)[: n_tokens - done]
+        batches.append(h)
+        total += float((h - h.mean(0)).double().square().sum())
+        done += h.shape[0]
+    return batches, total
+
+
+def _measure_sae(sae, batches: list[Tensor], total: float, settings: SAESettings):
+    """Encode the measurement ``batches``: FeatureStats → Measurement, and the FVU (``total``: its denominator)."""
     from .encode import StatsAccumulator
     from .stats import Measurement
 
     acc = StatsAccumulator(sae)
-    err = total = 0.0
-    stream = _activation_stream(W, task, 8192, seed)
-    done = 0
+    err = 0.0
     with torch.no_grad():
-        while done < settings.measure_tokens:
-            h = next(stream)[: settings.measure_tokens - done]
+        for h in batches:
             acc.update(h)
             err += float((h - sae(h).x_hat).double().square().sum())
-            total += float((h - h.mean(0)).double().square().sum())
-            done += h.shape[0]
     measurement = Measurement.from_stats(
         acc.result(), alive_threshold=settings.alive_threshold, source="toy teacher SAE"
     )
@@ -558,6 +566,7 @@ def measure_teacher(
     points: list[SweepPoint] = []
     measurements = []
     callback = None if on_step is None else (lambda rec: on_step(rec.step))
+    batches, total = _measurement_batches(W, task, settings.measure_tokens, stable_seed("sae-measure", seed))
     for act, penalty in settings.sweep():
         config = TrainConfig(
             n_latents=n_latents,
@@ -570,7 +579,7 @@ def measure_teacher(
         )
         stream = _activation_stream(W, task, settings.batch_size, stable_seed("sae-train", seed))
         sae, _ = train_sae(stream, d, config, on_step=callback)
-        m, fvu = _measure_sae(sae, W, task, settings, stable_seed("sae-measure", seed))
+        m, fvu = _measure_sae(sae, batches, total, settings)
         points.append(SweepPoint(act, float(penalty), fvu, m.mean_l0, m.n_features, m.alpha))
         measurements.append(m)
     selected = _select(points, settings.fvu_tolerance)
