@@ -423,6 +423,16 @@ void add_locked(H& dst, H& src, std::mutex& dst_mutex, std::mutex& src_mutex) {
     for (size_t i = 0; i < dst.size(); ++i) dst.counts()[i] += src.counts()[i];
 }
 
+// f(tag) with a value of the element type `type` names (Float32, Float16 or BFloat16).
+template <class F>
+void with_value_type(ValueType type, F f) {
+    switch (type) {
+        case ValueType::float32: return f(Float32{});
+        case ValueType::float16: return f(Float16{});
+        case ValueType::bfloat16: return f(BFloat16{});
+    }
+}
+
 }  // namespace
 
 void* allocate_counters(size_t bytes) {
@@ -451,14 +461,10 @@ Histogram::Histogram(const LogBins& bins) : bins_(bins), counts_(size_t(bins.n_b
 void Histogram::fill(const void* values, ValueType type, size_t n, int threads) {
     check_threads(threads);
     std::lock_guard<std::mutex> lock(mutex_);
-    switch (type) {
-        case ValueType::float32:
-            return fill_values<Float32>(bins_, static_cast<const float*>(values), n, threads, counts());
-        case ValueType::float16:
-            return fill_values<Float16>(bins_, static_cast<const uint16_t*>(values), n, threads, counts());
-        case ValueType::bfloat16:
-            return fill_values<BFloat16>(bins_, static_cast<const uint16_t*>(values), n, threads, counts());
-    }
+    with_value_type(type, [&](auto tag) {
+        using T = decltype(tag);
+        fill_values<T>(bins_, static_cast<const Storage<T>*>(values), n, threads, counts());
+    });
 }
 
 void Histogram::add(Histogram& other) {
@@ -478,34 +484,23 @@ void FeatureHistograms::fill_sparse(const void* indices, IndexType index_type, c
                                     size_t n_pairs, int threads) {
     check_threads(threads);
     std::lock_guard<std::mutex> lock(mutex_);
-    auto with_index = [&](auto value_tag) {
-        using T = decltype(value_tag);
+    with_value_type(type, [&](auto tag) {
+        using T = decltype(tag);
         const auto* x = static_cast<const Storage<T>*>(values);
         if (index_type == IndexType::int32)
             fill_pairs<T>(bins_, n_features_, static_cast<const int32_t*>(indices), x, n_pairs, threads, counts());
         else
             fill_pairs<T>(bins_, n_features_, static_cast<const int64_t*>(indices), x, n_pairs, threads, counts());
-    };
-    switch (type) {
-        case ValueType::float32: return with_index(Float32{});
-        case ValueType::float16: return with_index(Float16{});
-        case ValueType::bfloat16: return with_index(BFloat16{});
-    }
+    });
 }
 
 void FeatureHistograms::fill_dense(const void* values, ValueType type, size_t n_rows, int threads) {
     check_threads(threads);
     std::lock_guard<std::mutex> lock(mutex_);
-    switch (type) {
-        case ValueType::float32:
-            return fill_rows<Float32>(bins_, static_cast<const float*>(values), n_rows, n_features_, threads, counts());
-        case ValueType::float16:
-            return fill_rows<Float16>(bins_, static_cast<const uint16_t*>(values), n_rows, n_features_, threads,
-                                      counts());
-        case ValueType::bfloat16:
-            return fill_rows<BFloat16>(bins_, static_cast<const uint16_t*>(values), n_rows, n_features_, threads,
-                                       counts());
-    }
+    with_value_type(type, [&](auto tag) {
+        using T = decltype(tag);
+        fill_rows<T>(bins_, static_cast<const Storage<T>*>(values), n_rows, n_features_, threads, counts());
+    });
 }
 
 void FeatureHistograms::add(FeatureHistograms& other) {
