@@ -53,15 +53,20 @@ def codes(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     return _CODES[n_features]
 
 
-class SparseFeatureFill:
-    """Seconds to count 1e8 (index, value) pairs; G pairs/s = 0.1 / seconds."""
+class _OneShot:
+    """asv settings of a fill that takes seconds: one call per sample, three samples, no warm-up."""
 
-    params = ([1_024, 32_768, 131_072], [1, 2])
     param_names = ["n_features", "threads"]
     number = 1
     repeat = 3
     rounds = 1
     warmup_time = 0
+
+
+class SparseFeatureFill(_OneShot):
+    """Seconds to count 1e8 (index, value) pairs; G pairs/s = 0.1 / seconds."""
+
+    params = ([1_024, 32_768, 131_072], [1, 2])
     timeout = 900
 
     def setup(self, n_features: int, threads: int) -> None:
@@ -72,15 +77,10 @@ class SparseFeatureFill:
         self.hist.fill(self.indices, self.values, threads=threads)
 
 
-class DenseFeatureFill:
+class DenseFeatureFill(_OneShot):
     """Seconds to count a dense [N, m] float32 array of ~1e8 values (Student-t, df = 2)."""
 
     params = ([1_024, 16_384], [1, 2])
-    param_names = ["n_features", "threads"]
-    number = 1
-    repeat = 3
-    rounds = 1
-    warmup_time = 0
     timeout = 600
 
     def setup(self, n_features: int, threads: int) -> None:
