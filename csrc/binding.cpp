@@ -87,6 +87,11 @@ void add_bins_properties(py::class_<H>& cls) {
 
 PYBIND11_MODULE(_hist, m) {
     m.doc() = "pyfloor C++ core: streaming, mergeable activation histograms.";
+    try {
+        pyfloor::set_simd_level_from_environment();
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
     m.def(
         "build_info",
         []() {
@@ -99,17 +104,23 @@ PYBIND11_MODULE(_hist, m) {
 #else
             info["compiler"] = "unknown";
 #endif
-#if defined(__GNUC__) && defined(__x86_64__)
-            __builtin_cpu_init();
-            info["simd"] = __builtin_cpu_supports("x86-64-v4")   ? "x86-64-v4 (AVX-512)"
-                           : __builtin_cpu_supports("x86-64-v3") ? "x86-64-v3 (AVX2)"
-                                                                 : "baseline";
-#else
-            info["simd"] = "baseline";
-#endif
+            info["simd"] = pyfloor::simd_level_name(pyfloor::simd_level());
+            info["simd_supported"] = pyfloor::simd_level_name(pyfloor::supported_simd_level());
             return info;
         },
-        "Compiler, language standard and the SIMD level the fill kernels run at on this CPU.");
+        "Compiler, language standard, the SIMD level the fill kernels run at and the best this CPU supports.");
+    m.def(
+        "set_simd_level",
+        [](const std::string& name) {
+            try {
+                pyfloor::set_simd_level(pyfloor::parse_simd_level(name));
+            } catch (const std::invalid_argument& e) {
+                throw py::value_error(e.what());
+            }
+        },
+        "level"_a,
+        "Run the fill kernels' key passes at `level` ('baseline', 'x86-64-v3' or 'x86-64-v4'); every level gives the "
+        "same counts. ValueError for a level this CPU lacks.");
 
     py::class_<Histogram> hist(m, "Histogram", "One log-binned histogram over all values filled (see pyfloor.histograms).");
     hist.def(py::init([](int mantissa_bits, int lo, int hi) {

@@ -24,12 +24,56 @@
 namespace pyfloor {
 namespace {
 
-// The key passes are compiled for AVX-512, AVX2 and the baseline, picked at load time by the CPU.
+// The key passes are compiled three times, for AVX-512 (x86-64-v4), AVX2 (x86-64-v3) and the baseline: one
+// always-inline body, instantiated inside a function per target, and a switch on the level set at run time.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(PYFLOOR_NO_DISPATCH)
-#define PYFLOOR_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define PYFLOOR_DISPATCH 1
+#define PYFLOOR_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
+#define PYFLOOR_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
 #else
-#define PYFLOOR_SIMD_CLONES
+#define PYFLOOR_DISPATCH 0
 #endif
+
+SimdLevel detect_simd_level() {
+#if PYFLOOR_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return SimdLevel::x86_64_v4;
+    if (__builtin_cpu_supports("x86-64-v3")) return SimdLevel::x86_64_v3;
+#endif
+    return SimdLevel::baseline;
+}
+
+std::atomic<SimdLevel>& current_simd_level() {
+    static std::atomic<SimdLevel> level{supported_simd_level()};
+    return level;
+}
+
+// body(args...) compiled for the level fills use now; `body` is a generic lambda whose call operator is inlined into
+// the target-specific function that calls it.
+#if PYFLOOR_DISPATCH
+template <class Body, class... Args>
+PYFLOOR_TARGET_V4 auto run_v4(Body body, Args... args) {
+    return body(args...);
+}
+template <class Body, class... Args>
+PYFLOOR_TARGET_V3 auto run_v3(Body body, Args... args) {
+    return body(args...);
+}
+#endif
+template <class Body, class... Args>
+auto at_simd_level(Body body, Args... args) {
+#if PYFLOOR_DISPATCH
+    switch (current_simd_level().load(std::memory_order_relaxed)) {
+        case SimdLevel::x86_64_v4:
+            return run_v4(body, args...);
+        case SimdLevel::x86_64_v3:
+            return run_v3(body, args...);
+        case SimdLevel::baseline:
+            break;
+    }
+#endif
+    return body(args...);
+}
 
 constexpr size_t kBlock = 2048;                   // values per block: its keys stay in L1
 constexpr size_t kLanes = 4;                      // sub-histograms of a dense fill, used in turn
@@ -54,16 +98,21 @@ uint32_t bin_of_bits(const BinParams& p, uint32_t bits) {
 
 // keys[i] = base[i] + bin of x[i] (see bin_of_bits); returns whether it met ±inf or NaN.
 template <class T, bool Finite>
-PYFLOOR_SIMD_CLONES bool value_keys(const BinParams p, const Storage<T>* __restrict x, const uint32_t* __restrict base,
-                                    size_t n, uint32_t* __restrict keys) {
-    uint32_t nonfinite = 0;
+bool value_keys(const BinParams p, const Storage<T>* __restrict x, const uint32_t* __restrict base, size_t n,
+                uint32_t* __restrict keys) {
+    return at_simd_level(
+        [](const BinParams p, const Storage<T>* __restrict x, const uint32_t* __restrict base, size_t n,
+           uint32_t* __restrict keys) __attribute__((always_inline)) {
+            uint32_t nonfinite = 0;
 #pragma omp simd reduction(| : nonfinite)
-    for (size_t i = 0; i < n; ++i) {
-        const uint32_t bits = T::bits(x[i]);
-        nonfinite |= uint32_t((bits & 0x7fffffffu) >= kInfBits);
-        keys[i] = base[i] + bin_of_bits<Finite>(p, bits);
-    }
-    return nonfinite != 0;
+            for (size_t i = 0; i < n; ++i) {
+                const uint32_t bits = T::bits(x[i]);
+                nonfinite |= uint32_t((bits & 0x7fffffffu) >= kInfBits);
+                keys[i] = base[i] + bin_of_bits<Finite>(p, bits);
+            }
+            return nonfinite != 0;
+        },
+        p, x, base, n, keys);
 }
 
 // keys[i] = base[i] + bin of x[i]: the finite pass, redone in full for a block that holds ±inf or NaN.
@@ -78,18 +127,23 @@ enum : uint32_t { kAllFinite = 0, kNonFinite = 1, kBadIndex = 2 };
 // keys[i] = idx[i] * n_bins + bin of x[i] (see bin_of_bits). Returns kBadIndex if an idx[i] lies outside
 // [0, n_features), else kNonFinite if it met ±inf or NaN, else kAllFinite.
 template <class T, class I, bool Finite>
-PYFLOOR_SIMD_CLONES uint32_t pair_keys(const BinParams p, const I* __restrict idx, const Storage<T>* __restrict x,
-                                       size_t n, uint32_t n_features, uint32_t n_bins, uint32_t* __restrict keys) {
-    using U = std::make_unsigned_t<I>;
-    uint32_t bad = 0, nonfinite = 0;
+uint32_t pair_keys(const BinParams p, const I* __restrict idx, const Storage<T>* __restrict x, size_t n,
+                   uint32_t n_features, uint32_t n_bins, uint32_t* __restrict keys) {
+    return at_simd_level(
+        [](const BinParams p, const I* __restrict idx, const Storage<T>* __restrict x, size_t n, uint32_t n_features,
+           uint32_t n_bins, uint32_t* __restrict keys) __attribute__((always_inline)) {
+            using U = std::make_unsigned_t<I>;
+            uint32_t bad = 0, nonfinite = 0;
 #pragma omp simd reduction(| : bad, nonfinite)
-    for (size_t i = 0; i < n; ++i) {
-        const uint32_t bits = T::bits(x[i]);
-        bad |= uint32_t(U(idx[i]) >= U(n_features));
-        nonfinite |= uint32_t((bits & 0x7fffffffu) >= kInfBits);
-        keys[i] = uint32_t(idx[i]) * n_bins + bin_of_bits<Finite>(p, bits);
-    }
-    return bad ? kBadIndex : nonfinite ? kNonFinite : kAllFinite;
+            for (size_t i = 0; i < n; ++i) {
+                const uint32_t bits = T::bits(x[i]);
+                bad |= uint32_t(U(idx[i]) >= U(n_features));
+                nonfinite |= uint32_t((bits & 0x7fffffffu) >= kInfBits);
+                keys[i] = uint32_t(idx[i]) * n_bins + bin_of_bits<Finite>(p, bits);
+            }
+            return bad ? kBadIndex : nonfinite ? kNonFinite : kAllFinite;
+        },
+        p, idx, x, n, n_features, n_bins, keys);
 }
 
 // keys[i] = idx[i] * n_bins + bin of x[i]: the finite pass, redone in full for a block that holds ±inf or NaN.
@@ -434,6 +488,53 @@ void with_value_type(ValueType type, F f) {
 }
 
 }  // namespace
+
+SimdLevel supported_simd_level() {
+    static const SimdLevel best = detect_simd_level();
+    return best;
+}
+
+SimdLevel simd_level() { return current_simd_level().load(); }
+
+const char* simd_level_name(SimdLevel level) {
+    switch (level) {
+        case SimdLevel::x86_64_v4:
+            return "x86-64-v4";
+        case SimdLevel::x86_64_v3:
+            return "x86-64-v3";
+        case SimdLevel::baseline:
+            break;
+    }
+    return "baseline";
+}
+
+SimdLevel parse_simd_level(const std::string& name) {
+    for (SimdLevel level : {SimdLevel::baseline, SimdLevel::x86_64_v3, SimdLevel::x86_64_v4})
+        if (name == simd_level_name(level)) return level;
+    throw std::invalid_argument("unknown SIMD level '" + name + "'; expected baseline, x86-64-v3 or x86-64-v4");
+}
+
+void set_simd_level(SimdLevel level) {
+    const SimdLevel best = supported_simd_level();
+    if (static_cast<int>(level) > static_cast<int>(best)) {
+        std::string supported = "baseline";
+        if (best >= SimdLevel::x86_64_v3) supported += ", x86-64-v3";
+        if (best >= SimdLevel::x86_64_v4) supported += ", x86-64-v4";
+        throw std::invalid_argument(std::string("SIMD level ") + simd_level_name(level) +
+                                    " is not supported by this CPU (or build); it supports " + supported);
+    }
+    current_simd_level().store(level);
+}
+
+void set_simd_level_from_environment() {
+    const char* name = std::getenv("PYFLOOR_SIMD");
+    if (name == nullptr || *name == '\0') return;
+    try {
+        set_simd_level(parse_simd_level(name));
+    } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("PYFLOOR_SIMD=") + name + ": " + e.what());
+    }
+}
 
 void* allocate_counters(size_t bytes) {
     constexpr size_t kHugePage = size_t(1) << 21;

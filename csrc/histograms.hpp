@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "logbins.hpp"
@@ -48,6 +49,21 @@ struct CounterAllocator {
     template <class U>
     bool operator!=(const CounterAllocator<U>&) const { return false; }
 };
+
+// Instruction set the fills' vectorised key passes run with; every level gives the same counts.
+// The default is the best this CPU supports; the environment variable PYFLOOR_SIMD (baseline,
+// x86-64-v3 or x86-64-v4), applied by set_simd_level_from_environment(), or set_simd_level() picks
+// a lower one, so every path can be tested and measured on one machine.
+enum class SimdLevel { baseline = 0, x86_64_v3 = 1, x86_64_v4 = 2 };
+SimdLevel supported_simd_level();  // the best level this CPU (and this build) runs
+SimdLevel simd_level();            // the level fills use now
+// Throws std::invalid_argument naming the levels this CPU supports if `level` is above them.
+void set_simd_level(SimdLevel level);
+// Applies PYFLOOR_SIMD if it is set; throws std::invalid_argument for a name or level this CPU lacks.
+void set_simd_level_from_environment();
+const char* simd_level_name(SimdLevel level);
+// Throws std::invalid_argument for anything but "baseline", "x86-64-v3" or "x86-64-v4".
+SimdLevel parse_simd_level(const std::string& name);
 
 enum class ValueType { float32, float16, bfloat16 };
 enum class IndexType { int32, int64 };

@@ -40,15 +40,23 @@ uint16 bits with ``bfloat16=True``. Arrays must be C-contiguous, aligned and in 
 ``threads`` (default 1) std::threads fill private histograms that are added at the end, with the
 GIL released. Bad input raises TypeError (dtype) or ValueError (shape, layout, index out of range)
 before anything is counted.
+
+Instruction sets
+----------------
+The fills' vectorised passes are compiled for AVX-512 (``x86-64-v4``), AVX2 (``x86-64-v3``) and the
+baseline, and run at the best level the CPU supports; every level gives the same counts. The
+environment variable ``PYFLOOR_SIMD`` (read when ``pyfloor._hist`` is first imported) or
+:func:`at_simd_level` runs them at a lower level, so each path can be tested and timed on one machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -67,7 +75,40 @@ __all__ = [
     "firing_density",
     "DENSE_BINNING",
     "FEATURE_BINNING",
+    "SIMD_LEVELS",
+    "simd_levels",
+    "simd_level",
+    "at_simd_level",
 ]
+
+#: The instruction-set levels the fill kernels are compiled for, lowest first.
+SIMD_LEVELS: tuple[str, ...] = ("baseline", "x86-64-v3", "x86-64-v4")
+
+
+def simd_levels() -> tuple[str, ...]:
+    """The levels of :data:`SIMD_LEVELS` this CPU (and this build) can run, lowest first."""
+    best = str(_hist.build_info()["simd_supported"])
+    return SIMD_LEVELS[: SIMD_LEVELS.index(best) + 1]
+
+
+def simd_level() -> str:
+    """The level the fill kernels run at now."""
+    return str(_hist.build_info()["simd"])
+
+
+@contextlib.contextmanager
+def at_simd_level(level: str) -> Iterator[None]:
+    """Run the fill kernels at ``level`` (one of :func:`simd_levels`) inside the ``with`` block.
+
+    The level is process-wide: fills on other threads meanwhile run at it too. ValueError for a
+    level this CPU cannot run.
+    """
+    previous = simd_level()
+    _hist.set_simd_level(level)
+    try:
+        yield
+    finally:
+        _hist.set_simd_level(previous)
 
 
 class Binning(NamedTuple):
@@ -158,7 +199,13 @@ class Binning(NamedTuple):
         v = np.asarray(a).ravel()
         if v.size != 3 or not np.issubdtype(v.dtype, np.integer):
             raise ValueError(f"binning must be 3 integers [mantissa_bits, lo, hi]; got {v!r}")
-        return cls(int(v[0]), int(v[1]), int(v[2]))
+        p, lo, hi = (int(x) for x in v)
+        if not (0 <= p <= 10 and -126 <= lo < hi <= 128):
+            raise ValueError(
+                f"binning [mantissa_bits, lo, hi] = [{p}, {lo}, {hi}] needs 0 <= mantissa_bits <= 10 and "
+                "-126 <= lo < hi <= 128"
+            )
+        return cls(p, lo, hi)
 
 
 #: Default for :class:`Histogram`: 1.6 % bins (quantiles within 0.78 %) over every normal float32;
@@ -497,6 +544,10 @@ class FeatureHistograms(_Counts):
     def _empty_like(cls, binning: Binning, counts: np.ndarray) -> "FeatureHistograms":
         if counts.ndim != 2:
             raise ValueError(f"FeatureHistograms counts must be 2-D [n_features, n_bins]; got shape {counts.shape}")
+        if counts.shape[1] != binning.n_bins:  # checked before allocating n_features rows
+            raise ValueError(
+                f"FeatureHistograms counts have shape {counts.shape}; the binning needs (n_features, {binning.n_bins})"
+            )
         return cls(counts.shape[0], *binning)
 
     # -- plot -----------------------------------------------------------------------------------
@@ -512,6 +563,8 @@ class FeatureHistograms(_Counts):
 
 def _unpack(d: Mapping[str, ArrayLike], kind: str) -> tuple[Binning, np.ndarray]:
     """The binning and counts of a ``to_dict`` dict, checked."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"{kind}.from_dict needs a mapping with counts and binning; got {type(d).__name__}")
     missing = [k for k in ("counts", "binning") if k not in d]
     if missing:
         raise ValueError(f"{kind} dict lacks {', '.join(missing)}")
@@ -526,6 +579,8 @@ def _set_counts(dst: np.ndarray, counts: np.ndarray, kind: str) -> None:
         raise ValueError(f"{kind} counts have shape {counts.shape}; the binning needs {dst.shape}")
     if counts.size and counts.min() < 0:
         raise ValueError(f"{kind} counts must be non-negative")
+    if counts.size and counts.max() > np.iinfo(np.int64).max:  # uint64 beyond int64 would wrap to negative
+        raise ValueError(f"{kind} counts must fit int64; got {counts.max()}")
     dst[...] = counts
 
 
