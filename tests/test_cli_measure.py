@@ -83,6 +83,7 @@ def test_measure_refuses_to_clobber_and_names_bad_input(acts, trained_sae, tmp_p
     assert "no such" in capsys.readouterr().err
 
 
+@pytest.mark.numerics
 def test_resume_after_kill_is_bit_identical(tmp_path, trained_sae):
     big = tmp_path / "big.npy"
     np.save(big, sparse_activations(300_000, seed=1))

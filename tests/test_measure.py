@@ -145,6 +145,7 @@ def test_empty_stream_and_all_nonfinite_stream():
         measure(IterableSource([bad], 8, 16), sae, progress=False)
 
 
+@pytest.mark.numerics
 def test_nonfinite_activations_are_counted_and_excluded():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype(np.float32)
@@ -260,6 +261,7 @@ def test_until_stable_stops_early():
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
+@pytest.mark.numerics
 def test_resume_is_bit_identical(tmp_path):
     x = np.random.default_rng(3).normal(size=(2000, 8)).astype(np.float32)
     sae = sparse_sae(8, 30)
@@ -276,6 +278,7 @@ def test_resume_is_bit_identical(tmp_path):
     assert resumed.n_batches == full.n_batches == 20
 
 
+@pytest.mark.numerics
 def test_resumed_until_stable_run_stops_where_the_uninterrupted_one_does(tmp_path):
     x = np.random.default_rng(8).normal(size=(20000, 8)).astype(np.float32)
     sae = sparse_sae(8, 20, bias=-0.3)
@@ -457,6 +460,7 @@ def _rank_main(rank, world, init_file, out_dir, x):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.numerics
 def test_two_gloo_processes_equal_one(tmp_path):
     x = np.random.default_rng(5).normal(size=(1050, 8)).astype(np.float32)  # 17 batches: 9 and 8 per rank
     one = measure(ArraySource([x], 64), sparse_sae(8, 30), MeasureConfig(bootstrap=8, widths=[1, 2]), progress=False)

@@ -1,5 +1,6 @@
 """pyfloor.toy and pyfloor.experiment: the built-in teacher, its students, measurement and predictors."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -80,6 +81,7 @@ def test_stable_seed_is_fixed_and_distinguishes_parts():
 
 
 # -- training --------------------------------------------------------------------------------------
+@pytest.mark.numerics
 def test_batched_training_equals_training_one_at_a_time():
     t1, t2 = ToyTask(12, 0.8), ToyTask(12, 0.95, "uniform")
     specs = [
@@ -175,9 +177,28 @@ def test_configurations_share_task_models_but_not_teachers(tiny_results):
     assert not np.array_equal(a.distilled.distill[:, :3], b.distilled.distill)
 
 
-def test_a_configuration_gives_the_same_numbers_alone_and_in_a_grid(tiny_results):
+def _assert_same_losses(a: ConfigResult, b: ConfigResult, rtol: float = 0.0) -> None:
+    for name in ("distill", "excess", "task"):
+        for la, lb in ((a.distilled, b.distilled), (a.task_trained, b.task_trained)):
+            np.testing.assert_allclose(getattr(la, name), getattr(lb, name), rtol=rtol, atol=0)
+
+
+@pytest.mark.numerics
+def test_a_configuration_alone_and_in_a_grid_agree_to_float32_rounding(tiny_results):
+    """Alone, a configuration's models are batched in blocks of other shapes than inside its grid; MKL picks
+    float32 matmul kernels by shape and CPU, so the last bits may differ, and 400 training steps carry that
+    on without amplifying it (2.7e-7 relative seen on AMD Zen 2, 0 on Intel AVX-512)."""
     alone = run_experiment([ToyConfig(16, 3, 0.9)], TINY)[0]
-    np.testing.assert_array_equal(alone.distilled.distill, tiny_results[1].distilled.distill)
+    _assert_same_losses(alone, tiny_results[1], rtol=1e-5)
+
+
+@pytest.mark.numerics
+def test_the_same_grid_gives_bit_identical_numbers_with_any_number_of_workers():
+    grid = [ToyConfig(12, 3, 0.8), ToyConfig(16, 3, 0.9)]  # two tasks: two units of work
+    one = run_experiment(grid, TINY)
+    two = run_experiment(grid, dataclasses.replace(TINY, workers=2))
+    for a, b in zip(one, two):
+        _assert_same_losses(a, b)
 
 
 # -- predictors ------------------------------------------------------------------------------------
@@ -333,6 +354,7 @@ def _numbers(report):
     return report
 
 
+@pytest.mark.numerics
 def test_demo_runs_end_to_end_and_is_deterministic(tmp_path, capsys):
     assert main(DEMO_ARGS + ["--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
