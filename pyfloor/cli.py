@@ -206,7 +206,7 @@ def _add_toy_commands(sub) -> None:
     p.add_argument("--n", type=int, default=40, help="number of features n (default 40)")
     p.add_argument("--d-teacher", type=int, default=10, help="teacher width d_T (default 10)")
     p.add_argument("--alpha", type=float, default=0.9, help="sparsity α (default 0.9)")
-    _add_run_options(p, out="pyfloor-demo", workers=1, sae_steps=800)
+    _add_run_options(p, out="pyfloor-demo", workers=min(2, os.cpu_count() or 1), sae_steps=800)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

@@ -259,9 +259,16 @@ def _unit_models(configs: Sequence[ToyConfig], seeds: Sequence[int]) -> _UnitMod
 
 
 def _run_unit(
-    configs: Sequence[ToyConfig], settings: ExperimentSettings, on_step: Callable[[int], None] | None
+    configs: Sequence[ToyConfig],
+    settings: ExperimentSettings,
+    on_step: Callable[[int], None] | None,
+    sweeps: "_SweepRunner | None" = None,
 ) -> list[ConfigResult]:
-    """Train, evaluate and measure every configuration of one task (all share n, α and the profile)."""
+    """Train, evaluate and measure every configuration of one task (all share n, α and the profile).
+
+    With ``sweeps``, the SAE sweeps of the teachers run there (in other processes) while this one
+    distils the students; the numbers are the same either way.
+    """
     from .toy import evaluate_losses, output_variance, stable_seed, train_toy_models
 
     start = time.perf_counter()
@@ -269,6 +276,8 @@ def _run_unit(
     plan = _unit_models(configs, seeds)
     phase1 = train_toy_models(plan.phase1, train, on_step=on_step)
     teachers = phase1.select(range(len(plan.teacher_of)))
+    jobs = [_sweep_job(c, teachers, plan, settings) for c in configs] if settings.sae is not None else []
+    pending = None if sweeps is None else [sweeps.submit(job) for job in jobs]
     distilled = train_toy_models(plan.students, train, teachers=teachers, on_step=on_step)
     task_trained = phase1.select([plan.task_of[(d, s)] for c in configs for s in seeds for d in c.widths])
     # every model of the task is evaluated on the same samples; students against their teachers
@@ -315,23 +324,107 @@ def _run_unit(
             )
         )
     training_seconds = (time.perf_counter() - start) / len(results)
-    for r in results:
-        r.seconds = training_seconds + (
-            _measure(r, teachers, plan, settings, on_step) if settings.sae is not None else 0.0
-        )
+    measured = [_run_sweep(job, on_step) for job in jobs] if sweeps is None else [sweeps.result(h) for h in pending]
+    for i, r in enumerate(results):
+        r.sae, seconds = measured[i] if measured else (None, 0.0)
+        r.seconds = training_seconds + seconds
     return results
 
 
-def _measure(r: ConfigResult, teachers, plan: _UnitModels, settings: ExperimentSettings, on_step) -> float:
-    """SAE-measure the first seed's teacher of ``r`` (sets ``r.sae``); returns the seconds it took."""
-    from .toy import measure_teacher, stable_seed
+class _SweepJob(NamedTuple):
+    """The SAE sweep of one configuration's first-seed teacher: everything it needs, picklable."""
+
+    W: Any  # Tensor [d_T, n], the teacher's unpadded weights
+    task: Any  # ToyTask
+    sae: Any  # SAESettings
+    seed: int
+
+
+def _sweep_job(c: ToyConfig, teachers, plan: _UnitModels, settings: ExperimentSettings) -> _SweepJob:
+    from .toy import stable_seed
+
+    W = teachers.W[plan.teacher_of[(c, settings.seeds[0])], : c.d_teacher].detach().clone()
+    return _SweepJob(W, c.task, settings.sae, stable_seed("sae", c, settings.seeds[0]))
+
+
+def _run_sweep(job: _SweepJob, on_step: Callable[[int], None] | None) -> tuple[Any, float]:
+    """The teacher's measurement (pyfloor.toy.TeacherMeasurement) and the seconds it took."""
+    from .toy import measure_teacher
 
     start = time.perf_counter()
-    W = teachers.W[plan.teacher_of[(r.config, r.seeds[0])], : r.config.d_teacher]
-    r.sae = measure_teacher(
-        W, r.config.task, settings.sae, seed=stable_seed("sae", r.config, r.seeds[0]), on_step=on_step
-    )
-    return time.perf_counter() - start
+    measurement = measure_teacher(job.W, job.task, job.sae, seed=job.seed, on_step=on_step)
+    return measurement, time.perf_counter() - start
+
+
+class _SweepRunner:
+    """Processes that run SAE sweeps while the caller trains, forked before it does any torch work.
+
+    The workers report finished steps through a queue; :meth:`drain` passes them on to ``progress``.
+    """
+
+    def __init__(self, processes: int, threads: int, progress: Callable[[int], None] | None) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")
+        self._queue = ctx.Queue()
+        self._progress = progress
+        self._pool = ctx.Pool(processes, initializer=_init_sweep_worker, initargs=(threads, self._queue))
+
+    def submit(self, job: _SweepJob) -> Any:
+        """Start ``job``; :meth:`result` of the returned handle waits for (measurement, seconds)."""
+        return self._pool.apply_async(_sweep_worker, (job,))
+
+    def result(self, handle: Any) -> tuple[Any, float]:
+        """Wait for ``handle``'s sweep, passing progress on meanwhile."""
+        while not handle.ready():
+            handle.wait(0.2)
+            self.drain()
+        self.drain()
+        return handle.get()
+
+    def drain(self) -> None:
+        _drain(self._queue, self._progress)
+
+    def close(self) -> None:
+        self._pool.close()
+        self._pool.join()
+        self.drain()
+
+
+_worker_queue: Any = None  # the queue a sweep worker process reports its steps to
+
+
+def _init_sweep_worker(threads: int, queue: Any) -> None:
+    import torch
+
+    global _worker_queue
+    torch.set_num_threads(threads)
+    _worker_queue = queue
+
+
+def _sweep_worker(job: _SweepJob) -> tuple[Any, float]:
+    steps = _QueuedSteps(_worker_queue)
+    try:
+        return _run_sweep(job, steps)
+    finally:
+        steps.flush()
+
+
+class _QueuedSteps:
+    """An ``on_step`` callback that reports finished steps to a parent process through ``queue``, 25 at a time."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue, self.pending = queue, 0
+
+    def __call__(self, _: int) -> None:
+        self.pending += 1
+        if self.pending == 25:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.queue.put(self.pending)
+            self.pending = 0
 
 
 def _units(configs: Sequence[ToyConfig]) -> list[list[ToyConfig]]:
@@ -342,21 +435,15 @@ def _units(configs: Sequence[ToyConfig]) -> list[list[ToyConfig]]:
 
 
 def _worker(configs: list[ToyConfig], settings: ExperimentSettings, queue) -> list[ConfigResult]:
-    """Run one unit in a worker process, reporting progress through ``queue`` every 25 steps."""
+    """Run one unit in a worker process, reporting progress through ``queue``."""
     import torch
 
     torch.set_num_threads(settings.threads)
-    pending = [0]
-
-    def on_step(_: int) -> None:
-        pending[0] += 1
-        if pending[0] == 25:
-            queue.put(25)
-            pending[0] = 0
-
-    results = _run_unit(configs, settings, on_step)
-    queue.put(pending[0])
-    return results
+    steps = _QueuedSteps(queue)
+    try:
+        return _run_unit(configs, settings, steps)
+    finally:
+        steps.flush()
 
 
 def run_experiment(
@@ -369,7 +456,9 @@ def run_experiment(
 
     ``progress(k)`` is called as k more optimisation steps finish (see :func:`total_steps`).
     With ``settings.workers > 1`` units run in that many processes (each with
-    ``settings.threads`` torch threads); the numbers do not depend on the number of workers.
+    ``settings.threads`` torch threads), or, for a single unit, its SAE sweeps run in worker
+    processes while the main one distils the students; the numbers do not depend on the number of
+    workers.
     """
     configs = list(configs)
     if not configs:
@@ -381,25 +470,42 @@ def run_experiment(
     if settings.workers == 1 or len(units) == 1:
         import torch
 
+        # one unit on several workers: its SAE sweeps run beside the distillation of its students
+        helpers = min(settings.workers - 1, len(configs)) if settings.sae is not None else 0
+        sweeps = _SweepRunner(helpers, settings.threads, progress) if helpers > 0 else None
         previous = torch.get_num_threads()
         torch.set_num_threads(settings.threads)
         try:
-            step = None if progress is None else (lambda _: progress(1))
+            step = None if progress is None else _MainSteps(progress, sweeps)
             for unit in units:
-                for r in _run_unit(unit, settings, step):
+                for r in _run_unit(unit, settings, step, sweeps):
                     done[r.config] = r
         finally:
             torch.set_num_threads(previous)
+            if sweeps is not None:
+                sweeps.close()
     else:
         done = _run_parallel(units, settings, progress)
     return [done[c] for c in configs]
+
+
+class _MainSteps:
+    """The main process's ``on_step``: one step to ``progress``, and every 25 the sweep workers' steps too."""
+
+    def __init__(self, progress: Callable[[int], None], sweeps: _SweepRunner | None) -> None:
+        self.progress, self.sweeps, self.count = progress, sweeps, 0
+
+    def __call__(self, _: int) -> None:
+        self.progress(1)
+        self.count += 1
+        if self.sweeps is not None and self.count % 25 == 0:
+            self.sweeps.drain()
 
 
 def _run_parallel(
     units: list[list[ToyConfig]], settings: ExperimentSettings, progress
 ) -> dict[ToyConfig, ConfigResult]:
     import multiprocessing as mp
-    import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # fork: the workers need no re-import of the caller's main module (``python -m pyfloor`` has no
@@ -414,19 +520,22 @@ def _run_parallel(
             pending = {pool.submit(_worker, u, settings, q) for u in order}
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(q, progress, queue_mod)
+                _drain(q, progress)
                 for f in finished:
                     for r in f.result():
                         done[r.config] = r
-            _drain(q, progress, queue_mod)
+            _drain(q, progress)
     return done
 
 
-def _drain(q, progress, queue_mod) -> None:
+def _drain(q: Any, progress: Callable[[int], None] | None) -> None:
+    """Pass every step count waiting on ``q`` to ``progress``."""
+    import queue
+
     while True:
         try:
             k = q.get_nowait()
-        except queue_mod.Empty:
+        except queue.Empty:
             return
         if progress is not None and k:
             progress(k)
