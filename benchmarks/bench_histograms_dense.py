@@ -1,7 +1,8 @@
 """Dense fill throughput: one histogram over 1e8 heavy-tailed float32 values (Student-t, df = 2).
 
 Every method reads the same array: pyfloor's :class:`~pyfloor.histograms.Histogram` (default
-binning, 1.6 % log bins over all float32) on 1 and 2 threads; numpy computing the same log-bin
+binning, 1.6 % log bins over all float32) on 1 and 2 threads, and on 1 thread at each lower SIMD
+level this CPU runs (``pyfloor-1@x86-64-v3``, ``pyfloor-1@baseline``); numpy computing the same log-bin
 index from the bits and counting it with ``np.bincount``; ``np.bincount`` alone on precomputed
 indices; boost-histogram (``threads=1``) and fast-histogram with 100 regular bins on [-10, 10)
 (their fastest axis); ``np.sum`` over the array; and ``np.max``, the memory-read limit (a pure read:
@@ -20,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from pyfloor.histograms import DENSE_BINNING, Histogram
+from pyfloor.histograms import DENSE_BINNING, SIMD_LEVELS, Histogram, at_simd_level, simd_levels
 
 N_VALUES = 100_000_000
 
@@ -50,6 +51,19 @@ def methods() -> dict[str, Callable[[], Callable[[np.ndarray], object]]]:
     def pyfloor(threads: int) -> Callable[[], Callable[[np.ndarray], object]]:
         return lambda: (lambda x: Histogram().fill(x, threads=threads))
 
+    def pyfloor_at(level: str) -> Callable[[], Callable[[np.ndarray], object]]:
+        def factory() -> Callable[[np.ndarray], object]:
+            if level not in simd_levels():
+                raise NotImplementedError(f"this CPU does not run {level}")
+
+            def fill(x: np.ndarray) -> object:
+                with at_simd_level(level):
+                    return Histogram().fill(x)
+
+            return fill
+
+        return factory
+
     def boost() -> Callable[[np.ndarray], object]:
         try:
             import boost_histogram as bh
@@ -77,6 +91,7 @@ def methods() -> dict[str, Callable[[], Callable[[np.ndarray], object]]]:
     return {
         "pyfloor-1": pyfloor(1),
         "pyfloor-2": pyfloor(2),
+        **{f"pyfloor-1@{level}": pyfloor_at(level) for level in SIMD_LEVELS[:-1]},
         "numpy-index+bincount": lambda: (lambda x: np.bincount(numpy_log_bin_index(x))),
         "numpy-bincount-only": bincount_only,
         "boost-histogram-1": boost,

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from pyfloor.histograms import FeatureHistograms
+from pyfloor.histograms import SIMD_LEVELS, FeatureHistograms, at_simd_level, simd_levels
 
 N_PAIRS = 100_000_000
 K = 64
@@ -75,6 +75,24 @@ class SparseFeatureFill(_OneShot):
 
     def time_fill(self, n_features: int, threads: int) -> None:
         self.hist.fill(self.indices, self.values, threads=threads)
+
+
+class SparseFeatureFillAtLevel(_OneShot):
+    """Seconds to count 1e8 pairs over 32,768 features on one thread, at each SIMD level of the fills."""
+
+    params = [list(SIMD_LEVELS)]
+    param_names = ["simd"]
+    timeout = 900
+
+    def setup(self, simd: str) -> None:
+        if simd not in simd_levels():
+            raise NotImplementedError(f"this CPU does not run {simd}")
+        self.indices, self.values = codes(32_768)
+        self.hist = FeatureHistograms(32_768)
+
+    def time_fill(self, simd: str) -> None:
+        with at_simd_level(simd):
+            self.hist.fill(self.indices, self.values)
 
 
 class DenseFeatureFill(_OneShot):

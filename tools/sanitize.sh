@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build pyfloor._hist with AddressSanitizer and UndefinedBehaviorSanitizer into a temporary
-# directory and run the histogram tests against that build; any sanitizer report fails the run.
-# The in-place extension (pyfloor/_hist*.so) is neither rebuilt nor touched.
+# directory and run the histogram tests against that build, once per SIMD level this CPU runs
+# (PYFLOOR_SIMD; or only the levels given in PYFLOOR_SIMD_LEVELS); any sanitizer report fails the
+# run. The in-place extension (pyfloor/_hist*.so) is neither rebuilt nor touched.
 #
 #   tools/sanitize.sh [pytest args...]      (default: tests/test_histograms*.py)
 set -euo pipefail
@@ -17,10 +18,13 @@ g++ -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-
     -fopenmp-simd -pthread -shared -fPIC $(python -m pybind11 --includes) -Icsrc \
     csrc/binding.cpp csrc/histograms.cpp -o "$so"
 
-echo "== running the histogram tests under ASan + UBSan"
 [[ $# -gt 0 ]] || set -- tests/test_histograms*.py
+levels=${PYFLOOR_SIMD_LEVELS:-$(python -c 'from pyfloor.histograms import simd_levels; print(*simd_levels())')}
+for level in $levels; do
+echo "== running the histogram tests under ASan + UBSan at PYFLOOR_SIMD=$level"
 # Python itself is not instrumented: preload the ASan runtime (and libstdc++, whose __cxa_throw ASan
 # must find at start-up to intercept C++ exceptions), and ignore the interpreter's leaks.
+PYFLOOR_SIMD=$level \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
@@ -42,4 +46,5 @@ assert pyfloor.histograms._hist.__file__ == so, pyfloor.histograms._hist.__file_
 print(f"pyfloor._hist from {so}")
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *args]))
 PY
+done
 echo "== sanitizers: no report"
