@@ -26,7 +26,6 @@ whole flow at toy sizes on CPU in Triton's interpreter (to test this script with
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -42,29 +41,12 @@ if "--cpu-dry-run" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton, here and in the workers
 
 
-def _import_pyfloor() -> None:
-    """Import pyfloor from this checkout; map kernels/ to pyfloor.kernels when not installed."""
-    sys.path.insert(0, str(REPO))
-    import pyfloor  # noqa: F401
-
-    try:
-        import pyfloor.kernels  # noqa: F401
-    except ImportError as exc:
-        if "triton" in str(exc).lower() and "No module named 'pyfloor.kernels'" not in str(exc):
-            raise
-        spec = importlib.util.spec_from_file_location(
-            "pyfloor.kernels", REPO / "kernels" / "__init__.py", submodule_search_locations=[str(REPO / "kernels")]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pyfloor.kernels"] = module
-        spec.loader.exec_module(module)
-
-
-_import_pyfloor()
+sys.path.insert(0, str(REPO))  # this checkout's pyfloor (and pyfloor.kernels, a link to kernels/), installed or not
 
 import torch  # noqa: E402
 
-from pyfloor.encode import BatchStats, EncodeSpec, reference_batch_stats  # noqa: E402
+from pyfloor.encode import reference_batch_stats  # noqa: E402
+from pyfloor.encode_types import BatchStats, EncodeSpec  # noqa: E402
 from pyfloor.kernels import encode_stats  # noqa: E402
 from pyfloor.sae import SAE  # noqa: E402
 

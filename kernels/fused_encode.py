@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pyfloor.encode import SUPPORTED_DTYPES, BatchStats, EncodeSpec, SparseCodes, check_activations
+from pyfloor.encode_types import SUPPORTED_DTYPES, BatchStats, EncodeSpec, SparseCodes, check_activations
 from pyfloor.sae import SAE
 
 from .bitonic import topk_desc

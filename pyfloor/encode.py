@@ -13,96 +13,19 @@ statistics; their top-k codes have index −1 and value 0, their ReLU/JumpReLU c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .encode_types import BatchStats, EncodeSpec, SparseCodes, check_activations
 from .sae import SAE, Activation, topk_codes
 from .stats import FeatureStats
 
 __all__ = ["StatsAccumulator", "SparseCodes", "BatchStats", "encode_stats", "reference_batch_stats"]
 
 Backend = Literal["auto", "torch", "triton"]
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-class SparseCodes(NamedTuple):
-    """Active latents of each token in compressed-row form.
-
-    Token t's latents are ``indices[offsets[t]:offsets[t+1]]`` with ``values`` alike. Top-k codes
-    have exactly k entries per token (``offsets = k·arange(N+1)``; values may be 0 where fewer
-    than k pre-activations are positive); ReLU/JumpReLU codes hold the latents with z > 0.
-    """
-
-    indices: Tensor  # int64 [nnz]
-    values: Tensor  # float32 [nnz]
-    offsets: Tensor  # int64 [N + 1]
-
-    def rows(self, k: int) -> tuple[Tensor, Tensor]:
-        """Indices and values as [N, k] views (top-k codes only)."""
-        n = self.offsets.numel() - 1
-        if self.indices.numel() != n * k:
-            raise ValueError(f"codes do not hold exactly k={k} entries per token")
-        return self.indices.view(n, k), self.values.view(n, k)
-
-
-class BatchStats(NamedTuple):
-    """Per-latent sums of one batch on its device (the contract every backend fulfils)."""
-
-    fire_count: Tensor  # int64 [m]
-    act_sum: Tensor  # float64 [m]
-    act_sq_sum: Tensor  # float64 [m]
-    act_max: Tensor  # float32 [m]
-    n_nonfinite: Tensor  # int64 [] tokens excluded
-    codes: SparseCodes | None
-
-    @classmethod
-    def zeros(cls, m: int, device: torch.device | str) -> "BatchStats":
-        """Sums of no tokens over ``m`` latents, without codes."""
-        def z(*shape: int, dtype: torch.dtype) -> Tensor:
-            return torch.zeros(shape, dtype=dtype, device=device)
-
-        return cls(z(m, dtype=torch.int64), z(m, dtype=torch.float64), z(m, dtype=torch.float64),
-                   z(m, dtype=torch.float32), z(dtype=torch.int64), None)
-
-
-@dataclass
-class EncodeSpec:
-    """The activation function an encode applies, resolved from an SAE and overrides."""
-
-    mode: Activation
-    k: int | None
-
-    @classmethod
-    def resolve(cls, sae: SAE, mode: Activation | None, k: int | None) -> "EncodeSpec":
-        """The SAE's own activation (and its k) unless ``mode`` (and ``k``) override them; see :meth:`checked`."""
-        mode = mode or sae.activation
-        return cls.checked(sae, mode, k if k is not None or mode != "topk" else sae.k)
-
-    @classmethod
-    def checked(cls, sae: SAE, mode: str, k: int | None) -> "EncodeSpec":
-        """Exactly this ``mode`` and ``k`` (an int), valid for ``sae``; ValueError naming the problem otherwise."""
-        if mode not in ("relu", "jumprelu", "topk"):
-            raise ValueError(f"mode must be 'relu', 'jumprelu' or 'topk'; got {mode!r}")
-        if mode == "topk":
-            if k is None or int(k) != k or not 1 <= k <= sae.n_latents:
-                raise ValueError(f"top-k encode needs 1 <= k <= n_latents ({sae.n_latents}); got k={k!r}")
-            k = int(k)
-        elif k is not None:
-            raise ValueError(f"k is only meaningful in top-k mode; got k={k} with mode {mode!r}")
-        if mode == "jumprelu" and sae.threshold is None:
-            raise ValueError("jumprelu mode needs an SAE with per-latent thresholds (activation='jumprelu')")
-        return cls(mode, k)
-
-
-def check_activations(x: Tensor, sae: SAE) -> None:
-    """Raise unless ``x`` is a float32, float16 or bfloat16 tensor [..., sae.d_in]."""
-    sae.check_input(x)
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"activations must be float32, float16 or bfloat16; got {x.dtype}")
 
 
 def _finite_rows(x: Tensor) -> Tensor:

@@ -20,7 +20,8 @@ import torch
 triton = pytest.importorskip("triton")
 tl = triton.language
 
-from pyfloor.encode import BatchStats, EncodeSpec, StatsAccumulator, reference_batch_stats
+from pyfloor.encode import StatsAccumulator, reference_batch_stats
+from pyfloor.encode_types import BatchStats, EncodeSpec
 from pyfloor.encode import encode_stats as encode_dispatch
 from pyfloor.kernels import MAX_K, encode_stats
 from pyfloor.kernels.bitonic import topk_desc
