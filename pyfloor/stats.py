@@ -1,7 +1,8 @@
 """Per-feature activation statistics of SAE latents, and the measurement derived from them.
 
 :class:`FeatureStats` holds exact, mergeable sums over tokens (int64 counts, float64 sums); one
-process, many GPUs or a resumed run give the same statistics for the same tokens.
+process, many GPUs or a resumed run give the same counts and maxima for the same tokens, and the same
+float64 sums up to their order of addition.
 :class:`Measurement` turns them into the paper's quantities (F, L0, α, g, d*, importances) with the
 definitions of Sarkar & Deka (2026):
 
@@ -23,7 +24,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import dataclasses
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -40,6 +43,7 @@ __all__ = [
     "estimate",
     "CheckpointError",
     "load_measurement",
+    "precise_alpha",
     "DEFAULT_ALIVE_THRESHOLD",
 ]
 
@@ -236,6 +240,9 @@ class FeatureStats:
         counters = np.asarray(d["counters"]).ravel()
         if counters.size != 2:
             raise ValueError(f"FeatureStats 'counters' must hold [n_tokens, n_nonfinite]; got {counters.size} values")
+        if not np.issubdtype(counters.dtype, np.integer) or counters.min() < 0 or (
+                counters.max() > np.iinfo(np.int64).max):
+            raise ValueError(f"FeatureStats 'counters' must be non-negative int64 [n_tokens, n_nonfinite]; got {counters}")
         arrays = {k: np.asarray(d[k]) for k in _ARRAYS}
         return cls(int(counters[0]), n_nonfinite=int(counters[1]), **arrays)
 
@@ -327,6 +334,8 @@ class Measurement:
         Provenance, where known.
     source:
         Where the measurement came from (a path or a description).
+    notes:
+        How the numbers were read, where a reader should know (e.g. which published field gave α).
     """
 
     n_features: int
@@ -338,9 +347,12 @@ class Measurement:
     n_latents: int | None = None
     alive_threshold: float | None = None
     source: str = ""
+    notes: tuple[str, ...] = ()
     _tails: NDArray[np.float64] | None = field(default=None, repr=False, init=False)
 
     def __post_init__(self) -> None:
+        if theory._check_count(self.n_features, "n_features") == 0:
+            raise ValueError("n_features must be > 0")
         theory._check_alpha(self.alpha)
         if not math.isclose(1.0 - self.mean_l0 / self.n_features, self.alpha, rel_tol=1e-9, abs_tol=1e-12):
             raise ValueError(
@@ -352,6 +364,9 @@ class Measurement:
             raise ValueError(
                 f"feature_ids has {np.asarray(self.feature_ids).size} entries for {np.asarray(self.importances).size} importances"
             )
+        if self.feature_ids is not None and np.asarray(self.feature_ids).shape != (self.n_features,):
+            raise ValueError(f"feature_ids has shape {np.asarray(self.feature_ids).shape}; expected one id per "
+                             f"feature ({self.n_features},)")
         if self.importances is not None:
             tails = theory.tail_sums(self.importances)
             object.__setattr__(self, "importances", np.asarray(self.importances, dtype=np.float64))
@@ -486,32 +501,75 @@ class Measurement:
             "total_importance": self.total_importance,
             "importances": None if self.importances is None else self.importances.tolist(),
             "feature_ids": None if self.feature_ids is None else self.feature_ids.tolist(),
+            "notes": list(self.notes),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Measurement":
         """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"Measurement.from_dict needs a mapping; got {type(d).__name__}")
         if d.get("format") != MEASUREMENT_FORMAT:
             raise ValueError(f"not a pyfloor Measurement (format is {d.get('format')!r})")
-        if int(d.get("version", 0)) > MEASUREMENT_VERSION:
+        if (_dict_number(d, "version", int, optional=True) or 0) > MEASUREMENT_VERSION:
             raise ValueError(f"Measurement written by a newer pyfloor (version {d.get('version')})")
-        imp = d.get("importances")
-        ids = d.get("feature_ids")
+        threshold = _dict_number(d, "alive_threshold", float, optional=True)
+        notes = d.get("notes", ())
+        if not isinstance(notes, (list, tuple)):
+            raise ValueError(f"Measurement notes must be a list of strings; got {type(notes).__name__}")
         return cls(
-            n_features=int(d["n_features"]),
-            mean_l0=float(d["mean_l0"]),
-            alpha=float(d["alpha"]),
-            importances=None if imp is None else np.asarray(imp, dtype=np.float64),
-            feature_ids=None if ids is None else np.asarray(ids, dtype=np.int64),
-            n_tokens=d.get("n_tokens"),
-            n_latents=d.get("n_latents"),
-            alive_threshold=d.get("alive_threshold"),
+            n_features=_dict_number(d, "n_features", int),
+            mean_l0=_dict_number(d, "mean_l0", float),
+            alpha=_dict_number(d, "alpha", float),
+            importances=_dict_array(d, "importances", np.float64),
+            feature_ids=_dict_array(d, "feature_ids", np.int64),
+            n_tokens=_dict_number(d, "n_tokens", int, optional=True),
+            n_latents=_dict_number(d, "n_latents", int, optional=True),
+            alive_threshold=None if threshold is None else _check_fraction(threshold, "alive_threshold"),
             source=str(d.get("source", "")),
+            notes=tuple(str(n) for n in notes),
         )
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+
+def _dict_number(d: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
+    """``d[key]`` of a Measurement dict as a finite float or a non-negative int (None where ``optional``
+    and absent or null); ValueError naming the key for anything else."""
+    value = d.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"Measurement dict lacks {key}" if key not in d else f"Measurement {key} is null")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or (
+            not (math.isfinite(value) if isinstance(value, (float, np.floating)) else abs(value) < 2**63)):
+        raise ValueError(f"Measurement {key} must be a finite number; got {value!r}")
+    if kind is int:
+        if value != int(value) or not 0 <= value < 2**63:
+            raise ValueError(f"Measurement {key} must be a non-negative integer; got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _dict_array(d: Mapping[str, Any], key: str, dtype: type) -> NDArray | None:
+    """``d[key]`` of a Measurement dict as a 1-D array of numbers (int64: non-negative integers), or None."""
+    value = d.get(key)
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value)
+        ok = arr.ndim == 1 and (arr.size == 0 or (np.issubdtype(arr.dtype, np.integer) if dtype is np.int64
+                                                  else np.issubdtype(arr.dtype, np.number)))
+    except (TypeError, ValueError):  # ragged or odd nesting
+        ok = False
+    if not ok:
+        what = "non-negative integers" if dtype is np.int64 else "numbers"
+        raise ValueError(f"Measurement {key} must be a flat list of {what}")
+    if dtype is np.int64 and arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int64).max):
+        raise ValueError(f"Measurement {key} must be non-negative int64 latent indices")
+    return arr.astype(dtype)
 
 
 def _l0_and_alpha(n_features: int, mean_l0: float | None, alpha: float | None) -> tuple[float, float]:
@@ -531,12 +589,94 @@ def _l0_and_alpha(n_features: int, mean_l0: float | None, alpha: float | None) -
     return (1.0 - a) * n_features, a
 
 
+class AlphaReading(NamedTuple):
+    """α as one field of a published measurement gives it, and how far its printed rounding leaves α open."""
+
+    field: str
+    alpha: float
+    uncertainty: float  # half a unit in the last printed digit, carried over to α
+
+
+def _half_unit(value: float) -> float:
+    """Half a unit in the last decimal of ``value`` as printed (its shortest round-trip form)."""
+    exponent = Decimal(repr(float(value))).as_tuple().exponent
+    return 0.5 * 10.0 ** int(exponent)
+
+
+def _number(d: Mapping[str, Any], key: str, source: str) -> float | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023):  # ints beyond float64
+        raise ValueError(f"{source}: {key} must be a finite number; got {value!r}")
+    return float(value)
+
+
+def _alpha_readings(d: Mapping[str, Any], n_features: int, source: str) -> list[AlphaReading]:
+    """Every reading of α a published file offers: alpha itself, 1 − avg_active/F, g_alpha, and F/d_star_S."""
+    readings = []
+    alpha = _number(d, "alpha", source)
+    if alpha is not None:
+        readings.append(AlphaReading("alpha", float(theory._check_alpha(alpha)), _half_unit(alpha)))
+    l0 = _number(d, "avg_active", source)
+    if l0 is not None:
+        a = _l0_and_alpha(n_features, l0, None)[1]
+        readings.append(AlphaReading("avg_active", a, _half_unit(l0) / n_features))
+    for key, to_g, dg in (("g_alpha", lambda v: v, lambda v: _half_unit(v)),
+                          ("d_star_S", lambda v: n_features / v, lambda v: n_features * _half_unit(v) / v**2)):
+        value = _number(d, key, source)
+        if value is None or value <= 0:
+            continue
+        g = to_g(value)
+        if g < theory.MIN_CAPACITY:
+            raise ValueError(f"{source}: {key} = {value!r} gives g(α) = {g:.4g}, below its minimum e")
+        a = theory.sparsity_for_capacity(g)
+        u = 1.0 - a
+        slope = abs(math.log(u) + 1.0) / (u * math.log(u)) ** 2  # |dg/dα|
+        readings.append(AlphaReading(key, a, dg(value) / slope if slope > 0 else math.inf))
+    return readings
+
+
+def precise_alpha(d: Mapping[str, Any], n_features: int, source: str = "") -> tuple[float, list[str]]:
+    """The most precise α a published measurement gives, and notes on how it was read.
+
+    Each of ``alpha``, ``avg_active`` (α = 1 − L0/F), ``g_alpha`` and ``d_star_S`` (g = F/d*) that
+    the mapping holds fixes α up to the rounding of its printed digits; the reading with the
+    smallest such uncertainty wins. A note names the field used, and one more note names every
+    other reading that disagrees with it by more than the two roundings allow.
+    """
+    readings = _alpha_readings(d, n_features, source)
+    if not readings:
+        raise ValueError(f"{source}: no alpha or avg_active to read the sparsity from")
+    best = min(readings, key=lambda r: r.uncertainty)
+    notes = [f"α = {best.alpha:.10g} read from {best.field} (± {best.uncertainty:.2g} from its printed digits)"]
+    for r in readings:
+        if r is not best and abs(r.alpha - best.alpha) > r.uncertainty + best.uncertainty + 1e-15:
+            notes.append(
+                f"the file's {r.field} gives α = {r.alpha:.10g}, which disagrees with {best.field} by "
+                f"{abs(r.alpha - best.alpha):.2g}, more than their rounding (± {r.uncertainty + best.uncertainty:.2g})"
+            )
+    return best.alpha, notes
+
+
 def _from_published_json(d: Mapping[str, Any], source: str) -> Measurement:
-    """The layout of the paper's published measurement (F_alive, avg_active, sorted_importance)."""
-    imp = np.asarray(d["sorted_importance"], dtype=np.float64)
-    if int(d.get("F_alive", imp.size)) != imp.size:
-        raise ValueError(f"{source}: F_alive = {d['F_alive']} but sorted_importance has {imp.size} entries")
-    return Measurement.from_importances(imp, mean_l0=float(d["avg_active"]), source=source)
+    """The layout of the paper's published measurement (F_alive, avg_active or alpha, sorted_importance)."""
+    raw = d["sorted_importance"]
+    if not isinstance(raw, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+        raise ValueError(f"{source}: sorted_importance must be a list of numbers")
+    try:
+        imp = np.asarray(raw, dtype=np.float64)
+    except OverflowError as exc:  # a JSON integer beyond float64
+        raise ValueError(f"{source}: sorted_importance holds a number beyond float64 ({exc})") from exc
+    f_alive = d.get("F_alive", imp.size)
+    if isinstance(f_alive, bool) or not isinstance(f_alive, int) or f_alive != imp.size:
+        raise ValueError(f"{source}: F_alive = {f_alive!r} but sorted_importance has {imp.size} entries")
+    if imp.size == 0:
+        raise ValueError(f"{source}: sorted_importance is empty")
+    alpha, notes = precise_alpha(d, imp.size, source)
+    m = Measurement.from_importances(imp, alpha=alpha, source=source)
+    return dataclasses.replace(m, notes=tuple(notes))
 
 
 def load_measurement(path: str | os.PathLike, *, alive_threshold: float | None = None) -> Measurement:
@@ -566,15 +706,15 @@ def _load_measurement_json(path: Path) -> Measurement:
     """A pyfloor Measurement JSON or a published measurement JSON."""
     try:
         d = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ValueError(f"{path}: neither a .safetensors statistics file nor JSON ({exc})") from exc
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a JSON object")
     if d.get("format") == MEASUREMENT_FORMAT:
         return Measurement.from_dict(d)
-    if {"sorted_importance", "avg_active"} <= d.keys():
+    if "sorted_importance" in d and ({"avg_active", "alpha"} & d.keys()):
         return _from_published_json(d, str(path))
     raise ValueError(
         f"{path}: unrecognised JSON; expected a pyfloor Measurement or a published measurement with "
-        "'F_alive', 'avg_active' and 'sorted_importance'"
+        "'F_alive', 'avg_active' (or 'alpha') and 'sorted_importance'"
     )

@@ -21,6 +21,7 @@ __all__ = [
     "SPARSE_REGIME_ALPHA",
     "MIN_CAPACITY",
     "capacity",
+    "sparsity_for_capacity",
     "feature_budget",
     "critical_width",
     "uniform_floor",
@@ -128,6 +129,28 @@ def capacity(alpha: ArrayLike, *, dense: DenseMode = "clamp") -> float | NDArray
     # At α = 1 − 1/e the formula is e up to rounding; make the clamp land on e exactly.
     g = np.where(a == SPARSE_REGIME_ALPHA, MIN_CAPACITY, g)
     return _scalar_or_array(g)
+
+
+def sparsity_for_capacity(g: float) -> float:
+    """The sparsity α ≥ 1 − 1/e at which g(α) equals ``g`` (the inverse of :func:`capacity`).
+
+    ``g`` must be at least e, the smallest capacity; the result lies in [1 − 1/e, 1). Used to read
+    α from a published capacity or critical width.
+    """
+    gv = float(g)
+    if not math.isfinite(gv) or gv < MIN_CAPACITY:
+        raise ValueError(f"a capacity g(α) must be a finite number >= e ≈ {MIN_CAPACITY:.4f}; got {g!r}")
+    # g = 1 / (u · ln(1/u)) with u = 1 − α falls monotonically on u ∈ (0, 1/e]: bisect on ln u
+    lo, hi = -745.0, -1.0  # ln u; g(e^-745) overflows to far beyond any capacity
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if -1.0 / (math.exp(mid) * mid) > gv:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-16 * abs(lo):
+            break
+    return 1.0 - math.exp(0.5 * (lo + hi))
 
 
 def _effective_capacity(alpha: ArrayLike, a: float, b: float) -> NDArray[np.float64]:
