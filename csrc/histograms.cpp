@@ -37,8 +37,18 @@ namespace {
 SimdLevel detect_simd_level() {
 #if PYFLOOR_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return SimdLevel::x86_64_v4;
-    if (__builtin_cpu_supports("x86-64-v3")) return SimdLevel::x86_64_v3;
+#if defined(__clang__) && __clang_major__ < 16
+    // older clang knows no level names: their defining feature sets (x86-64 psABI)
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
+                    __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx");
+    const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                    __builtin_cpu_supports("avx512vl");
+#else
+    const bool v3 = __builtin_cpu_supports("x86-64-v3"), v4 = __builtin_cpu_supports("x86-64-v4");
+#endif
+    if (v4) return SimdLevel::x86_64_v4;
+    if (v3) return SimdLevel::x86_64_v3;
 #endif
     return SimdLevel::baseline;
 }

@@ -1,7 +1,8 @@
 """The measurement loop: activation source → SAE encode + statistics → checkpoints → Measurement.
 
-Statistics accumulate on the device batch by batch in a fixed order, so a run resumed from a
-checkpoint gives bit-identical statistics to an uninterrupted one. Uncertainty comes from a
+Statistics accumulate on the device batch by batch in a fixed order, so on the CPU path a run
+resumed from a checkpoint gives bit-identical statistics to an uninterrupted one (the CUDA kernels
+add float sums with atomics, so there they agree to rounding). Uncertainty comes from a
 Poisson bootstrap over batches: replicate r weighs batch b by w_rb ~ Poisson(1), drawn from a
 generator seeded by (seed, b), so replicates are sums too — mergeable across ranks and resumed
 runs. F, L0, α, g and d* get percentile intervals; the floors get bias-corrected basic intervals
@@ -251,13 +252,19 @@ class _State:
         for name, cls in self._HISTOGRAMS:
             if getattr(self, name) is None:
                 continue
-            d = {k: t[f"hist_{name}.{k}"].numpy() for k in ("counts", "binning") if f"hist_{name}.{k}" in t}
+            d = {k: t[f"hist_{name}.{k}"] for k in ("counts", "binning") if f"hist_{name}.{k}" in t}
             if len(d) != 2:
                 raise CheckpointError(f"checkpoint has no {name} histogram but this run fills one")
+            if any(v.dtype != torch.int64 for v in d.values()):
+                raise CheckpointError(f"bad {name} histogram (counts and binning must be int64; got "
+                                      f"{d['counts'].dtype}, {d['binning'].dtype})")
             try:
-                hists[name] = cls.from_dict(d)
+                hists[name] = cls.from_dict({k: v.numpy() for k, v in d.items()})
             except ValueError as exc:
                 raise CheckpointError(f"bad {name} histogram ({exc})") from exc
+            mine = getattr(self, name)
+            if hists[name].binning != mine.binning or hists[name].counts.shape != mine.counts.shape:
+                raise CheckpointError(f"bad {name} histogram ({hists[name]!r}; this run fills {mine!r})")
         for attr, name in self._FILE_NAMES.items():
             getattr(self, attr).copy_(t[name])
         self.nonfinite.fill_(nonfinite)
@@ -353,8 +360,10 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
                                 what="measurement checkpoint", framework="pt")
     try:
         theirs = json.loads(meta.get("fingerprint", "{}"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from exc
+    if not isinstance(theirs, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (the fingerprint is not a JSON object)")
     diff = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {theirs[k]!r} vs now {fingerprint[k]!r}" if k in theirs
@@ -470,8 +479,8 @@ def measure(
     """Stream ``source`` through ``sae`` and measure F, α, d*, importances and floors with intervals.
 
     Under ``torch.distributed`` each rank reads batches ``index ≡ rank (mod world)`` and the sums
-    are all-reduced, so N processes give the statistics of one. ``max_tokens`` is rounded up to
-    whole batches (batches with index < ⌈max_tokens / batch_tokens⌉), the same for any number of
+    are all-reduced, so N processes give the counts and maxima of one, and its sums up to float64
+    summation order. ``max_tokens`` is rounded up to whole batches (batches with index < ⌈max_tokens / batch_tokens⌉), the same for any number of
     ranks and for resumed runs. ``on_batch(index, rows_so_far_on_this_rank)`` runs after each batch.
     """
     config = config or MeasureConfig()

@@ -175,9 +175,13 @@ class SAE(nn.Module):
         tensors, meta = load_tagged(path, kind=SAE_FORMAT, version=SAE_VERSION, what="SAE file", framework="pt")
         try:
             cfg = json.loads(meta["config"])
+            shape = tuple(tensors["W_enc"].shape)
+            if shape != (cfg["d_in"], cfg["n_latents"]):  # before allocating an SAE of the config's size
+                raise CheckpointError(f"{path}: W_enc is {shape} but the config says d_in = {cfg['d_in']!r}, "
+                                      f"n_latents = {cfg['n_latents']!r}")
             sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
             sae.load_state_dict(tensors)
-        except (KeyError, TypeError, json.JSONDecodeError, RuntimeError) as exc:
+        except (KeyError, TypeError, json.JSONDecodeError, RuntimeError, OverflowError) as exc:  # OverflowError: k = inf
             raise CheckpointError(f"{path}: inconsistent SAE file ({exc})") from exc
         sae.check_weights()
         return sae.to(device) if device is not None else sae
@@ -191,19 +195,70 @@ def _read_dir(path: Path, weights_name: str) -> tuple[dict, dict[str, Tensor]]:
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{path}: missing {p.name}")
-    return json.loads(cfg_path.read_text()), load_file(str(weights))
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{cfg_path}: not a JSON config ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object; got {type(cfg).__name__}")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({exc})") from exc
+    return _Config(cfg, path), _Tensors(tensors, weights)
+
+
+class _Config(dict):
+    """cfg.json of an SAE directory: a missing or non-integer key raises CheckpointError naming it."""
+
+    def __init__(self, cfg: dict, path: Path) -> None:
+        super().__init__(cfg)
+        self.path = path
+
+    def __missing__(self, key: str):
+        raise CheckpointError(f"{self.path}: cfg.json lacks {key!r}")
+
+    def integer(self, key: str) -> int:
+        value = self[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f"{self.path}: cfg.json {key} must be an integer; got {value!r}")
+        return value
+
+
+class _Tensors(dict):
+    """The tensors of an SAE directory's weights file: a missing one raises CheckpointError naming it."""
+
+    def __init__(self, tensors: dict, path: Path) -> None:
+        super().__init__(tensors)
+        self.path = path
+
+    def __missing__(self, key: str):
+        raise CheckpointError(f"{self.path}: no tensor {key!r}")
+
+
+def _check_weights(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, threshold: Tensor | None) -> None:
+    """Raise ValueError unless the weights are floating point with the shapes of one SAE."""
+    for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec), ("threshold", threshold)):
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"SAE weight {name} must be floating point; got {t.dtype}")
+    if W_enc.ndim != 2:
+        raise ValueError(f"SAE weight W_enc must be 2-D [d_in, n_latents]; got shape {tuple(W_enc.shape)}")
+    d, m = W_enc.shape
+    if threshold is not None and threshold.shape != (m,):
+        raise ValueError(f"JumpReLU threshold has shape {tuple(threshold.shape)}; expected ({m},)")
+    if W_dec.shape != (m, d) or b_enc.shape != (m,) or b_dec.shape != (d,):
+        raise ValueError(
+            f"inconsistent SAE weights: W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
+            f"W_dec {tuple(W_dec.shape)}, b_dec {tuple(b_dec.shape)}"
+        )
 
 
 def _from_tensors(
     activation: Activation, k: int | None, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
     threshold: Tensor | None = None,
 ) -> SAE:
+    _check_weights(W_enc, b_enc, W_dec, b_dec, threshold)
     d, m = W_enc.shape
-    if W_dec.shape != (m, d) or b_enc.shape != (m,) or b_dec.shape != (d,):
-        raise ValueError(
-            f"inconsistent SAE weights: W_enc {tuple(W_enc.shape)}, b_enc {tuple(b_enc.shape)}, "
-            f"W_dec {tuple(W_dec.shape)}, b_dec {tuple(b_dec.shape)}"
-        )
     sae = SAE(d, m, activation, k=k, dtype=W_enc.dtype)
     with torch.no_grad():
         for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
@@ -219,15 +274,18 @@ def _from_saelens(path: Path) -> SAE:
     cfg, t = _read_dir(path, "sae_weights.safetensors")
     arch = cfg.get("architecture", "standard")
     kinds = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}
-    if arch not in kinds:
+    if not isinstance(arch, str) or arch not in kinds:
         raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (supported: {', '.join(kinds)})")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise ValueError(f"{path}: SAELens normalize_activations={norm!r} is not supported; fold it into the weights first")
     W_enc, b_enc, W_dec, b_dec = (t[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
     threshold = t["threshold"] if "threshold" in t else (t["log_threshold"].exp() if "log_threshold" in t else None)
+    threshold = threshold if arch == "jumprelu" else None  # only a JumpReLU SAE has one
     if arch == "jumprelu" and threshold is None:
         raise ValueError(f"{path}: JumpReLU SAE without a threshold tensor")
+    _check_weights(W_enc, b_enc, W_dec, b_dec, threshold)  # before the folds below compute with them
+    b_enc, W_dec, b_dec = (w.to(W_enc.dtype) for w in (b_enc, W_dec, b_dec))  # the SAE takes W_enc's dtype
     if cfg.get("rescale_acts_by_decoder_norm", False) and arch != "topk":
         raise ValueError(f"{path}: rescale_acts_by_decoder_norm is only supported for topk SAEs")
     if cfg.get("rescale_acts_by_decoder_norm", False):
@@ -237,7 +295,7 @@ def _from_saelens(path: Path) -> SAE:
     if not cfg.get("apply_b_dec_to_input", True):
         # pre = x @ W_enc + b_enc = (x − b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
         b_enc = b_enc + b_dec @ W_enc
-    k = int(cfg["k"]) if arch == "topk" else None
+    k = cfg.integer("k") if arch == "topk" else None
     return _from_tensors(kinds[arch], k, W_enc, b_enc, W_dec, b_dec, threshold)
 
 
@@ -249,7 +307,9 @@ def _from_sparsify(path: Path) -> SAE:
     if cfg.get("transcode") or cfg.get("skip_connection") or "W_skip" in t:
         raise ValueError(f"{path}: a transcoder or skip connection is not an SAE of one layer; not supported")
     W = t["encoder.weight"]
-    return _from_tensors("topk", int(cfg["k"]), W.T.contiguous(), t["encoder.bias"], t["W_dec"], t["b_dec"])
+    if W.ndim != 2:
+        raise ValueError(f"{path}: encoder.weight must be 2-D [n_latents, d_in]; got shape {tuple(W.shape)}")
+    return _from_tensors("topk", cfg.integer("k"), W.T.contiguous(), t["encoder.bias"], t["W_dec"], t["b_dec"])
 
 
 def load_sae(path: str | os.PathLike, *, device: torch.device | str | None = None) -> SAE:
