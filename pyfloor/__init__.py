@@ -47,8 +47,8 @@ _LAZY = {
     "MeasureResult": "measure",
     "ToyTask": "toy",
     "train_toy_models": "toy",
-    "ToyConfig": "experiment",
-    "run_experiment": "experiment",
+    "ToyConfig": "toy",
+    "run_experiment": "toy",
 }
 
 

@@ -14,6 +14,8 @@ from ._version import __version__
 if TYPE_CHECKING:
     import torch
 
+    from .toy import ExperimentSettings, ToyConfig
+
 __all__ = ["main", "build_parser"]
 
 
@@ -92,9 +94,8 @@ def _positive_widths(text: str) -> list[int]:
     return values
 
 
-def _toy_settings(args: argparse.Namespace):
-    from .experiment import ExperimentSettings
-    from .toy import SAESettings, TrainSettings
+def _toy_settings(args: argparse.Namespace) -> "ExperimentSettings":
+    from .toy import ExperimentSettings, SAESettings, TrainSettings
 
     sae = None if args.no_sae else SAESettings(steps=args.sae_steps)
     train = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
@@ -108,12 +109,19 @@ def _toy_settings(args: argparse.Namespace):
     )
 
 
-def _run_toy(args: argparse.Namespace, configs: list) -> int:
+def _run_toy(args: argparse.Namespace, configs: "list[ToyConfig]") -> int:
     """Run configurations, write report.json / report.md / PNGs under --out, print the tables."""
     import time
 
-    from .experiment import build_report, run_experiment, total_steps
-    from .report import format_toy_report, plot_toy_floors, plot_toy_summary, toy_markdown
+    from .toy import (
+        build_report,
+        format_toy_report,
+        plot_toy_floors,
+        plot_toy_summary,
+        run_experiment,
+        toy_markdown,
+        total_steps,
+    )
 
     settings = _toy_settings(args)
     out = _out_dir(Path(args.out))
@@ -142,13 +150,13 @@ def _run_toy(args: argparse.Namespace, configs: list) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .experiment import ToyConfig
+    from .toy import ToyConfig
 
     return _run_toy(args, [ToyConfig(args.n, args.d_teacher, args.alpha, args.importance)])
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
-    from .experiment import PAPER_GRID, SMALL_GRID, grid
+    from .toy import PAPER_GRID, SMALL_GRID, grid
 
     base = {"paper": PAPER_GRID, "small": SMALL_GRID}[args.grid]
     configs = grid(

@@ -1,4 +1,4 @@
-"""pyfloor.toy and pyfloor.experiment: the built-in teacher, its students, measurement and predictors."""
+"""pyfloor.toy: the built-in teacher, its students, measurement, predictors and report."""
 
 import dataclasses
 import json
@@ -10,33 +10,30 @@ import torch
 
 from pyfloor import theory
 from pyfloor.cli import main
-from pyfloor.experiment import (
+from pyfloor.toy import (
     PREDICTORS,
-    _budget_points,
-    fit_budget_law,
     ConfigResult,
     ExperimentSettings,
-    StudentLosses,
-    TeacherFacts,
-    ToyConfig,
-    build_report,
-    predict_floors,
-    run_experiment,
-)
-from pyfloor.toy import (
     ModelSpec,
     SAESettings,
+    StudentLosses,
     SweepPoint,
+    TeacherFacts,
+    ToyConfig,
     ToyTask,
     TrainSettings,
-    _select,
+    build_report,
     evaluate_losses,
     importance_profile,
     measure_teacher,
     output_variance,
+    predict_floors,
+    run_experiment,
     stable_seed,
     train_toy_models,
 )
+from pyfloor.toy.predictors import _budget_points, fit_budget_law
+from pyfloor.toy.sweep import _select
 
 QUICK = TrainSettings(steps=150, batch_size=64)
 
@@ -106,7 +103,7 @@ def test_batched_training_equals_training_one_at_a_time():
 
 
 def test_manual_gradients_match_autograd():
-    from pyfloor.toy import _grads
+    from pyfloor.toy.models import _grads
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(2, 3, 4, 6, generator=g).requires_grad_()
