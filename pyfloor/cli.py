@@ -47,7 +47,8 @@ def _write_json(obj: object, path: Path) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .report import format_prediction, prediction_summary
+    from .floors import prediction_summary
+    from .report import format_prediction
     from .stats import Measurement, load_measurement
 
     if args.source is not None and args.features is not None:

@@ -27,7 +27,9 @@ from torch import Tensor
 from . import theory
 from ._io import check_replaceable, load_tagged, save_tagged
 from ._version import __version__
-from .encode import BatchStats, SparseCodes, StatsAccumulator
+from .encode import StatsAccumulator
+from .encode_types import BatchStats, SparseCodes
+from .floors import default_widths, prediction_summary
 from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
 from .sources import ActivationSource, ArraySource, TeacherSource
@@ -131,8 +133,6 @@ class MeasureResult:
         """JSON-ready summary: the measurement (without per-feature arrays), the Eq. 2 floors at the
         tabulated widths (``config["widths"]``, else the default widths around d*), intervals, provenance.
         Non-finite numbers stay floats here; :func:`pyfloor.report.write_measurement_report` writes them as null."""
-        from .report import prediction_summary
-
         summary = prediction_summary(self.measurement, self.config.get("widths"))
         return {
             "pyfloor_version": __version__,
@@ -567,7 +567,6 @@ def measure(
     if config.widths is not None:
         widths = np.asarray(config.widths, dtype=np.int64)
     else:
-        from .report import default_widths
 
         widths = np.asarray(default_widths(measurement.critical_width), dtype=np.int64)
     intervals = merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}

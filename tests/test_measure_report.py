@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pyfloor.measure import MeasureConfig, measure
-from pyfloor.report import default_widths, measurement_markdown, plot_floor_curve, write_measurement_report
+from pyfloor.floors import default_widths
+from pyfloor.report import measurement_markdown, plot_floor_curve, write_measurement_report
 from pyfloor.sae import SAE
 from pyfloor.sources import ArraySource
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import pyfloor
-from pyfloor.report import format_prediction, prediction_summary
+from pyfloor.floors import prediction_summary
+from pyfloor.report import format_prediction
 from pyfloor.stats import load_measurement
 
 
