@@ -22,6 +22,7 @@ from torch import Tensor
 from .encode_types import BatchStats, EncodeSpec, SparseCodes, check_activations
 from .sae import SAE, Activation, topk_codes
 from .stats import FeatureStats
+from . import _checks
 
 __all__ = ["StatsAccumulator", "SparseCodes", "BatchStats", "encode_stats", "reference_batch_stats"]
 
@@ -115,8 +116,7 @@ class StatsAccumulator:
     ) -> None:
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
-        if int(chunk_tokens) != chunk_tokens or chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be a positive integer; got {chunk_tokens!r}")
+        _checks.count(chunk_tokens, "chunk_tokens", minimum=1)
         self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, mode, k), backend, chunk_tokens
         self.kernel_options = dict(kernel_options or {})
         self._rows = 0

@@ -79,7 +79,7 @@ class EncodeSpec:
         if mode not in ("relu", "jumprelu", "topk"):
             raise ValueError(f"mode must be 'relu', 'jumprelu' or 'topk'; got {mode!r}")
         if mode == "topk":
-            if k is None or int(k) != k or not 1 <= k <= sae.n_latents:
+            if k is None or isinstance(k, bool) or int(k) != k or not 1 <= k <= sae.n_latents:
                 raise ValueError(f"top-k encode needs 1 <= k <= n_latents ({sae.n_latents}); got k={k!r}")
             k = int(k)
         elif k is not None:

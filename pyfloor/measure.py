@@ -35,6 +35,7 @@ from .sae import SAE, Activation
 from .sources import ActivationSource, ArraySource, TeacherSource
 from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement, estimate
+from . import _checks
 
 __all__ = ["MeasureConfig", "MeasureResult", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS"]
 
@@ -78,28 +79,27 @@ class MeasureConfig:
     histogram_threads: int = min(4, os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1; got {self.max_tokens}")
-        if self.until_stable is not None and not 0 < self.until_stable < 1:
-            raise ValueError(f"until_stable is a relative interval width in (0, 1); got {self.until_stable}")
+        if self.max_tokens is not None:
+            _checks.count(self.max_tokens, "max_tokens", minimum=1)
+        if self.until_stable is not None:  # a relative interval width
+            _checks.number(self.until_stable, "until_stable", low=0.0, high=1.0, low_open=True, high_open=True)
         if self.until_stable is not None and self.bootstrap < 2:
             raise ValueError("until_stable needs bootstrap replicates (bootstrap >= 2)")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must lie in (0, 1); got {self.confidence}")
-        if self.bootstrap < 0 or min(self.check_every, self.checkpoint_every, self.histogram_every) < 1:
-            raise ValueError("bootstrap must be >= 0; check_every, checkpoint_every and histogram_every >= 1")
+        _checks.number(self.confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
+        _checks.count(self.bootstrap, "bootstrap")
+        for name in ("check_every", "checkpoint_every", "histogram_every", "histogram_threads"):
+            _checks.count(getattr(self, name), name, minimum=1)
         if self.resume and self.checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
-        if not 0 < self.alive_threshold < 1:
-            raise ValueError(f"alive_threshold must lie in (0, 1); got {self.alive_threshold}")
-        if self.min_tokens < 0 or self.histogram_threads < 1:
-            raise ValueError("min_tokens must be >= 0 and histogram_threads >= 1")
-        if self.widths is not None and (
-            len(self.widths) == 0 or any(int(w) != w or w < 0 for w in self.widths)
-        ):
-            raise ValueError(f"widths must be non-negative integers; got {list(self.widths)}")
+        _checks.fraction(self.alive_threshold, "alive_threshold")
+        _checks.count(self.min_tokens, "min_tokens")
+        if self.widths is not None:
+            if len(self.widths) == 0:
+                raise ValueError("widths must hold at least one width")
+            for w in self.widths:
+                _checks.count(w, "widths")
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ._io import CheckpointError, load_tagged, save_tagged
+from . import _checks
 
 __all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes", "load_sae"]
 
@@ -65,14 +65,12 @@ class SAE(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
-        for name, value in (("d_in", d_in), ("n_latents", n_latents)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        _checks.one_of(activation, "activation", ACTIVATIONS)
+        d_in, n_latents = _checks.count(d_in, "d_in", minimum=1), _checks.count(n_latents, "n_latents", minimum=1)
         if activation == "topk":
-            if k is None or int(k) != k or not 1 <= k <= n_latents:
+            if k is None or _checks.count(k, "k", minimum=1) > n_latents:
                 raise ValueError(f"top-k SAE needs 1 <= k <= n_latents ({n_latents}); got k={k!r}")
+            k = int(k)
         elif k is not None:
             raise ValueError(f"k is only meaningful for activation='topk'; got k={k} with {activation!r}")
         self.d_in, self.n_latents, self.activation, self.k = int(d_in), int(n_latents), activation, k
@@ -181,7 +179,7 @@ class SAE(nn.Module):
                                       f"n_latents = {cfg['n_latents']!r}")
             sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
             sae.load_state_dict(tensors)
-        except (KeyError, TypeError, json.JSONDecodeError, RuntimeError, OverflowError) as exc:  # OverflowError: k = inf
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # ValueError: a config out of range (k = inf, …)
             raise CheckpointError(f"{path}: inconsistent SAE file ({exc})") from exc
         sae.check_weights()
         return sae.to(device) if device is not None else sae
@@ -357,17 +355,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, value: object) -> None:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-
-        positive_int("n_latents", self.n_latents)
-        positive_int("dead_tokens", self.dead_tokens)
+        _checks.count(self.n_latents, "n_latents", minimum=1)
+        _checks.count(self.dead_tokens, "dead_tokens", minimum=1)
         if self.steps is not None:
-            positive_int("steps", self.steps)
-        for name, value, low in (("l1_coeff", self.l1_coeff, 0.0), ("aux_coeff", self.aux_coeff, 0.0)):
-            if not math.isfinite(value) or value < low:
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+            _checks.count(self.steps, "steps", minimum=1)
+        for name in ("l1_coeff", "aux_coeff"):
+            _checks.number(getattr(self, name), name, low=0.0)
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0; got {self.lr!r}")
 

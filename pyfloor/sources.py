@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import _checks
+
 __all__ = [
     "Batch",
     "ActivationSource",
@@ -67,8 +69,7 @@ class ActivationSource:
 def _check_shard(start: int, rank: int, world: int) -> None:
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank must lie in [0, world) with world >= 1; got rank={rank}, world={world}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0; got {start}")
+    _checks.count(start, "start")
 
 
 def _float_activations(x: Tensor) -> Tensor:
@@ -77,9 +78,7 @@ def _float_activations(x: Tensor) -> Tensor:
 
 
 def _check_batch_tokens(batch_tokens: int) -> int:
-    if int(batch_tokens) != batch_tokens or batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be a positive integer; got {batch_tokens!r}")
-    return int(batch_tokens)
+    return _checks.count(batch_tokens, "batch_tokens", minimum=1)
 
 
 # -- activations from arrays and iterables ---------------------------------------------------------
@@ -238,8 +237,7 @@ class TokenSequences:
                pad: int = 0) -> "TokenSequences":
         """A 1-D token stream (any integer array, e.g. a memmap) cut into sequences of ``seq_len``,
         each led by ``bos`` when given; the last sequence is padded and its padding masked."""
-        if seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2; got {seq_len}")
+        _checks.count(seq_len, "seq_len", minimum=2)
         body = seq_len - (bos is not None)
         first = int(bos is not None)
 
@@ -274,9 +272,7 @@ class TokenSequences:
         return out
 
     def _sequences_for(self, n_tokens: int) -> int:
-        if int(n_tokens) != n_tokens or n_tokens < 0:
-            raise ValueError(f"n_tokens must be a non-negative integer; got {n_tokens!r}")
-        return min(len(self), -(-int(n_tokens) // self.seq_len))
+        return min(len(self), -(-_checks.count(n_tokens, "n_tokens") // self.seq_len))
 
     def take(self, n_tokens: int) -> "TokenSequences":
         """The sequences holding the first ``n_tokens`` tokens (rounded up to whole sequences)."""

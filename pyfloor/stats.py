@@ -35,6 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import theory
 from ._io import CheckpointError, load_tagged, save_tagged
+from . import _checks
 
 __all__ = [
     "FeatureStats",
@@ -100,10 +101,7 @@ class FeatureStats:
                     f"{name} has {getattr(self, name).size}"
                 )
         for name in ("n_tokens", "n_nonfinite"):
-            value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or int(value) != value or value < 0:
-                raise ValueError(f"FeatureStats.{name} must be a non-negative integer; got {value!r}")
-            setattr(self, name, int(value))
+            setattr(self, name, _checks.count(getattr(self, name), f"FeatureStats.{name}"))
         if m and (self.fire_count.min() < 0 or self.fire_count.max() > self.n_tokens):
             raise ValueError(f"FeatureStats.fire_count must lie in [0, n_tokens={self.n_tokens}]")
         for name in ("act_sum", "act_sq_sum", "act_max"):
@@ -115,9 +113,7 @@ class FeatureStats:
     @classmethod
     def empty(cls, n_latents: int) -> "FeatureStats":
         """Statistics of zero tokens over ``n_latents`` latents (the identity of :meth:`merge`)."""
-        if int(n_latents) != n_latents or n_latents < 0:
-            raise ValueError(f"n_latents must be a non-negative integer; got {n_latents!r}")
-        m = int(n_latents)
+        m = _checks.count(n_latents, "n_latents")
         return cls(0, np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m))
 
     @classmethod
@@ -306,13 +302,6 @@ def estimate(n_tokens: float, fire_count: ArrayLike, sq_sum: ArrayLike, alive_th
     return Estimate(alive[order].astype(np.int64), imp[order], l0, 1.0 - l0 / alive.size)
 
 
-def _check_fraction(value: float, name: str) -> float:
-    v = float(value)
-    if not (0.0 <= v < 1.0) or math.isnan(v):
-        raise ValueError(f"{name} must lie in [0, 1); got {value!r}")
-    return v
-
-
 @dataclass(frozen=True, eq=False)
 class Measurement:
     """A teacher's superposition measurement and the floor it predicts.
@@ -351,7 +340,7 @@ class Measurement:
     _tails: NDArray[np.float64] | None = field(default=None, repr=False, init=False)
 
     def __post_init__(self) -> None:
-        if theory._check_count(self.n_features, "n_features") == 0:
+        if _checks.count(self.n_features, "n_features") == 0:
             raise ValueError("n_features must be > 0")
         theory._check_alpha(self.alpha)
         if not math.isclose(1.0 - self.mean_l0 / self.n_features, self.alpha, rel_tol=1e-9, abs_tol=1e-12):
@@ -382,7 +371,7 @@ class Measurement:
         cls, n_features: int, *, mean_l0: float | None = None, alpha: float | None = None, source: str = ""
     ) -> "Measurement":
         """A measurement known only by F and L0 (or F and α), as papers publish it."""
-        f = theory._check_count(n_features, "n_features")
+        f = _checks.count(n_features, "n_features")
         if f == 0:
             raise ValueError("n_features must be > 0")
         l0, a = _l0_and_alpha(f, mean_l0, alpha)
@@ -426,7 +415,7 @@ class Measurement:
         cls, stats: FeatureStats, *, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD, source: str = ""
     ) -> "Measurement":
         """The paper's measurement from accumulated statistics (definitions in the module docstring)."""
-        thr = _check_fraction(alive_threshold, "alive_threshold")
+        thr = _checks.fraction(alive_threshold, "alive_threshold")
         if stats.n_tokens == 0:
             raise ValueError("the statistics hold no tokens; nothing to measure")
         est = estimate(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr)
@@ -525,7 +514,7 @@ class Measurement:
             feature_ids=_dict_array(d, "feature_ids", np.int64),
             n_tokens=_dict_number(d, "n_tokens", int, optional=True),
             n_latents=_dict_number(d, "n_latents", int, optional=True),
-            alive_threshold=None if threshold is None else _check_fraction(threshold, "alive_threshold"),
+            alive_threshold=None if threshold is None else _checks.fraction(threshold, "alive_threshold"),
             source=str(d.get("source", "")),
             notes=tuple(str(n) for n in notes),
         )

@@ -17,6 +17,8 @@ from typing import Any, Literal, NamedTuple, Sequence, Union
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import _checks
+
 __all__ = [
     "SPARSE_REGIME_ALPHA",
     "MIN_CAPACITY",
@@ -74,19 +76,6 @@ def _check_widths(width: ArrayLike, name: str = "width") -> NDArray[np.float64]:
     if np.any(w < 0):
         raise ValueError(f"{name} must be >= 0 (a student's hidden width); got {_show(w[w < 0])}")
     return w
-
-
-def _check_positive(value: float, name: str) -> float:
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return v
-
-
-def _check_count(value: int, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer() or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
-    return int(value)
 
 
 def _show(bad: NDArray) -> str:
@@ -155,8 +144,8 @@ def sparsity_for_capacity(g: float) -> float:
 
 def _effective_capacity(alpha: ArrayLike, a: float, b: float) -> NDArray[np.float64]:
     """Packing-law capacity ĝ(α) = a · g(α)^b (a = b = 1 gives the paper's g)."""
-    a = _check_positive(a, "a")
-    b = _check_positive(b, "b")
+    a = _checks.number(a, "a", low=0.0, low_open=True)
+    b = _checks.number(b, "b", low=0.0, low_open=True)
     return a * np.asarray(capacity(alpha), dtype=np.float64) ** b
 
 
@@ -170,7 +159,7 @@ def feature_budget(
     Vectorized over ``width``; returns int64.
     """
     w = _check_widths(width)
-    f = _check_count(n_features, "n_features")
+    f = _checks.count(n_features, "n_features")
     budget = np.minimum(np.floor(w * _effective_capacity(alpha, a, b)), f).astype(np.int64)
     return _scalar_or_array(budget)
 
@@ -180,7 +169,7 @@ def critical_width(n_features: int, alpha: float, *, a: float = 1.0, b: float = 
 
     Below d* some features must be dropped, so the distillation floor is non-zero.
     """
-    f = _check_count(n_features, "n_features")
+    f = _checks.count(n_features, "n_features")
     return f / float(_effective_capacity(alpha, a, b))
 
 
@@ -229,7 +218,7 @@ def uniform_floor(
     with the default 1 the result is the fraction of features lost.
     """
     w = _check_widths(width)
-    f = _check_count(n_features, "n_features")
+    f = _checks.count(n_features, "n_features")
     if f == 0:
         raise ValueError("n_features must be > 0 for the uniform floor")
     total = float(total)
@@ -396,7 +385,7 @@ def fit_budget_law(
     log_g = np.log(np.asarray(capacity(al[use]), dtype=np.float64))
     log_d, log_k = np.log(w[use]), np.log(k[use])
     if b is not None:
-        b = _check_positive(b, "b")
+        b = _checks.number(b, "b", low=0.0, low_open=True)
         log_a = float(np.mean(log_k - log_d - b * log_g))
         fitted = log_a + b * log_g
         return PackingLaw(math.exp(log_a), b, _r_squared(log_k - log_d, fitted), int(log_k.size))

@@ -84,8 +84,9 @@ def test_token_ids_outside_the_vocabulary_are_refused(tiny_neox):  # noqa: F811
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"steps": 0}, "steps must be a positive integer"),
-        ({"n_latents": 0}, "n_latents must be a positive integer"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"n_latents": 0}, "n_latents must be an integer >= 1"),
+        ({"steps": True}, "steps must be an integer >= 1; got True"),
         ({"l1_coeff": float("nan")}, "l1_coeff must be a finite number"),
         ({"l1_coeff": -1.0}, "l1_coeff must be a finite number"),
         ({"lr": 0.0}, "lr must be a finite number > 0"),

@@ -98,7 +98,8 @@ def test_counts_stay_exact_beyond_float32_range():
     [
         (dict(fire_count=np.zeros(3, np.int64)), "one entry per latent"),
         (dict(fire_count=np.array([0, 0], np.float64) + 0.5), "integers"),
-        (dict(n_tokens=-1), "non-negative integer"),
+        (dict(n_tokens=-1), "n_tokens must be an integer >= 0"),
+        (dict(n_tokens=True), "n_tokens must be an integer >= 0; got True"),
         (dict(fire_count=np.array([5, 0], np.int64)), r"\[0, n_tokens=2\]"),
     ],
 )

@@ -132,7 +132,7 @@ def test_bad_specs_are_rejected():
         train_toy_models([ModelSpec(ToyTask(3, 0.9), 1, 0, 0), ModelSpec(ToyTask(4, 0.9), 1, 0, 0)], QUICK)
     with pytest.raises(ValueError, match="no teachers"):
         train_toy_models([ModelSpec(ToyTask(3, 0.9), 1, 0, 0, teacher=0)], QUICK)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
         TrainSettings(steps=0)
 
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Layers, lowest first: each module imports only from the layers before its own. ``pyfloor``
 #: (the package's ``__init__``) imports only the numpy-only modules and exports the rest lazily, by name.
 LAYERS: list[list[str]] = [
-    ["pyfloor._version", "pyfloor._hist", "pyfloor._io", "pyfloor.render"],
+    ["pyfloor._version", "pyfloor._hist", "pyfloor._checks", "pyfloor._io", "pyfloor.render"],
     ["pyfloor.theory"],
     ["pyfloor.stats"],
     ["pyfloor.floors", "pyfloor.histograms"],

@@ -47,6 +47,7 @@ from .models import (
     train_toy_models,
 )
 from .sweep import SAESettings, TeacherMeasurement, measure_teacher
+from .. import _checks
 
 __all__ = [
     "ToyConfig",
@@ -74,8 +75,7 @@ class ToyConfig:
 
     def __post_init__(self) -> None:
         self.task  # validates n, α and the profile
-        if int(self.d_teacher) != self.d_teacher or self.d_teacher < 1:
-            raise ValueError(f"d_teacher must be a positive integer; got {self.d_teacher!r}")
+        _checks.count(self.d_teacher, "d_teacher", minimum=1)
 
     @property
     def task(self) -> ToyTask:
@@ -128,9 +128,7 @@ class ExperimentSettings:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one; got {self.seeds!r}")
         for name in ("eval_samples", "workers", "threads"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            _checks.count(getattr(self, name), name, minimum=1)
 
     @property
     def train_settings(self) -> TrainSettings:

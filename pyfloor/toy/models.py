@@ -33,6 +33,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from .. import _checks
+
 __all__ = [
     "ImportanceProfile",
     "IMPORTANCE_PROFILES",
@@ -57,9 +59,7 @@ KEPT_THRESHOLD = 0.5
 
 def importance_profile(n_features: int, profile: ImportanceProfile = "zipf", ratio: float = 0.9) -> NDArray[np.float64]:
     """Loss importances I_1 … I_n, descending: Zipf 1/i, geometric ratio^(i−1), or uniform 1."""
-    if int(n_features) != n_features or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer; got {n_features!r}")
-    i = np.arange(1, int(n_features) + 1, dtype=np.float64)
+    i = np.arange(1, _checks.count(n_features, "n_features", minimum=1) + 1, dtype=np.float64)
     if profile == "zipf":
         return 1.0 / i
     if profile == "geometric":
@@ -88,8 +88,7 @@ class ToyTask:
 
     def __post_init__(self) -> None:
         importance_profile(self.n_features, self.importance, self.ratio)  # validates
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1); got {self.alpha!r}")
+        _checks.number(self.alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
 
     @property
     def importances(self) -> NDArray[np.float64]:
@@ -131,11 +130,9 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if not (self.lr > 0 and 0 <= self.final_lr <= 1):
-            raise ValueError(f"need lr > 0 and 0 <= final_lr <= 1; got lr={self.lr!r}, final_lr={self.final_lr!r}")
+            _checks.count(getattr(self, name), name, minimum=1)
+        _checks.number(self.lr, "lr", low=0.0, low_open=True)
+        _checks.number(self.final_lr, "final_lr", low=0.0, high=1.0)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based)."""

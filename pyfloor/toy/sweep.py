@@ -14,6 +14,7 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..encode import StatsAccumulator
 from ..sae import SAE, TrainConfig, train_sae
 from ..stats import Measurement
@@ -46,6 +47,19 @@ class SAESettings:
     measure_tokens: int = 65536
     fvu_tolerance: float = 0.1
     alive_threshold: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("expansion", "steps", "batch_size", "measure_tokens"):
+            _checks.count(getattr(self, name), name, minimum=1)
+        if not self.l1_grid and not self.k_grid:
+            raise ValueError("an SAE sweep needs at least one L1 coefficient (l1_grid) or k (k_grid)")
+        for v in self.l1_grid:
+            _checks.number(v, "l1_grid", low=0.0)
+        for k in self.k_grid:
+            _checks.count(k, "k_grid", minimum=1)
+        _checks.number(self.lr, "lr", low=0.0, low_open=True)
+        _checks.number(self.fvu_tolerance, "fvu_tolerance", low=0.0)
+        _checks.fraction(self.alive_threshold, "alive_threshold")
 
     def sweep(self) -> list[tuple[str, float]]:
         """(activation, penalty) of every SAE, sparsest first within each activation."""
