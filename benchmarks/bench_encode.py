@@ -34,7 +34,7 @@ class ReferenceEncodeCPU:
 
     def time_stats(self, mode_k):
         mode, k = mode_k
-        StatsAccumulator(self.sae, mode=mode, k=k, backend="torch").batch(self.x)
+        StatsAccumulator(self.sae, activation=mode, k=k, backend="torch").batch(self.x)
 
 
 class _GPU:
@@ -60,10 +60,10 @@ class FusedEncodeGPU(_GPU):
     """The fused Triton kernel, statistics only (what ``pyfloor measure`` runs)."""
 
     def setup(self, mode_k, shape):
-        from pyfloor.kernels import encode_stats
+        from pyfloor.kernels import fused_batch_stats
 
         mode, k = mode_k
-        self.run = lambda: encode_stats(self.x, self.sae, mode, k)
+        self.run = lambda: fused_batch_stats(self.x, self.sae, mode, k)
         super().setup(mode_k, shape)
 
     def track_peak_extra_gpu_mb(self, mode_k, shape):
@@ -81,7 +81,7 @@ class ReferenceEncodeGPU(_GPU):
 
     def setup(self, mode_k, shape):
         mode, k = mode_k
-        self.run = lambda: StatsAccumulator(self.sae, mode=mode, k=k, backend="torch").batch(self.x)
+        self.run = lambda: StatsAccumulator(self.sae, activation=mode, k=k, backend="torch").batch(self.x)
         super().setup(mode_k, shape)
 
 

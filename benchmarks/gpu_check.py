@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from pyfloor.encode import reference_batch_stats  # noqa: E402
 from pyfloor.encode_types import BatchStats, EncodeSpec  # noqa: E402
-from pyfloor.kernels import encode_stats  # noqa: E402
+from pyfloor.kernels import fused_batch_stats  # noqa: E402
 from pyfloor.sae import SAE  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -166,7 +166,7 @@ def check_task(task: dict[str, Any]) -> list[dict[str, Any]]:
             runs = []
             for _ in range(2):
                 poison(device, 1 << 28)
-                runs.append(encode_stats(x, sae, case["mode"], k, want_codes=case["codes"], **case.get("options", {})))
+                runs.append(fused_batch_stats(x, sae, case["mode"], k, want_codes=case["codes"], **case.get("options", {})))
             if device == "cuda":
                 torch.cuda.synchronize()
             a, b = runs
@@ -269,7 +269,7 @@ def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: s
         fused = {}
         for opts in configs[mode]:
             name = json.dumps(opts, sort_keys=True)
-            t = _attempt(lambda: measure_ms(lambda: encode_stats(x, sae, mode, kk, **opts), device, args.quick), errors, f"{mode} {name}")
+            t = _attempt(lambda: measure_ms(lambda: fused_batch_stats(x, sae, mode, kk, **opts), device, args.quick), errors, f"{mode} {name}")
             if t is not None:
                 fused[name] = t
         best = min(fused, key=fused.get) if fused else None
@@ -277,13 +277,13 @@ def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: s
         if best is not None and mode == "topk" and not args.quick:
             opts = json.loads(best)
             row["fused_codes_ms"] = _attempt(
-                lambda: measure_ms(lambda: encode_stats(x, sae, mode, kk, want_codes=True, **opts), device, args.quick), errors, "topk codes"
+                lambda: measure_ms(lambda: fused_batch_stats(x, sae, mode, kk, want_codes=True, **opts), device, args.quick), errors, "topk codes"
             )
         if best is not None and device == "cuda":  # peak memory of one fused call beyond what is allocated
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            encode_stats(x, sae, mode, kk, **json.loads(best))
+            fused_batch_stats(x, sae, mode, kk, **json.loads(best))
             torch.cuda.synchronize()
             row["fused_peak_extra_MB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             row["dense_pre_MB"] = n * m * 2 / 2**20
@@ -346,16 +346,16 @@ def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict
                 mode_ks = ks.get(mode, [None])
                 for kind in ("dyadic", "gauss"):
                     for k in mode_ks if i == 0 else mode_ks[:1]:  # every k on the first shape
-                        cases.append(dict(kind=kind, mode=mode, k=k, dtype=dtype, codes=True, seed=seed + len(cases),
+                        cases.append(dict(kind=kind, activation=mode, k=k, dtype=dtype, codes=True, seed=seed + len(cases),
                                           nonfinite=kind == "gauss", **shape))
-            cases.append(dict(kind="dyadic", mode=mode, k=ks.get(mode, [None])[0], dtype=dtype, codes=False, seed=seed + 99, **check_div16))
+            cases.append(dict(kind="dyadic", activation=mode, k=ks.get(mode, [None])[0], dtype=dtype, codes=False, seed=seed + 99, **check_div16))
             tasks.append({"device": device, "cases": cases})
     for mode, cfgs in configs.items():  # the timed kernels themselves, at their specialisation
         for cfg in cfgs:
             k = shapes[0]["k"] if mode == "topk" else None
-            cases = [dict(kind=kind, mode=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16) for kind in ("dyadic", "gauss")]
+            cases = [dict(kind=kind, activation=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16) for kind in ("dyadic", "gauss")]
             if mode == "topk" and cfg == cfgs[0]:
-                cases.append(dict(kind="dyadic", mode=mode, k=k, dtype="bf16", codes=True, seed=seed + 8, options=cfg, **check_div16))
+                cases.append(dict(kind="dyadic", activation=mode, k=k, dtype="bf16", codes=True, seed=seed + 8, options=cfg, **check_div16))
             tasks.append({"device": device, "cases": cases})
     return tasks, shapes, configs
 

@@ -3,7 +3,7 @@
 Importing this package requires Triton; ``pyfloor`` itself never needs it. On CPU tensors the
 kernels run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before this import).
 
-* :func:`encode_stats` (``fused_encode.py``): fused SAE encode + per-latent statistics and codes.
+* :func:`fused_batch_stats` (``fused_encode.py``): fused SAE encode + per-latent statistics and codes.
 * ``bitonic.py``: the bitonic top-k of int64 keys the top-k encode uses.
 """
 
@@ -15,6 +15,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "without it use the torch reference: StatsAccumulator(sae, backend='torch')"
     ) from exc
 
-from .fused_encode import MAX_K, encode_stats
+from .fused_encode import MAX_K, fused_batch_stats
 
-__all__ = ["encode_stats", "MAX_K"]
+__all__ = ["fused_batch_stats", "MAX_K"]

@@ -325,18 +325,18 @@ def _check_pow2(name: str, value: int, lo: int = 16) -> int:
     return int(value)
 
 
-def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> int | None:
-    """Raise unless the kernel can encode ``x`` with ``sae`` in ``mode``; returns k as an int (None but in top-k)."""
+def _validate(x: Tensor, sae: SAE, activation: str, k: int | None) -> int | None:
+    """Raise unless the kernel can encode ``x`` with ``sae`` in ``activation``; returns k as an int (None but in top-k)."""
     check_activations(x, sae)
     if x.ndim != 2:
         raise ValueError(f"the kernel takes activations [N, d]; got shape {tuple(x.shape)} (reshape(-1, d) first)")
     if sae.W_enc.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"SAE weights must be float32, float16 or bfloat16; got {sae.W_enc.dtype}")
-    k = EncodeSpec.checked(sae, mode, k).k
+    k = EncodeSpec.checked(sae, activation, k).k
     if k is not None and k > MAX_K:
         raise ValueError(f"the Triton top-k kernel supports k <= {MAX_K}; got k={k}")
     named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
-    if mode == "jumprelu":
+    if activation == "jumprelu":
         named["threshold"] = sae.threshold
     for name, p in named.items():
         if p.device != x.device:
@@ -355,10 +355,10 @@ def _validate(x: Tensor, sae: SAE, mode: str, k: int | None) -> int | None:
     return k
 
 
-def encode_stats(
+def fused_batch_stats(
     x: Tensor,
     sae: SAE,
-    mode: str,
+    activation: str,
     k: int | None = None,
     *,
     want_codes: bool = False,
@@ -374,7 +374,7 @@ def encode_stats(
 ) -> BatchStats:
     """Per-latent statistics (and optionally codes) of activations x [N, d] in one fused pass.
 
-    ``mode`` is 'relu', 'jumprelu' or 'topk' (with 1 <= k <= min(m, 128)). Returns the
+    ``activation`` is 'relu', 'jumprelu' or 'topk' (with 1 <= k <= min(m, 128)). Returns the
     :class:`pyfloor.encode.BatchStats` that the torch reference returns: int64 fire counts, float64
     Σz and Σz², float32 max, the number of non-finite rows, and with ``want_codes`` the codes
     (top-k: k per token; ReLU/JumpReLU: CSR, found by a counting launch and a writing launch).
@@ -388,14 +388,14 @@ def encode_stats(
     16-bit x and W_enc of the same dtype are multiplied as they are (fp32 accumulation), with b_dec
     folded into the bias in float64.
     """
-    k = _validate(x, sae, mode, k)
+    k = _validate(x, sae, activation, k)
     if input_precision not in ("ieee", "tf32", "tf32x3"):
         raise ValueError(f"input_precision must be 'ieee', 'tf32' or 'tf32x3'; got {input_precision!r}")
     n, d = x.shape
     m, dev = sae.n_latents, x.device
     interp = _interpreting()
     fire, s1, s2, mx, nonfinite, _ = BatchStats.zeros(m, dev)
-    topk = mode == "topk"
+    topk = activation == "topk"
     if n == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=dev)
         codes = SparseCodes(empty, empty.float(), torch.zeros(1, dtype=torch.int64, device=dev)) if want_codes else None
@@ -415,7 +415,7 @@ def encode_stats(
 
     half = x.dtype == sae.W_enc.dtype and x.dtype in _HALF and not (interp and x.dtype == torch.bfloat16)
     bias = _folded_bias(sae) if half else sae.b_enc.detach()
-    thr = sae.threshold.detach() if mode == "jumprelu" else bias
+    thr = sae.threshold.detach() if activation == "jumprelu" else bias
     if topk:
         if nprog * bn * cap >= 2**31:
             raise ValueError(f"top-k scratch of {nprog} programs × {bn} rows × {cap} slots overflows int32 offsets")
@@ -440,7 +440,7 @@ def encode_stats(
             row_arg, idx_arg, val_arg,
             cand, row_cnt, row_tau,
             n, d, m, k or 0, x.stride(0),
-            MODE=MODES[mode], STATS=stats, CODES=codes, HALF_DOT=half, INPUT_PRECISION=input_precision,
+            MODE=MODES[activation], STATS=stats, CODES=codes, HALF_DOT=half, INPUT_PRECISION=input_precision,
             BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, KP=kp, CAP=cap, COMPACT_ROWS=rows_per_sort,
             num_warps=num_warps or (8 if bn * bm >= 128 * 128 else 4), num_stages=num_stages or 3,
         )

@@ -13,10 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .stats import FeatureStats
-
-__all__ = ["init_from_env", "is_distributed", "rank_and_world", "all_reduce_", "all_reduce_max_", "all_reduce_stats",
-           "all_reduce_arrays"]
+__all__ = ["init_from_env", "is_distributed", "rank_and_world", "all_reduce_", "all_reduce_max_", "all_reduce_arrays"]
 
 
 def is_distributed() -> bool:
@@ -83,7 +80,3 @@ def all_reduce_arrays(arrays: Mapping[str, np.ndarray], *, max_keys: Sequence[st
         out[key] = t.numpy()
     return out
 
-
-def all_reduce_stats(stats: FeatureStats) -> FeatureStats:
-    """The FeatureStats of every rank merged (counts and sums added, maxima maxed)."""
-    return FeatureStats.from_dict(all_reduce_arrays(stats.to_dict(), max_keys=("act_max",)))

@@ -50,10 +50,10 @@ def reference_batch_stats(
             nonfinite += (~ok).sum()
             pre = sae.pre_activations(torch.where(ok[:, None], xc, torch.zeros((), dtype=xc.dtype, device=device)))
             pre = pre.float()
-            if spec.mode == "topk":
+            if spec.activation == "topk":
                 idx, val = topk_codes(pre, spec.k)
                 z = torch.zeros_like(pre).scatter_(-1, idx, val)
-            elif spec.mode == "jumprelu":
+            elif spec.activation == "jumprelu":
                 z = pre * (pre > sae.threshold.float())
             else:
                 z = torch.relu(pre)
@@ -64,7 +64,7 @@ def reference_batch_stats(
             s2 += z64.square().sum(0)
             mx = torch.maximum(mx, z.amax(0)) if z.shape[0] else mx
             if want_codes:
-                if spec.mode == "topk":
+                if spec.activation == "topk":
                     idx = torch.where(ok[:, None], idx, -1)
                     val = val * ok[:, None]
                     idx_parts.append(idx.reshape(-1))
@@ -98,17 +98,17 @@ class StatsAccumulator:
     ...     acc.update(x)
     >>> stats = acc.result()       # pyfloor.FeatureStats
 
-    ``mode``/``k`` override the SAE's own activation (e.g. top-k encoding of a ReLU SAE).
+    ``activation``/``k`` override the SAE's own activation (e.g. top-k encoding of a ReLU SAE).
     ``backend``: ``"auto"`` uses the Triton kernels for CUDA tensors and torch otherwise;
     ``"triton"`` forces the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``).
-    ``kernel_options`` go to :func:`pyfloor.kernels.encode_stats` (block sizes, warps, …).
+    ``kernel_options`` go to :func:`pyfloor.kernels.fused_batch_stats` (block sizes, warps, …).
     """
 
     def __init__(
         self,
         sae: SAE,
         *,
-        mode: Activation | None = None,
+        activation: Activation | None = None,
         k: int | None = None,
         backend: Backend = "auto",
         chunk_tokens: int = 4096,
@@ -117,7 +117,7 @@ class StatsAccumulator:
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
         _checks.count(chunk_tokens, "chunk_tokens", minimum=1)
-        self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, mode, k), backend, chunk_tokens
+        self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, activation, k), backend, chunk_tokens
         self.kernel_options = dict(kernel_options or {})
         self._rows = 0
         self._sums: BatchStats | None = None
@@ -135,10 +135,10 @@ class StatsAccumulator:
         """Encode one batch [..., d_in] and return its statistics without accumulating them."""
         x2 = self._check(x)
         if self._uses_triton(x2):
-            from .kernels import encode_stats as triton_encode_stats
+            from .kernels import fused_batch_stats
 
-            return triton_encode_stats(
-                x2, self.sae, self.spec.mode, self.spec.k, want_codes=want_codes, **self.kernel_options
+            return fused_batch_stats(
+                x2, self.sae, self.spec.activation, self.spec.k, want_codes=want_codes, **self.kernel_options
             )
         return reference_batch_stats(x2, self.sae, self.spec, want_codes=want_codes, chunk_tokens=self.chunk_tokens)
 
@@ -181,12 +181,12 @@ def encode_stats(
     x: Tensor,
     sae: SAE,
     *,
-    mode: Activation | None = None,
+    activation: Activation | None = None,
     k: int | None = None,
-    return_codes: bool = False,
+    want_codes: bool = False,
     backend: Backend = "auto",
 ) -> tuple[FeatureStats, SparseCodes | None]:
     """Per-latent statistics (and optionally sparse codes) of one batch of activations [..., d_in]."""
-    acc = StatsAccumulator(sae, mode=mode, k=k, backend=backend)
-    codes = acc.update(x, want_codes=return_codes)
+    acc = StatsAccumulator(sae, activation=activation, k=k, backend=backend)
+    codes = acc.update(x, want_codes=want_codes)
     return acc.result(), codes

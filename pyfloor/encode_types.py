@@ -64,29 +64,29 @@ class BatchStats(NamedTuple):
 class EncodeSpec:
     """The activation function an encode applies, resolved from an SAE and overrides."""
 
-    mode: Activation
+    activation: Activation
     k: int | None
 
     @classmethod
-    def resolve(cls, sae: SAE, mode: Activation | None, k: int | None) -> "EncodeSpec":
-        """The SAE's own activation (and its k) unless ``mode`` (and ``k``) override them; see :meth:`checked`."""
-        mode = mode or sae.activation
-        return cls.checked(sae, mode, k if k is not None or mode != "topk" else sae.k)
+    def resolve(cls, sae: SAE, activation: Activation | None, k: int | None) -> "EncodeSpec":
+        """The SAE's own activation (and its k) unless ``activation`` (and ``k``) override them; see :meth:`checked`."""
+        activation = activation or sae.activation
+        return cls.checked(sae, activation, k if k is not None or activation != "topk" else sae.k)
 
     @classmethod
-    def checked(cls, sae: SAE, mode: str, k: int | None) -> "EncodeSpec":
-        """Exactly this ``mode`` and ``k`` (an int), valid for ``sae``; ValueError naming the problem otherwise."""
-        if mode not in ("relu", "jumprelu", "topk"):
-            raise ValueError(f"mode must be 'relu', 'jumprelu' or 'topk'; got {mode!r}")
-        if mode == "topk":
+    def checked(cls, sae: SAE, activation: str, k: int | None) -> "EncodeSpec":
+        """Exactly this ``activation`` and ``k`` (an int), valid for ``sae``; ValueError naming the problem otherwise."""
+        if activation not in ("relu", "jumprelu", "topk"):
+            raise ValueError(f"activation must be 'relu', 'jumprelu' or 'topk'; got {activation!r}")
+        if activation == "topk":
             if k is None or isinstance(k, bool) or int(k) != k or not 1 <= k <= sae.n_latents:
                 raise ValueError(f"top-k encode needs 1 <= k <= n_latents ({sae.n_latents}); got k={k!r}")
             k = int(k)
         elif k is not None:
-            raise ValueError(f"k is only meaningful in top-k mode; got k={k} with mode {mode!r}")
-        if mode == "jumprelu" and sae.threshold is None:
-            raise ValueError("jumprelu mode needs an SAE with per-latent thresholds (activation='jumprelu')")
-        return cls(mode, k)
+            raise ValueError(f"k is only meaningful for the top-k activation; got k={k} with activation {activation!r}")
+        if activation == "jumprelu" and sae.threshold is None:
+            raise ValueError("the jumprelu activation needs an SAE with per-latent thresholds (activation='jumprelu')")
+        return cls(activation, k)
 
 
 def check_activations(x: Tensor, sae: SAE) -> None:

@@ -72,7 +72,7 @@ class MeasureConfig:
     confidence: float = 0.95
     seed: int = 0
     widths: Sequence[int] | None = None
-    mode: Activation | None = None
+    activation: Activation | None = None
     k: int | None = None
     histograms: bool = True
     histogram_every: int = 1
@@ -338,7 +338,7 @@ def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return {
         "source": source.describe(), "batch_tokens": source.batch_tokens, **_source_settings(source),
-        "sae_sha256": h.hexdigest(), "mode": config.mode, "k": config.k, "bootstrap": config.bootstrap,
+        "sae_sha256": h.hexdigest(), "activation": config.activation, "k": config.k, "bootstrap": config.bootstrap,
         "seed": config.seed, "rank": rank, "world": world,
     }
 
@@ -488,7 +488,7 @@ def measure(
     if source.d != sae.d_in:
         raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
     device = sae.W_enc.device
-    acc = StatsAccumulator(sae, mode=config.mode, k=config.k)
+    acc = StatsAccumulator(sae, activation=config.activation, k=config.k)
     state = _State(sae.n_latents, config.bootstrap, device, histograms=config.histograms)
     fingerprint = _fingerprint(source, sae, config, rank, world)
     ckpt = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)

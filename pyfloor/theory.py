@@ -12,7 +12,7 @@ Arguments outside their domain raise :class:`ValueError` naming the argument and
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, Sequence, Union
+from typing import Any, Literal, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -44,7 +44,6 @@ SPARSE_REGIME_ALPHA: float = 1.0 - 1.0 / math.e
 #: g(1 − 1/e) = e, the smallest capacity the formula gives.
 MIN_CAPACITY: float = math.e
 
-Number = Union[float, int]
 DenseMode = Literal["clamp", "raise"]
 
 

@@ -37,14 +37,14 @@ def _terms(x: torch.Tensor, sae: SAE) -> tuple[torch.Tensor, torch.Tensor]:
     return exact, bound
 
 
-def ambiguous_decisions(x: torch.Tensor, sae: SAE, mode: str, k: int | None = None) -> int:
+def ambiguous_decisions(x: torch.Tensor, sae: SAE, activation: str, k: int | None = None) -> int:
     """Number of activation decisions in ``x`` that two float32 evaluations could take differently."""
     exact, bound = _terms(x, sae)
     finite = torch.isfinite(exact).all(-1)
     exact, bound = exact[finite], bound[finite]
-    if mode == "relu":
+    if activation == "relu":
         return int((exact.abs() <= bound).sum())
-    if mode == "jumprelu":
+    if activation == "jumprelu":
         return int(((exact - sae.threshold.double()).abs() <= bound).sum())
     values, order = torch.sort(exact, dim=-1, descending=True)
     slack = bound.gather(-1, order)
@@ -54,11 +54,11 @@ def ambiguous_decisions(x: torch.Tensor, sae: SAE, mode: str, k: int | None = No
     return int((boundary | near_zero).sum())
 
 
-def clear_inputs(sae: SAE, shape: tuple[int, ...], mode: str, k: int | None = None, tries: int = 50) -> torch.Tensor:
+def clear_inputs(sae: SAE, shape: tuple[int, ...], activation: str, k: int | None = None, tries: int = 50) -> torch.Tensor:
     """Fresh standard-normal activations of ``shape`` with no decision within float32 rounding of its threshold."""
     for _ in range(tries):
         x = torch.randn(shape)
-        if ambiguous_decisions(x, sae, mode, k) == 0:
+        if ambiguous_decisions(x, sae, activation, k) == 0:
             return x
     raise AssertionError(f"no input of shape {shape} without a rounding-close decision in {tries} draws")
 

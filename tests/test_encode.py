@@ -13,9 +13,9 @@ from test_sae import random_sae
 pytestmark = pytest.mark.numerics
 
 
-def dense_reference(x, sae, mode=None, k=None):
+def dense_reference(x, sae, activation=None, k=None):
     """FeatureStats from the dense latents, computed in numpy."""
-    if mode == "topk" and sae.activation != "topk":
+    if activation == "topk" and sae.activation != "topk":
         pre = sae.pre_activations(x.float())
         val, idx = torch.sort(pre, dim=-1, descending=True, stable=True)
         z = torch.zeros_like(pre).scatter_(-1, idx[..., :k], val[..., :k].clamp_min(0))
@@ -74,8 +74,8 @@ def test_accumulating_batches_equals_one_batch():
 def test_topk_mode_on_relu_sae():
     sae = random_sae()
     x = torch.randn(64, 12)
-    stats, codes = encode_stats(x, sae, mode="topk", k=3, return_codes=True)
-    assert_stats_equal(stats, dense_reference(x, sae, mode="topk", k=3))
+    stats, codes = encode_stats(x, sae, activation="topk", k=3, want_codes=True)
+    assert_stats_equal(stats, dense_reference(x, sae, activation="topk", k=3))
     idx, val = codes.rows(3)
     assert idx.shape == (64, 3)
 
@@ -84,7 +84,7 @@ def test_topk_mode_on_relu_sae():
 def test_codes_rebuild_the_dense_latents(activation, k):
     sae = random_sae(activation=activation, k=k)
     x = torch.randn(90, 12)
-    _, codes = encode_stats(x, sae, return_codes=True)
+    _, codes = encode_stats(x, sae, want_codes=True)
     z = sae.encode(x)
     rebuilt = torch.zeros_like(z)
     rows = torch.repeat_interleave(torch.arange(90), codes.offsets.diff())
@@ -100,7 +100,7 @@ def test_nonfinite_rows_are_counted_and_excluded(activation, k):
     bad[3, 0] = float("nan")
     bad[10, 5] = float("inf")
     bad[11, 2] = float("-inf")
-    stats, codes = encode_stats(bad, sae, return_codes=True)
+    stats, codes = encode_stats(bad, sae, want_codes=True)
     keep = torch.ones(50, dtype=torch.bool)
     keep[[3, 10, 11]] = False
     clean, _ = encode_stats(x[keep], sae)
@@ -135,10 +135,10 @@ def test_empty_accumulator_and_batch():
     [
         (lambda s: encode_stats(torch.randn(4, 11), s), ValueError, "d_in = 12"),
         (lambda s: encode_stats(torch.randn(4, 12, dtype=torch.float64), s), ValueError, "float32, float16 or bfloat16"),
-        (lambda s: encode_stats(torch.randn(4, 12), s, mode="topk", k=41), ValueError, "k <= n_latents"),
-        (lambda s: encode_stats(torch.randn(4, 12), s, mode="topk"), ValueError, "k <= n_latents"),
-        (lambda s: encode_stats(torch.randn(4, 12), s, k=3), ValueError, "only meaningful in top-k"),
-        (lambda s: encode_stats(torch.randn(4, 12), s, mode="jumprelu"), ValueError, "thresholds"),
+        (lambda s: encode_stats(torch.randn(4, 12), s, activation="topk", k=41), ValueError, "k <= n_latents"),
+        (lambda s: encode_stats(torch.randn(4, 12), s, activation="topk"), ValueError, "k <= n_latents"),
+        (lambda s: encode_stats(torch.randn(4, 12), s, k=3), ValueError, "only meaningful for the top-k"),
+        (lambda s: encode_stats(torch.randn(4, 12), s, activation="jumprelu"), ValueError, "thresholds"),
         (lambda s: encode_stats(np.zeros((4, 12), np.float32), s), TypeError, "torch.Tensor"),
         (lambda s: StatsAccumulator(s, backend="cuda"), ValueError, "backend"),
     ],

@@ -23,7 +23,7 @@ tl = triton.language
 from pyfloor.encode import StatsAccumulator, reference_batch_stats
 from pyfloor.encode_types import BatchStats, EncodeSpec
 from pyfloor.encode import encode_stats as encode_dispatch
-from pyfloor.kernels import MAX_K, encode_stats
+from pyfloor.kernels import MAX_K, fused_batch_stats
 from pyfloor.kernels.bitonic import topk_desc
 from pyfloor.sae import SAE
 
@@ -54,8 +54,8 @@ def make_x(n=150, d=70, dtype=torch.float32, seed=1) -> torch.Tensor:
     return dyadic((n, d), 8, -4, 4, torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def reference(x, sae, mode, k=None, want_codes=True) -> BatchStats:
-    return reference_batch_stats(x, sae, EncodeSpec.resolve(sae, mode, k), want_codes=want_codes, chunk_tokens=64)
+def reference(x, sae, activation, k=None, want_codes=True) -> BatchStats:
+    return reference_batch_stats(x, sae, EncodeSpec.resolve(sae, activation, k), want_codes=want_codes, chunk_tokens=64)
 
 
 def assert_batch_equal(got: BatchStats, ref: BatchStats, rtol: float = 1e-6, exact_values: bool = True) -> None:
@@ -83,12 +83,12 @@ MODES = [("relu", None), ("jumprelu", None), ("topk", 5)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
-@pytest.mark.parametrize("mode, k", MODES)
-def test_kernel_equals_reference(mode, k, dtype):
-    sae = make_sae(activation="jumprelu" if mode == "jumprelu" else "relu", dtype=dtype)
+@pytest.mark.parametrize("activation, k", MODES)
+def test_kernel_equals_reference(activation, k, dtype):
+    sae = make_sae(activation="jumprelu" if activation == "jumprelu" else "relu", dtype=dtype)
     x = make_x(dtype=dtype)
-    got = encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS)
-    assert_batch_equal(got, reference(x, sae, mode, k))
+    got = fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS)
+    assert_batch_equal(got, reference(x, sae, activation, k))
     assert got.fire_count.sum() > 0
 
 
@@ -96,16 +96,16 @@ def test_kernel_equals_reference(mode, k, dtype):
 def test_mixed_dtypes_are_upcast(x_dtype, w_dtype):
     sae = make_sae(dtype=w_dtype)
     x = make_x(dtype=x_dtype)
-    for mode, k in [("relu", None), ("topk", 9)]:
-        assert_batch_equal(encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS), reference(x, sae, mode, k))
+    for activation, k in [("relu", None), ("topk", 9)]:
+        assert_batch_equal(fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS), reference(x, sae, activation, k))
 
 
-@pytest.mark.parametrize("mode, k", MODES)
-def test_continuous_random_inputs(mode, k):
+@pytest.mark.parametrize("activation, k", MODES)
+def test_continuous_random_inputs(activation, k):
     """Gaussian data, no exact ties: pre-activations are checked to stay clear of every boundary."""
     g = torch.Generator().manual_seed(7)
     d, m, n = 37, 150, 90
-    sae = SAE(d, m, "jumprelu" if mode == "jumprelu" else "relu")
+    sae = SAE(d, m, "jumprelu" if activation == "jumprelu" else "relu")
     with torch.no_grad():
         for p in (sae.W_enc, sae.b_enc, sae.b_dec):
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
@@ -114,13 +114,13 @@ def test_continuous_random_inputs(mode, k):
     x = torch.randn(n, d, generator=g)
     with torch.no_grad():
         pre = sae.pre_activations(x.double())
-    edges = [pre, pre - sae.threshold.detach().double()] if mode == "jumprelu" else [pre]
-    if mode == "topk":
+    edges = [pre, pre - sae.threshold.detach().double()] if activation == "jumprelu" else [pre]
+    if activation == "topk":
         top = pre.sort(dim=1, descending=True).values
         edges.append(top[:, k - 1] - top[:, k])
     assert min(float(e.abs().min()) for e in edges) > 1e-5, "test data too close to a boundary"
-    got = encode_stats(x, sae, mode, k, want_codes=True, block_n=16, block_m=32, block_k=16)
-    assert_batch_equal(got, reference(x, sae, mode, k), rtol=1e-6, exact_values=False)
+    got = fused_batch_stats(x, sae, activation, k, want_codes=True, block_n=16, block_m=32, block_k=16)
+    assert_batch_equal(got, reference(x, sae, activation, k), rtol=1e-6, exact_values=False)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_continuous_random_inputs(mode, k):
 def test_topk_k_at_its_bounds(m, k, extra):
     sae = make_sae(m=m, seed=m + k)
     x = make_x(n=70, seed=k)
-    got = encode_stats(x, sae, "topk", k, want_codes=True, **{**BLOCKS, **extra})
+    got = fused_batch_stats(x, sae, "topk", k, want_codes=True, **{**BLOCKS, **extra})
     assert_batch_equal(got, reference(x, sae, "topk", k))
 
 
@@ -147,53 +147,53 @@ def test_topk_ties_go_to_the_lowest_index():
         sae.W_enc.copy_(sae.W_enc[:, torch.arange(160) % 7])
         sae.b_enc.copy_(sae.b_enc[torch.arange(160) % 7])
     x = make_x(n=40)
-    got = encode_stats(x, sae, "topk", 30, want_codes=True, **BLOCKS)
+    got = fused_batch_stats(x, sae, "topk", 30, want_codes=True, **BLOCKS)
     assert_batch_equal(got, reference(x, sae, "topk", 30))
     idx, val = got.codes.rows(30)
     tied = val[:, 1:] == val[:, :-1]
     assert tied.any() and torch.all(idx[:, 1:][tied] > idx[:, :-1][tied])
 
 
-@pytest.mark.parametrize("mode, k", MODES)
-def test_all_negative_rows_fire_nothing(mode, k):
-    sae = make_sae(activation="jumprelu" if mode == "jumprelu" else "relu")
+@pytest.mark.parametrize("activation, k", MODES)
+def test_all_negative_rows_fire_nothing(activation, k):
+    sae = make_sae(activation="jumprelu" if activation == "jumprelu" else "relu")
     with torch.no_grad():
         sae.b_enc.sub_(1000.0)
     x = make_x()
-    got = encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS)
-    assert_batch_equal(got, reference(x, sae, mode, k))
+    got = fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS)
+    assert_batch_equal(got, reference(x, sae, activation, k))
     assert got.fire_count.sum() == 0 and torch.all(got.act_max == 0)
-    if mode == "topk":  # still the k largest (negative) pre-activations, reported as 0
+    if activation == "topk":  # still the k largest (negative) pre-activations, reported as 0
         idx, val = got.codes.rows(k)
         assert torch.all(idx >= 0) and torch.all(val == 0)
     else:
         assert got.codes.indices.numel() == 0 and torch.all(got.codes.offsets == 0)
 
 
-@pytest.mark.parametrize("mode, k", MODES)
-def test_nonfinite_rows_are_counted_and_excluded(mode, k):
-    sae = make_sae(activation="jumprelu" if mode == "jumprelu" else "relu")
+@pytest.mark.parametrize("activation, k", MODES)
+def test_nonfinite_rows_are_counted_and_excluded(activation, k):
+    sae = make_sae(activation="jumprelu" if activation == "jumprelu" else "relu")
     x = make_x()
     bad_rows = [0, 31, 32, 77, 149]  # tile edges and the last, ragged tile
     for r, v in zip(bad_rows, [float("nan"), float("inf"), float("-inf"), float("nan"), float("inf")]):
         x[r, r % 70] = v
-    got = encode_stats(x, sae, mode, k, want_codes=True, **BLOCKS)
+    got = fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS)
     assert int(got.n_nonfinite) == len(bad_rows)
-    assert_batch_equal(got, reference(x, sae, mode, k))
+    assert_batch_equal(got, reference(x, sae, activation, k))
     keep = torch.ones(150, dtype=torch.bool)
     keep[bad_rows] = False
-    clean = encode_stats(x[keep], sae, mode, k, **BLOCKS)
+    clean = fused_batch_stats(x[keep], sae, activation, k, **BLOCKS)
     torch.testing.assert_close(got.fire_count, clean.fire_count, rtol=0, atol=0)
     assert torch.isfinite(got.act_sum).all() and torch.isfinite(got.act_sq_sum).all()
-    if mode == "topk":
+    if activation == "topk":
         idx, val = got.codes.rows(k)
         assert torch.all(idx[~keep] == -1) and torch.all(val[~keep] == 0) and torch.all(idx[keep] >= 0)
     else:
         assert torch.all(got.codes.offsets.diff()[~keep] == 0)
 
 
-@pytest.mark.parametrize("mode, k", [("relu", None), ("topk", 8)])
-def test_accumulated_batches_equal_the_reference(mode, k):
+@pytest.mark.parametrize("activation, k", [("relu", None), ("topk", 8)])
+def test_accumulated_batches_equal_the_reference(activation, k):
     """StatsAccumulator over many batches (any leading dims): kernel vs torch backend."""
     g = torch.Generator().manual_seed(11)
     sae = make_sae(d=24, m=72, seed=5)
@@ -202,7 +202,7 @@ def test_accumulated_batches_equal_the_reference(mode, k):
     results = {}
     for backend in ("triton", "torch"):
         options = dict(block_n=16, block_m=32, block_k=16) if backend == "triton" else None
-        acc = StatsAccumulator(sae, mode=mode, k=k, backend=backend, kernel_options=options)
+        acc = StatsAccumulator(sae, activation=activation, k=k, backend=backend, kernel_options=options)
         for b in batches:
             acc.update(b)
         results[backend] = acc.result()
@@ -214,13 +214,13 @@ def test_accumulated_batches_equal_the_reference(mode, k):
     np.testing.assert_allclose(t.act_max, r.act_max, rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode, k", [("relu", None), ("topk", 5)])
-def test_public_encode_stats_dispatches_to_the_kernel(mode, k):
+@pytest.mark.parametrize("activation, k", [("relu", None), ("topk", 5)])
+def test_public_encode_stats_dispatches_to_the_kernel(activation, k):
     """pyfloor.encode.encode_stats with backend='triton' on [..., d]: same stats and codes as torch."""
     sae = make_sae(d=24, m=72)
     x = make_x(n=60, d=24).reshape(3, 20, 24)
-    got_stats, got_codes = encode_dispatch(x, sae, mode=mode, k=k, return_codes=True, backend="triton")
-    ref_stats, ref_codes = encode_dispatch(x, sae, mode=mode, k=k, return_codes=True, backend="torch")
+    got_stats, got_codes = encode_dispatch(x, sae, activation=activation, k=k, want_codes=True, backend="triton")
+    ref_stats, ref_codes = encode_dispatch(x, sae, activation=activation, k=k, want_codes=True, backend="torch")
     np.testing.assert_array_equal(got_stats.fire_count, ref_stats.fire_count)
     np.testing.assert_allclose(got_stats.act_sq_sum, ref_stats.act_sq_sum, rtol=1e-6)
     for a, b in zip(got_codes, ref_codes):
@@ -233,7 +233,7 @@ def test_jumprelu_with_negative_thresholds_keeps_negative_latents_in_the_sums():
     with torch.no_grad():
         sae.threshold.sub_(1.5)
     x = make_x()
-    got = encode_stats(x, sae, "jumprelu", want_codes=True, **BLOCKS)
+    got = fused_batch_stats(x, sae, "jumprelu", want_codes=True, **BLOCKS)
     assert_batch_equal(got, reference(x, sae, "jumprelu"))
     assert (sae.threshold < 0).any()
 
@@ -242,25 +242,25 @@ def test_jumprelu_with_negative_thresholds_keeps_negative_latents_in_the_sums():
 def test_persistent_grid_sizes_agree(num_programs):
     sae = make_sae()
     x = make_x()
-    for mode, k in [("relu", None), ("topk", 6)]:
-        got = encode_stats(x, sae, mode, k, want_codes=True, num_programs=num_programs, **BLOCKS)
-        assert_batch_equal(got, reference(x, sae, mode, k))
+    for activation, k in [("relu", None), ("topk", 6)]:
+        got = fused_batch_stats(x, sae, activation, k, want_codes=True, num_programs=num_programs, **BLOCKS)
+        assert_batch_equal(got, reference(x, sae, activation, k))
 
 
 def test_stats_only_returns_no_codes_and_empty_batch():
     sae = make_sae()
     x = make_x()
-    for mode, k in [("relu", None), ("topk", 4)]:
-        got = encode_stats(x, sae, mode, k, **BLOCKS)
+    for activation, k in [("relu", None), ("topk", 4)]:
+        got = fused_batch_stats(x, sae, activation, k, **BLOCKS)
         assert got.codes is None
-        assert_batch_equal(got, reference(x, sae, mode, k, want_codes=False))
-        empty = encode_stats(x[:0], sae, mode, k, want_codes=True)
+        assert_batch_equal(got, reference(x, sae, activation, k, want_codes=False))
+        empty = fused_batch_stats(x[:0], sae, activation, k, want_codes=True)
         assert empty.fire_count.sum() == 0 and empty.codes.offsets.tolist() == [0]
 
 
 def test_an_integral_float_k_is_the_same_k():
     sae, x = make_sae(), make_x()
-    assert_batch_equal(encode_stats(x, sae, "topk", 4.0, want_codes=True, **BLOCKS), reference(x, sae, "topk", 4))
+    assert_batch_equal(fused_batch_stats(x, sae, "topk", 4.0, want_codes=True, **BLOCKS), reference(x, sae, "topk", 4))
 
 
 def test_rows_with_a_stride_are_read_in_place():
@@ -268,17 +268,17 @@ def test_rows_with_a_stride_are_read_in_place():
     wide = make_x(d=90)
     x = wide[:, 5:75]  # row stride 90, unit stride along d
     assert not x.is_contiguous()
-    assert_batch_equal(encode_stats(x, sae, "topk", 5, want_codes=True, **BLOCKS), reference(x, sae, "topk", 5))
+    assert_batch_equal(fused_batch_stats(x, sae, "topk", 5, want_codes=True, **BLOCKS), reference(x, sae, "topk", 5))
 
 
 def test_folded_bias_follows_in_place_weight_updates():
     """fp16 inputs take the folded-bias path; changing b_dec in place must not reuse a stale fold."""
     sae = make_sae(dtype=torch.float16)
     x = make_x(dtype=torch.float16)
-    assert_batch_equal(encode_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
+    assert_batch_equal(fused_batch_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
     with torch.no_grad():
         sae.b_dec.add_(0.5)
-    assert_batch_equal(encode_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
+    assert_batch_equal(fused_batch_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
 
 
 def _transposed_w_enc(sae: SAE) -> SAE:
@@ -289,22 +289,22 @@ def _transposed_w_enc(sae: SAE) -> SAE:
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda s: encode_stats(make_x(d=69), s, "relu"), ValueError, "d_in = 70"),
-        (lambda s: encode_stats(make_x().reshape(3, 50, 70), s, "relu"), ValueError, r"\[N, d\]"),
-        (lambda s: encode_stats(make_x().double(), s, "relu"), ValueError, "float32, float16 or bfloat16"),
-        (lambda s: encode_stats(make_x(), s.double(), "relu"), ValueError, "SAE weights must be"),
-        (lambda s: encode_stats(make_x(), s, "topk", 201), ValueError, "k <= n_latents"),
-        (lambda s: encode_stats(make_x(), s, "topk", 0), ValueError, "k <= n_latents"),
-        (lambda s: encode_stats(make_x(), s, "topk", MAX_K + 1), ValueError, f"k <= {MAX_K}"),
-        (lambda s: encode_stats(make_x(), s, "relu", 3), ValueError, "only meaningful in top-k"),
-        (lambda s: encode_stats(make_x(), s, "gelu"), ValueError, "mode must be"),
-        (lambda s: encode_stats(make_x(), s, "jumprelu"), ValueError, "thresholds"),
-        (lambda s: encode_stats(make_x().T.contiguous().T, s, "relu"), ValueError, "contiguous along d"),
-        (lambda s: encode_stats(make_x(), _transposed_w_enc(s), "relu"), ValueError, "contiguous SAE.W_enc"),
-        (lambda s: encode_stats(make_x(), s, "relu", block_m=48), ValueError, "block_m must be a power of two"),
-        (lambda s: encode_stats(make_x(), s, "topk", 64, buffer_slots=64), ValueError, "buffer_slots"),
-        (lambda s: encode_stats(make_x(), s, "relu", input_precision="bf16"), ValueError, "input_precision"),
-        (lambda s: encode_stats(make_x().numpy(), s, "relu"), TypeError, "torch.Tensor"),
+        (lambda s: fused_batch_stats(make_x(d=69), s, "relu"), ValueError, "d_in = 70"),
+        (lambda s: fused_batch_stats(make_x().reshape(3, 50, 70), s, "relu"), ValueError, r"\[N, d\]"),
+        (lambda s: fused_batch_stats(make_x().double(), s, "relu"), ValueError, "float32, float16 or bfloat16"),
+        (lambda s: fused_batch_stats(make_x(), s.double(), "relu"), ValueError, "SAE weights must be"),
+        (lambda s: fused_batch_stats(make_x(), s, "topk", 201), ValueError, "k <= n_latents"),
+        (lambda s: fused_batch_stats(make_x(), s, "topk", 0), ValueError, "k <= n_latents"),
+        (lambda s: fused_batch_stats(make_x(), s, "topk", MAX_K + 1), ValueError, f"k <= {MAX_K}"),
+        (lambda s: fused_batch_stats(make_x(), s, "relu", 3), ValueError, "only meaningful for the top-k"),
+        (lambda s: fused_batch_stats(make_x(), s, "gelu"), ValueError, "activation must be"),
+        (lambda s: fused_batch_stats(make_x(), s, "jumprelu"), ValueError, "thresholds"),
+        (lambda s: fused_batch_stats(make_x().T.contiguous().T, s, "relu"), ValueError, "contiguous along d"),
+        (lambda s: fused_batch_stats(make_x(), _transposed_w_enc(s), "relu"), ValueError, "contiguous SAE.W_enc"),
+        (lambda s: fused_batch_stats(make_x(), s, "relu", block_m=48), ValueError, "block_m must be a power of two"),
+        (lambda s: fused_batch_stats(make_x(), s, "topk", 64, buffer_slots=64), ValueError, "buffer_slots"),
+        (lambda s: fused_batch_stats(make_x(), s, "relu", input_precision="bf16"), ValueError, "input_precision"),
+        (lambda s: fused_batch_stats(make_x().numpy(), s, "relu"), TypeError, "torch.Tensor"),
     ],
 )
 def test_bad_input_is_named(call, exc, match):
@@ -317,7 +317,7 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
 
     monkeypatch.setattr(module, "_interpreting", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA tensors"):
-        module.encode_stats(make_x(), make_sae(), "relu")
+        module.fused_batch_stats(make_x(), make_sae(), "relu")
 
 
 def test_importing_pyfloor_does_not_import_triton():

@@ -32,7 +32,7 @@ from pyfloor.toy import (
     stable_seed,
     train_toy_models,
 )
-from pyfloor.toy.predictors import _budget_points, fit_budget_law
+from pyfloor.toy.predictors import _budget_points, fit_pooled_budget_law
 from pyfloor.toy.sweep import _select
 
 QUICK = TrainSettings(steps=150, batch_size=64)
@@ -230,7 +230,7 @@ def test_fitted_predictors_leave_the_predicted_configuration_out():
 
 def test_budget_laws_match_the_theory_module():
     results = [synthetic_result(a, d, 1.0) for a in (0.8, 0.9, 0.99) for d in (3, 5)]
-    law = fit_budget_law([_budget_points(r) for r in results], width_aware=False)
+    law = fit_pooled_budget_law([_budget_points(r) for r in results], width_aware=False)
     widths, alphas, observed, importances = [], [], [], []
     for r in results:
         for si, t in enumerate(r.teachers):
@@ -241,10 +241,10 @@ def test_budget_laws_match_the_theory_module():
                 importances.append(t.represented_weights())
     reference = theory.fit_packing_law(widths, alphas, observed, importances)
     assert (law.a, law.b, law.n_points) == pytest.approx((reference.a, reference.b, reference.n_points))
-    width_law = fit_budget_law([_budget_points(r) for r in results], width_aware=True)
+    width_law = fit_pooled_budget_law([_budget_points(r) for r in results], width_aware=True)
     assert width_law.c is not None and width_law.n_points == law.n_points
     # one sparsity only: the α exponent is not determined
-    assert fit_budget_law([_budget_points(synthetic_result(0.9, 5, 1.0))], width_aware=True) is None
+    assert fit_pooled_budget_law([_budget_points(synthetic_result(0.9, 5, 1.0))], width_aware=True) is None
 
 
 def test_fitted_predictors_need_other_configurations():

@@ -78,7 +78,6 @@ from .report import (
 )
 from .sweep import SAESettings, SweepPoint, TeacherMeasurement, measure_teacher
 
-# predictors.fit_budget_law (over runs' students) is left out here: pyfloor.fit_budget_law is theory's.
 __all__ = [
     # models
     "ImportanceProfile",

@@ -27,7 +27,7 @@ __all__ = [
     "PREDICTORS",
     "predict_floors",
     "predict_with_fits",
-    "fit_budget_law",
+    "fit_pooled_budget_law",
     "LocoFits",
     "Scores",
     "accuracy",
@@ -246,7 +246,7 @@ def _budget_points(r: ConfigResult) -> _BudgetPoints:
                                                                for c in (budgets, n_features)))
 
 
-def fit_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> theory.PackingLaw | None:
+def fit_pooled_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> theory.PackingLaw | None:
     """:func:`pyfloor.theory.fit_budget_law` over several configurations' students; None when they
     cannot determine the law (too few, one sparsity or one width only, or b ≤ 0)."""
     if not points:
@@ -281,8 +281,8 @@ def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray]) -> list[
         ]
         fits.append(
             LocoFits(
-                fit_budget_law([points[j] for j in others], width_aware=False),
-                fit_budget_law([points[j] for j in others], width_aware=True),
+                fit_pooled_budget_law([points[j] for j in others], width_aware=False),
+                fit_pooled_budget_law([points[j] for j in others], width_aware=True),
                 _fit_calibration([eq2[j] for j in others], [results[j] for j in others]),
             )
         )
