@@ -346,16 +346,16 @@ def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict
                 mode_ks = ks.get(mode, [None])
                 for kind in ("dyadic", "gauss"):
                     for k in mode_ks if i == 0 else mode_ks[:1]:  # every k on the first shape
-                        cases.append(dict(kind=kind, activation=mode, k=k, dtype=dtype, codes=True, seed=seed + len(cases),
+                        cases.append(dict(kind=kind, mode=mode, k=k, dtype=dtype, codes=True, seed=seed + len(cases),
                                           nonfinite=kind == "gauss", **shape))
-            cases.append(dict(kind="dyadic", activation=mode, k=ks.get(mode, [None])[0], dtype=dtype, codes=False, seed=seed + 99, **check_div16))
+            cases.append(dict(kind="dyadic", mode=mode, k=ks.get(mode, [None])[0], dtype=dtype, codes=False, seed=seed + 99, **check_div16))
             tasks.append({"device": device, "cases": cases})
     for mode, cfgs in configs.items():  # the timed kernels themselves, at their specialisation
         for cfg in cfgs:
             k = shapes[0]["k"] if mode == "topk" else None
-            cases = [dict(kind=kind, activation=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16) for kind in ("dyadic", "gauss")]
+            cases = [dict(kind=kind, mode=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16) for kind in ("dyadic", "gauss")]
             if mode == "topk" and cfg == cfgs[0]:
-                cases.append(dict(kind="dyadic", activation=mode, k=k, dtype="bf16", codes=True, seed=seed + 8, options=cfg, **check_div16))
+                cases.append(dict(kind="dyadic", mode=mode, k=k, dtype="bf16", codes=True, seed=seed + 8, options=cfg, **check_div16))
             tasks.append({"device": device, "cases": cases})
     return tasks, shapes, configs
 

@@ -146,18 +146,7 @@ class StatsAccumulator:
         """Encode a batch [..., d_in], add its statistics, and return its codes if asked."""
         b = self.batch(x, want_codes=want_codes)
         self._rows += int(np.prod(x.shape[:-1]))
-        if self._sums is None:
-            self._sums = b._replace(codes=None)
-        else:
-            s = self._sums
-            self._sums = BatchStats(
-                s.fire_count + b.fire_count,
-                s.act_sum + b.act_sum,
-                s.act_sq_sum + b.act_sq_sum,
-                torch.maximum(s.act_max, b.act_max),
-                s.n_nonfinite + b.n_nonfinite,
-                None,
-            )
+        self._sums = b._replace(codes=None) if self._sums is None else self._sums + b
         return b.codes
 
     def result(self) -> FeatureStats:

@@ -41,7 +41,8 @@ class SparseCodes(NamedTuple):
 
 
 class BatchStats(NamedTuple):
-    """Per-latent sums of one batch on its device (the contract every backend fulfils)."""
+    """Per-latent sums of one batch, or of many added with ``+``, on their device (the contract every
+    backend fulfils; :class:`pyfloor.stats.FeatureStats` is the same sums in numpy, with the token count)."""
 
     fire_count: Tensor  # int64 [m]
     act_sum: Tensor  # float64 [m]
@@ -58,6 +59,17 @@ class BatchStats(NamedTuple):
 
         return cls(z(m, dtype=torch.int64), z(m, dtype=torch.float64), z(m, dtype=torch.float64),
                    z(m, dtype=torch.float32), z(dtype=torch.int64), None)
+
+    def __add__(self, other: "BatchStats") -> "BatchStats":  # type: ignore[override]
+        """The sums of both: counts and sums added, maxima maxed; codes are not carried."""
+        return BatchStats(
+            self.fire_count + other.fire_count,
+            self.act_sum + other.act_sum,
+            self.act_sq_sum + other.act_sq_sum,
+            torch.maximum(self.act_max, other.act_max),
+            self.n_nonfinite + other.n_nonfinite,
+            None,
+        )
 
 
 @dataclass

@@ -170,32 +170,30 @@ class _State:
 
         self.rows = self.next_index = self.n_batches = self.rounds = 0
         self.seconds = 0.0
-        self.fire, self.s1, self.s2 = zeros((m,), torch.int64), zeros((m,), torch.float64), zeros((m,), torch.float64)
-        self.mx, self.nonfinite = zeros((m,), torch.float32), zeros((), torch.int64)
+        self.sums = BatchStats.zeros(m, device)
         self.boot_n = zeros((replicates,), torch.int64)
         self.boot_fire = zeros((replicates, m), torch.int64)
         self.boot_s2 = zeros((replicates, m), torch.float64)
         self.features = FeatureHistograms(m) if histograms else None
         self.acts = Histogram() if histograms else None
 
-    _SUMS = ("fire", "s1", "s2", "nonfinite", "boot_n", "boot_fire", "boot_s2")
-    _FILE_NAMES = {"fire": "fire_count", "s1": "act_sum", "s2": "act_sq_sum", "mx": "act_max",
-                   "boot_n": "boot_n", "boot_fire": "boot_fire", "boot_s2": "boot_s2"}
+    _TOTALS = ("fire_count", "act_sum", "act_sq_sum", "act_max")  # fields of ``sums`` a checkpoint holds
+    _BOOT = ("boot_n", "boot_fire", "boot_s2")
     _HISTOGRAMS = (("features", FeatureHistograms), ("acts", Histogram))
 
     def add(self, b: BatchStats, rows: int, weights: Tensor | None) -> None:
         """Add one batch's sums (and, with bootstrap ``weights``, its weighted sums per replicate)."""
         self.rows += rows
-        self.fire += b.fire_count
-        self.s1 += b.act_sum
-        self.s2 += b.act_sq_sum
-        torch.maximum(self.mx, b.act_max, out=self.mx)
-        self.nonfinite += b.n_nonfinite
+        self.sums = self.sums + b
         if weights is not None:
             self.boot_n += weights * (rows - b.n_nonfinite)
             self.boot_fire += weights[:, None] * b.fire_count[None, :]
             self.boot_s2 += weights[:, None].double() * b.act_sq_sum[None, :]
         self.n_batches += 1
+
+    def _arrays(self) -> dict[str, Tensor]:
+        """The totals and bootstrap sums by their checkpoint names."""
+        return {**{k: getattr(self.sums, k) for k in self._TOTALS}, **{k: getattr(self, k) for k in self._BOOT}}
 
     def fill_histograms(self, codes: SparseCodes, x: Tensor, threads: int) -> None:
         """Add the active latents' values (per latent) and every activation value to the histograms."""
@@ -208,8 +206,8 @@ class _State:
     # -- checkpoints --------------------------------------------------------------------------------
     def tensors(self) -> dict[str, Tensor]:
         """Everything a checkpoint holds, as CPU tensors."""
-        out = {self._FILE_NAMES[k]: getattr(self, k).detach().cpu().contiguous() for k in self._FILE_NAMES}
-        out["counters"] = torch.tensor([self.rows, int(self.nonfinite), self.next_index, self.n_batches, self.rounds])
+        out = {k: v.detach().cpu().contiguous() for k, v in self._arrays().items()}
+        out["counters"] = torch.tensor([self.rows, int(self.sums.n_nonfinite), self.next_index, self.n_batches, self.rounds])
         out["seconds"] = torch.tensor(self.seconds, dtype=torch.float64)
         for name, _ in self._HISTOGRAMS:
             hist = getattr(self, name)
@@ -220,14 +218,14 @@ class _State:
     def load(self, t: dict[str, Tensor], version: int = CHECKPOINT_VERSION) -> None:
         """Restore from :meth:`tensors` of a checkpoint of this ``version``; raises CheckpointError for
         anything inconsistent. A version-1 checkpoint has no ``seconds``: the time so far becomes NaN."""
-        missing = sorted({*self._FILE_NAMES.values(), "counters", *(("seconds",) if version >= 2 else ())} - t.keys())
+        mine = self._arrays()
+        missing = sorted({*mine, "counters", *(("seconds",) if version >= 2 else ())} - t.keys())
         if missing:
             raise CheckpointError(f"checkpoint lacks {', '.join(missing)}")
-        for attr, name in self._FILE_NAMES.items():
-            mine = getattr(self, attr)
-            if t[name].shape != mine.shape or t[name].dtype != mine.dtype:
+        for name, array in mine.items():
+            if t[name].shape != array.shape or t[name].dtype != array.dtype:
                 raise CheckpointError(f"checkpoint array {name} is {tuple(t[name].shape)} {t[name].dtype}, "
-                                      f"expected {tuple(mine.shape)} {mine.dtype}")
+                                      f"expected {tuple(array.shape)} {array.dtype}")
         counters = t["counters"]
         if counters.shape != (len(self.COUNTERS),) or counters.dtype != torch.int64:
             raise CheckpointError(f"checkpoint counters must be int64 [{len(self.COUNTERS)}]; got {tuple(counters.shape)}")
@@ -262,12 +260,12 @@ class _State:
                 hists[name] = cls.from_dict({k: v.numpy() for k, v in d.items()})
             except ValueError as exc:
                 raise CheckpointError(f"bad {name} histogram ({exc})") from exc
-            mine = getattr(self, name)
-            if hists[name].binning != mine.binning or hists[name].counts.shape != mine.counts.shape:
-                raise CheckpointError(f"bad {name} histogram ({hists[name]!r}; this run fills {mine!r})")
-        for attr, name in self._FILE_NAMES.items():
-            getattr(self, attr).copy_(t[name])
-        self.nonfinite.fill_(nonfinite)
+            filled = getattr(self, name)
+            if hists[name].binning != filled.binning or hists[name].counts.shape != filled.counts.shape:
+                raise CheckpointError(f"bad {name} histogram ({hists[name]!r}; this run fills {filled!r})")
+        for name, array in mine.items():
+            array.copy_(t[name])
+        self.sums.n_nonfinite.fill_(nonfinite)
         self.rows, self.next_index, self.n_batches, self.rounds = rows, next_index, n_batches, rounds
         self.seconds = seconds
         for name, hist in hists.items():
@@ -277,11 +275,13 @@ class _State:
     def reduced(self, *, histograms: bool = True) -> "_State":
         """A copy holding the sums of every rank (sum; max for act_max), histograms if asked."""
         out = _State.__new__(_State)
-        for name in (*self._SUMS, "mx"):
+        out.sums = BatchStats(*(t.clone() for t in self.sums[:-1]), None)
+        for name in self._BOOT:
             setattr(out, name, getattr(self, name).clone())
-        counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=self.fire.device)
-        all_reduce_([*(getattr(out, n) for n in self._SUMS), counts])
-        all_reduce_max_(out.mx)
+        counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=out.sums.fire_count.device)
+        s = out.sums
+        all_reduce_([s.fire_count, s.act_sum, s.act_sq_sum, s.n_nonfinite, *(getattr(out, n) for n in self._BOOT), counts])
+        all_reduce_max_(s.act_max)
         out.rows, out.n_batches = (int(v) for v in counts)
         out.next_index, out.rounds = self.next_index, self.rounds
         for name, cls in self._HISTOGRAMS:
@@ -292,8 +292,8 @@ class _State:
     # -- estimates ----------------------------------------------------------------------------------
     def estimates(self, thr: float, widths: np.ndarray = np.zeros(0, np.int64)) -> dict[str, Any] | None:
         """Point estimates from the totals (None where undefined)."""
-        n = self.rows - int(self.nonfinite)
-        return _estimates(n, self.fire.cpu().numpy(), self.s2.cpu().numpy(), thr, widths)
+        n = self.rows - int(self.sums.n_nonfinite)
+        return _estimates(n, self.sums.fire_count.cpu().numpy(), self.sums.act_sq_sum.cpu().numpy(), thr, widths)
 
     def intervals(self, thr: float, widths: np.ndarray, confidence: float) -> dict[str, Any]:
         """Point estimates with bootstrap percentile intervals."""
@@ -305,13 +305,14 @@ class _State:
 
     def stats(self) -> FeatureStats:
         """The totals as FeatureStats."""
-        nonfinite = int(self.nonfinite)
+        s = self.sums
+        nonfinite = int(s.n_nonfinite)
         return FeatureStats(
             self.rows - nonfinite,
-            self.fire.cpu().numpy().copy(),
-            self.s1.cpu().numpy().copy(),
-            self.s2.cpu().numpy().copy(),
-            self.mx.cpu().numpy().astype(np.float64),
+            s.fire_count.cpu().numpy().copy(),
+            s.act_sum.cpu().numpy().copy(),
+            s.act_sq_sum.cpu().numpy().copy(),
+            s.act_max.cpu().numpy().astype(np.float64),
             nonfinite,
         )
 
