@@ -1,13 +1,36 @@
-"""The ``pyfloor`` command: a thin shell over the Python API."""
+"""The ``pyfloor`` command: a thin shell over the Python API.
+
+Conventions every command follows:
+
+- errors go to stderr as ``pyfloor COMMAND: error: …`` and name the flag, not the Python parameter
+  (a library ValueError about an argument has its parameter names replaced by the flags);
+- exit status 0 on success, 1 when the run fails (a missing or corrupt file, a failed
+  measurement), 2 for a usage error (bad or incompatible arguments, found before any work);
+- ``--help`` shows every option's default, read from the library's dataclasses and constants;
+- a flag name means one thing everywhere (``--checkpoint-every`` counts tokens; ``--out`` is a
+  directory, ``-o/--output`` a file);
+- progress bars only on a terminal, unless ``--progress`` (on) or ``--quiet`` (off);
+- ``--json`` prints the result as one JSON object on stdout;
+- a failed run removes the output directories it created while they are still empty.
+
+Each command's options are built only when that command runs (:func:`main`), so ``pyfloor predict``
+and ``pyfloor report`` do not import torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import inspect
 import json
+import math
 import os
+import re
 import sys
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
@@ -16,7 +39,238 @@ if TYPE_CHECKING:
 
     from .toy import ExperimentSettings, ToyConfig
 
-__all__ = ["main", "build_parser"]
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EPILOG = (
+    "Exit status: 0 on success; 1 when the run fails (a missing or corrupt file, a failed measurement); "
+    "2 for a usage error (bad or incompatible arguments, found before any work starts)."
+)
+
+# Defaults that belong to the command line, not to a library dataclass.
+_DEMO = {"n": 40, "d_teacher": 10, "alpha": 0.9, "out": "pyfloor-demo", "workers": min(2, os.cpu_count() or 1)}
+_TOY = {"out": "pyfloor-toy", "workers": 2, "sae_steps": 400}  # 48 configurations: shorter SAE sweeps
+_SEQ_LEN = 1024
+_BATCH_TOKENS = 65_536
+_SAE_CHECKPOINT_EVERY = 50_000_000  # tokens between saves of a training SAE
+_MEASURE_OUT = "pyfloor-measure"
+_SAE_OUT = "sae.safetensors"
+
+
+class UsageError(ValueError):
+    """Arguments that are wrong by themselves (exit status 2)."""
+
+
+# -- conventions: defaults, help, flag names, progress, output directories -------------------------
+def _default(cls: type, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+def _param_default(func: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of ``func``."""
+    default = inspect.signature(func).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise KeyError(f"{func.__qualname__}({name}) has no default")
+    return default
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: …)`` to every option that has a default its help does not state already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.nargs != 0  # flags (store_true, --help, --version)
+            and action.default is not None
+            and action.default is not argparse.SUPPRESS
+            and "(default" not in text
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old option name kept working (hidden from --help) that warns and names its replacement."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _flag_names(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Each destination of ``p``'s options and the long flag that sets it."""
+    names: dict[str, str] = {}
+    for action in p._actions:  # argparse keeps no public list of a parser's actions
+        if action.option_strings and action.help is not argparse.SUPPRESS and action.dest not in names:
+            names[action.dest] = max(action.option_strings, key=len)
+    return names
+
+
+def _name_flags(message: str, names: dict[str, str]) -> str:
+    """``message`` with whole-word occurrences of the parameter names in ``names`` replaced by their flags."""
+    if not names:
+        return message
+    pattern = r"(?<![\w-])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?![\w-])"
+    return re.sub(pattern, lambda m: names[m.group(1)], message)
+
+
+@contextlib.contextmanager
+def _usage(args: argparse.Namespace, **names: str) -> Iterator[None]:
+    """A ValueError inside is a usage error: the arguments alone are wrong. Its message names the flags.
+
+    Parameter names with an underscore that are also flag destinations are renamed automatically;
+    ``names`` adds the others (single words, and parameters whose flag has another name).
+    """
+    try:
+        yield
+    except UsageError:
+        raise
+    except ValueError as exc:
+        flags = {dest: flag for dest, flag in getattr(args, "flag_names", {}).items() if "_" in dest}
+        flags.update(names)
+        raise UsageError(_name_flags(str(exc), flags)) from exc
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars: off with --quiet, on with --progress, otherwise only when stderr is a terminal."""
+    if args.quiet:
+        return False
+    if args.progress:
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def _bar(total: int | None, enabled: bool, desc: str, unit: str):
+    """A progress bar on stderr (see :func:`_show_progress` for ``enabled``)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc, disable=not enabled)
+
+
+def _make_dirs(path: Path, args: argparse.Namespace) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, remembering the directories this run created."""
+    missing = []
+    p = path
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    args.created_dirs.extend(reversed(missing))
+
+
+def _remove_empty_created(created: list[Path]) -> None:
+    """Remove the directories a failed run created, innermost first, where (and only where) still empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()  # refuses a directory that holds anything
+        except OSError:
+            pass
+
+
+def _out_dir(path: Path, args: argparse.Namespace, flag: str = "--out") -> Path:
+    """``path`` as an output directory, created now, so that a bad ``--out`` fails before any work."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {path} is a file; give a directory")
+    _make_dirs(path, args)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: the directory is not writable")
+    return path
+
+
+def _write_json(obj: object, path: Path, args: argparse.Namespace) -> None:
+    _make_dirs(path.parent, args)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _add_output_options(p: argparse.ArgumentParser, *, json_help: str, progress: bool = True) -> None:
+    """--json, and for a command with progress bars --progress/--quiet."""
+    p.add_argument("--json", action="store_true", help=json_help)
+    if progress:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--progress", action="store_true",
+                       help="show progress bars even when stderr is not a terminal (by default only on one)")
+        g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# -- argument types --------------------------------------------------------------------------------
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)  # 5e7, 1.5e6: integers written in exponent notation
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}")
+    return int(value)
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a positive integer' if minimum == 1 else f'an integer >= {minimum}'}; got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    return value
+
+
+def _nonnegative_number(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0; got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
+    return value
 
 
 def _widths(text: str) -> list[int]:
@@ -31,51 +285,11 @@ def _widths(text: str) -> list[int]:
     return widths
 
 
-def _out_dir(path: Path) -> Path:
-    """``path`` as an output directory, created now, so that a bad ``--out`` fails before any work."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {path} is a file; give a directory")
-    path.mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {path}: the directory is not writable")
-    return path
-
-
-def _write_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .floors import prediction_summary
-    from .report import format_prediction
-    from .stats import Measurement, load_measurement
-
-    if args.source is not None and args.features is not None:
-        raise ValueError("give either a measurement file or --features, not both")
-    if args.source is not None:
-        if args.mean_l0 is not None or args.alpha is not None:
-            raise ValueError("--mean-l0 and --alpha go with --features; a measurement file carries its own")
-        measurement = load_measurement(args.source, alive_threshold=args.alive_threshold)
-    elif args.features is not None:
-        measurement = Measurement.from_summary(
-            args.features, mean_l0=args.mean_l0, alpha=args.alpha, source="--features/--mean-l0"
-            if args.mean_l0 is not None else "--features/--alpha"
-        )
-    else:
-        raise ValueError("nothing to predict from: give a measurement file, or --features with --mean-l0 or --alpha")
-    if args.output is not None and args.output.is_dir():
-        raise ValueError(f"-o {args.output} is a directory; give a file path for the JSON report")
-    summary = prediction_summary(measurement, args.widths)
-    if args.output is not None:
-        _write_json(summary, args.output)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(format_prediction(summary))
-        if args.output is not None:
-            print(f"\nwrote {args.output}")
-    return 0
+def _positive_widths(text: str) -> list[int]:
+    values = _widths(text)
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
+    return values
 
 
 def _floats(text: str) -> list[float]:
@@ -88,29 +302,92 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _positive_widths(text: str) -> list[int]:
-    values = _widths(text)
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
-    return values
+def _int_dtype(text: str) -> str:
+    import numpy as np
+
+    try:
+        kind = np.dtype(text).kind
+    except TypeError:
+        kind = ""
+    if kind not in ("i", "u"):
+        raise argparse.ArgumentTypeError(f"expected an integer type such as uint16 or int32; got {text!r}")
+    return text
 
 
-def _toy_settings(args: argparse.Namespace) -> "ExperimentSettings":
+# -- predict ---------------------------------------------------------------------------------------
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .floors import prediction_summary
+    from .report import format_prediction
+    from .stats import Measurement, load_measurement
+
+    if args.source is not None and args.features is not None:
+        raise UsageError("give either a measurement file or --features, not both")
+    if args.source is not None and (args.mean_l0 is not None or args.alpha is not None):
+        raise UsageError("--mean-l0 and --alpha go with --features; a measurement file carries its own")
+    if args.source is None and args.features is None:
+        raise UsageError("nothing to predict from: give a measurement file, or --features with --mean-l0 or --alpha")
+    if args.features is not None and args.alive_threshold is not None:
+        raise UsageError("--alive-threshold goes with a statistics file, not with --features")
+    if args.features is not None:
+        with _usage(args, n_features="--features", alpha="--alpha"):
+            measurement = Measurement.from_summary(
+                args.features, mean_l0=args.mean_l0, alpha=args.alpha,
+                source="--features/--mean-l0" if args.mean_l0 is not None else "--features/--alpha",
+            )
+    if args.output is not None and args.output.is_dir():
+        raise IsADirectoryError(f"-o {args.output} is a directory; give a file path for the JSON report")
+    if args.source is not None:
+        measurement = load_measurement(args.source, alive_threshold=args.alive_threshold)
+    summary = prediction_summary(measurement, args.widths)
+    if args.output is not None:
+        _write_json(summary, args.output, args)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(format_prediction(summary))
+        if args.output is not None:
+            print(f"\nwrote {args.output}")
+    return EXIT_OK
+
+
+def _add_predict_options(p: argparse.ArgumentParser) -> None:
+    from .stats import DEFAULT_ALIVE_THRESHOLD
+
+    p.add_argument("source", nargs="?", type=Path, help="measurement file (.safetensors or .json)")
+    p.add_argument("--features", type=_positive_int, help="number of alive features F (instead of a file)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mean-l0", type=float, help="mean active latents per token L0 (with --features)")
+    group.add_argument("--alpha", type=float, help="sparsity α (with --features)")
+    p.add_argument("--widths", type=_widths, help="student widths, comma-separated (default: around d*)")
+    p.add_argument(
+        "--alive-threshold", type=_fraction,
+        help=f"firing frequency above which a latent is alive, for a statistics file (default: "
+             f"{DEFAULT_ALIVE_THRESHOLD:g}; a JSON measurement is already thresholded)",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", type=Path, help="also write the JSON report to this file")
+    _add_output_options(p, json_help="print the JSON report instead of a table", progress=False)
+    p.set_defaults(func=_cmd_predict)
+
+
+# -- the toy teacher -------------------------------------------------------------------------------
+def _toy_settings(args: argparse.Namespace) -> ExperimentSettings:
     from .toy import ExperimentSettings, SAESettings, TrainSettings
 
-    sae = None if args.no_sae else SAESettings(steps=args.sae_steps)
-    train = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    return ExperimentSettings(
-        seeds=tuple(range(args.seeds)),
-        train=train,
-        sae=sae,
-        eval_samples=args.eval_samples,
-        workers=args.workers,
-        threads=args.threads,
-    )
+    with _usage(args, steps="--sae-steps"):
+        sae = None if args.no_sae else SAESettings(steps=args.sae_steps)
+    with _usage(args, steps="--steps", lr="--lr", seeds="--seeds", workers="--workers", threads="--threads"):
+        train = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        return ExperimentSettings(
+            seeds=tuple(range(args.seeds)),
+            train=train,
+            sae=sae,
+            eval_samples=args.eval_samples,
+            workers=args.workers,
+            threads=args.threads,
+        )
 
 
-def _run_toy(args: argparse.Namespace, configs: "list[ToyConfig]") -> int:
+def _run_toy(args: argparse.Namespace, configs: list[ToyConfig]) -> int:
     """Run configurations, write report.json / report.md / PNGs under --out, print the tables."""
     import time
 
@@ -125,15 +402,15 @@ def _run_toy(args: argparse.Namespace, configs: "list[ToyConfig]") -> int:
     )
 
     settings = _toy_settings(args)
-    out = _out_dir(Path(args.out))
+    out = _out_dir(Path(args.out), args)
     start = time.perf_counter()
-    bar = _bar(total_steps(configs, settings), not args.quiet, f"pyfloor {args.command}", "step")
+    bar = _bar(total_steps(configs, settings), _show_progress(args), f"pyfloor {args.command}", "step")
     with bar:
         results = run_experiment(configs, settings, progress=bar.update)
     command = "pyfloor " + " ".join(sys.argv[1:]) if args.argv is None else "pyfloor " + " ".join(args.argv)
     report = build_report(results, settings, command=command, seconds=time.perf_counter() - start)
     files = [out / "report.json", out / "report.md"]
-    _write_json(report, files[0])
+    _write_json(report, files[0], args)
     files[1].write_text(toy_markdown(report))
     feature_counts = sorted({c.n_features for c in configs})
     for n in feature_counts:  # one floor figure per feature count: at most 16 panels each
@@ -143,133 +420,126 @@ def _run_toy(args: argparse.Namespace, configs: "list[ToyConfig]") -> int:
         files.append(out / "summary.png")
         plot_toy_summary(report, str(files[-1]))
     if args.json:
-        print(json.dumps(report, indent=2))
+        _print_json(report)
     else:
         print(format_toy_report(report))
         print(f"\nran {report['seconds']:.0f} s; wrote " + ", ".join(str(f) for f in files))
-    return 0
+    return EXIT_OK
+
+
+_TOY_NAMES = {"n_features": "--n", "alpha": "--alpha", "importance": "--importance"}
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .toy import ToyConfig
 
-    return _run_toy(args, [ToyConfig(args.n, args.d_teacher, args.alpha, args.importance)])
+    with _usage(args, **_TOY_NAMES):
+        config = ToyConfig(args.n, args.d_teacher, args.alpha, args.importance)
+    return _run_toy(args, [config])
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
     from .toy import PAPER_GRID, SMALL_GRID, grid
 
     base = {"paper": PAPER_GRID, "small": SMALL_GRID}[args.grid]
-    configs = grid(
-        args.n or sorted({c.n_features for c in base}),
-        args.d_teacher or sorted({c.d_teacher for c in base}),
-        args.alpha or sorted({c.alpha for c in base}),
-        args.importance,
-    )
+    with _usage(args, **_TOY_NAMES):
+        configs = grid(
+            args.n or sorted({c.n_features for c in base}),
+            args.d_teacher or sorted({c.d_teacher for c in base}),
+            args.alpha or sorted({c.alpha for c in base}),
+            args.importance,
+        )
     return _run_toy(args, configs)
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, out: str, workers: int, sae_steps: int) -> None:
     """Options shared by ``demo`` and ``toy``: training, SAE, output."""
+    from .toy import IMPORTANCE_PROFILES, ExperimentSettings, ToyConfig, TrainSettings
+
     p.add_argument(
         "--importance",
-        choices=["zipf", "geometric", "uniform"],
-        default="zipf",
-        help="importance profile: Zipf I_i = 1/i, geometric 0.9^(i-1), or uniform (default zipf)",
+        choices=IMPORTANCE_PROFILES,
+        default=_default(ToyConfig, "importance"),
+        help=f"importance profile: Zipf I_i = 1/i, geometric {_default(ToyConfig, 'ratio'):g}^(i-1), or uniform",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0 … SEEDS-1 per configuration (default 3)")
-    p.add_argument("--steps", type=int, default=2000, help="Adam steps of every teacher and student (default 2000)")
-    p.add_argument("--batch-size", type=int, default=512, help="samples per step (default 512)")
-    p.add_argument(
-        "--lr", type=float, default=5e-3, help="peak learning rate, cosine decay to 5%% of it (default 5e-3)"
-    )
-    p.add_argument(
-        "--sae-steps",
-        type=int,
-        default=sae_steps,
-        help=f"steps of each SAE of the measurement sweep (default {sae_steps})",
-    )
+    p.add_argument("--seeds", type=_positive_int, default=len(_default(ExperimentSettings, "seeds")),
+                   help="seeds 0 … SEEDS-1 per configuration")
+    p.add_argument("--steps", type=_positive_int, default=_default(TrainSettings, "steps"),
+                   help="Adam steps of every teacher and student")
+    p.add_argument("--batch-size", type=_positive_int, default=_default(TrainSettings, "batch_size"),
+                   help="samples per step")
+    p.add_argument("--lr", type=_positive_number, default=_default(TrainSettings, "lr"),
+                   help=f"peak learning rate, cosine decay to {100 * _default(TrainSettings, 'final_lr'):g}%% of it")
+    p.add_argument("--sae-steps", type=_positive_int, default=sae_steps,
+                   help="steps of each SAE of the measurement sweep")
     p.add_argument("--no-sae", action="store_true", help="skip the SAE measurement (and the eq2_sae predictor)")
-    p.add_argument("--eval-samples", type=int, default=32768, help="samples the losses are measured on (default 32768)")
-    p.add_argument(
-        "--workers", type=int, default=workers, help=f"processes running tasks in parallel (default {workers})"
-    )
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
-    p.add_argument(
-        "--out", type=Path, default=Path(out), help=f"directory for report.json, report.md and PNGs (default {out})"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
+    p.add_argument("--eval-samples", type=_positive_int, default=_default(ExperimentSettings, "eval_samples"),
+                   help="samples the losses are measured on")
+    p.add_argument("--workers", type=_positive_int, default=workers, help="processes running tasks in parallel")
+    p.add_argument("--threads", type=_positive_int, default=_default(ExperimentSettings, "threads"),
+                   help="torch threads per process")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path(out),
+                   help="directory for report.json, report.md and PNGs")
+    _add_output_options(p, json_help="print the JSON report instead of tables")
 
 
-def _add_toy_commands(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="the built-in teacher end to end: toy teacher → SAE measurement → predicted floors → students",
-        description=(
-            "Train a toy-model teacher (Elhage et al. 2022) whose feature count and sparsity are known, measure "
-            "it with SAEs, predict the distillation floor at every student width, distil students of every "
-            "width 1 … d_T, and compare, writing a table, report.json, report.md and floors.png."
-        ),
-    )
-    p.add_argument("--n", type=int, default=40, help="number of features n (default 40)")
-    p.add_argument("--d-teacher", type=int, default=10, help="teacher width d_T (default 10)")
-    p.add_argument("--alpha", type=float, default=0.9, help="sparsity α (default 0.9)")
-    _add_run_options(p, out="pyfloor-demo", workers=min(2, os.cpu_count() or 1), sae_steps=800)
+def _add_demo_options(p: argparse.ArgumentParser) -> None:
+    from .toy import SAESettings
+
+    p.add_argument("--n", type=_positive_int, default=_DEMO["n"], help="number of features n")
+    p.add_argument("--d-teacher", type=_positive_int, default=_DEMO["d_teacher"], help="teacher width d_T")
+    p.add_argument("--alpha", type=float, default=_DEMO["alpha"], help="sparsity α")
+    _add_run_options(p, out=_DEMO["out"], workers=_DEMO["workers"], sae_steps=_default(SAESettings, "steps"))
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser(
-        "toy",
-        help="the toy-model experiment over a grid of configurations (the paper's 48 by default)",
-        description=(
-            "Run the demo's experiment over a grid: --grid paper is the paper's 48 configurations (n ∈ {10, 20, 40}, "
-            "d_T ∈ {3, 5, 8, 10}, α ∈ {0.8, 0.9, 0.95, 0.99}); --n/--d-teacher/--alpha lists replace the grid's "
-            "values. Writes report.json, report.md, floors.png and summary.png."
-        ),
-    )
-    p.add_argument("--grid", choices=["paper", "small"], default="paper", help="which grid (default paper)")
+
+def _add_toy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", choices=["paper", "small"], default="paper", help="which grid")
     p.add_argument("--n", type=_positive_widths, help="feature counts, comma-separated (replaces the grid's)")
     p.add_argument("--d-teacher", type=_positive_widths, help="teacher widths, comma-separated (replaces the grid's)")
     p.add_argument("--alpha", type=_floats, help="sparsities, comma-separated (replaces the grid's)")
-    _add_run_options(p, out="pyfloor-toy", workers=2, sae_steps=400)
+    _add_run_options(p, out=_TOY["out"], workers=_TOY["workers"], sae_steps=_TOY["sae_steps"])
     p.set_defaults(func=_cmd_toy)
 
 
-# -- measuring a teacher -----------------------------------------------------------------------------
-# Options that only apply to a --model teacher, with their defaults.
-_TEACHER_OPTIONS = {
-    "gguf_file": None, "layer": None, "site": "resid", "tokens": None, "bin_dtype": "uint16", "text": None,
-    "dataset": None, "column": "text", "seq_len": 1024, "skip_tokens": 0, "read_tokens": None, "dtype": None,
-}
+# -- activation sources ----------------------------------------------------------------------------
+# Options that only apply to a --model teacher (their defaults are read from the parser).
+_TEACHER_OPTIONS = ("gguf_file", "layer", "site", "tokens", "bin_dtype", "text", "dataset", "column", "seq_len",
+                    "skip_tokens", "read_tokens", "dtype")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     """Arguments that name an activation stream: a teacher with its tokens, or activation files."""
+    from typing import get_args
+
+    from . import sources
+    from .encode_types import SUPPORTED_DTYPES
+
     g = p.add_argument_group("activation source: a teacher (--model, --layer, and tokens) or --activations")
     g.add_argument("--model", help="Hugging Face causal LM: a local directory or a hub id")
     g.add_argument("--gguf-file", help="GGUF checkpoint inside the --model directory")
     g.add_argument("--layer", help="block index (the residual stream after it) or a module name")
-    g.add_argument("--site", choices=["resid", "mlp"], default=_TEACHER_OPTIONS["site"],
+    g.add_argument("--site", choices=get_args(sources.Site), default=_param_default(sources.TeacherSource, "site"),
                    help="read the block's output or its MLP's")
     g.add_argument("--tokens", type=Path, help="pre-tokenized token file (.npy, or .bin of --bin-dtype)")
-    g.add_argument("--bin-dtype", default=_TEACHER_OPTIONS["bin_dtype"],
-                   help="integer type of a .bin token file (default uint16)")
+    g.add_argument("--bin-dtype", type=_int_dtype, default=_param_default(sources.token_file_sequences, "bin_dtype"),
+                   help="integer type of a .bin token file")
     g.add_argument("--text", nargs="+", type=Path, help="text files, or directories of .txt/.md files")
     g.add_argument("--dataset", help="a 'datasets' dataset name or path (needs the datasets package)")
-    g.add_argument("--column", default=_TEACHER_OPTIONS["column"], help="text column of --dataset (default text)")
-    g.add_argument("--seq-len", type=int, default=_TEACHER_OPTIONS["seq_len"],
-                   help="tokens per sequence fed to the teacher (default 1024)")
-    g.add_argument("--skip-tokens", type=int, default=_TEACHER_OPTIONS["skip_tokens"],
-                   help="skip this many tokens of the token stream first")
-    g.add_argument("--read-tokens", type=int, help="tokenize at most this many tokens of --text/--dataset")
+    g.add_argument("--column", default=_param_default(sources.dataset_sequences, "column"),
+                   help="text column of --dataset")
+    g.add_argument("--seq-len", type=_positive_int, default=_SEQ_LEN, help="tokens per sequence fed to the teacher")
+    g.add_argument("--skip-tokens", type=_count, default=0, help="skip this many tokens of the token stream first")
+    g.add_argument("--read-tokens", type=_positive_int, help="tokenize at most this many tokens of --text/--dataset")
     g.add_argument("--activations", nargs="+", type=Path, help=".npy or .safetensors activation files [N, d]")
     g.add_argument("--activations-key", help="the tensor to read from --activations safetensors files holding several")
-    g.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per batch (default 65536)")
+    g.add_argument("--batch-tokens", type=_positive_int, default=_BATCH_TOKENS, help="tokens per batch")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the teacher's dtype")
+    g.add_argument("--dtype", choices=[str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES],
+                   help="the teacher's dtype (default: the checkpoint's)")
 
 
-def _device(args: argparse.Namespace) -> "torch.device":
+def _device(args: argparse.Namespace) -> torch.device:
     """This process's device: --device, or the one torchrun's environment gives (CPU without CUDA)."""
     import torch
 
@@ -281,30 +551,32 @@ def _device(args: argparse.Namespace) -> "torch.device":
     try:
         device = torch.device(args.device)
     except RuntimeError as exc:
-        raise ValueError(f"--device {args.device!r}: {exc}") from None
+        raise UsageError(f"--device {args.device!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: this torch sees no CUDA device")
+        raise ValueError(f"--device {args.device}: this torch sees no CUDA device")  # the machine's, not a usage error
     return device
 
 
 def _check_source_args(args: argparse.Namespace) -> None:
-    """Raise ValueError unless the arguments name exactly one complete activation source."""
+    """Raise UsageError unless the arguments name exactly one complete activation source."""
     if (args.model is None) == (args.activations is None):
-        raise ValueError("name one activation source: --model (with --layer and tokens) or --activations")
+        raise UsageError("name one activation source: --model (with --layer and tokens) or --activations")
     if args.activations is not None:
-        given = [f"--{k.replace('_', '-')}" for k, default in _TEACHER_OPTIONS.items() if getattr(args, k) != default]
+        given = [args.flag_names[k] for k in _TEACHER_OPTIONS if getattr(args, k) != args.teacher_defaults[k]]
         if given:
-            raise ValueError(f"{', '.join(given)}: only for a --model teacher, not for --activations")
+            raise UsageError(f"{', '.join(given)}: only for a --model teacher, not for --activations")
         return
     if args.activations_key is not None:
-        raise ValueError("--activations-key goes with --activations")
+        raise UsageError("--activations-key goes with --activations")
     if args.layer is None:
-        raise ValueError("--model needs --layer (a block index or a module name)")
+        raise UsageError("--model needs --layer (a block index or a module name)")
     if sum(x is not None for x in (args.tokens, args.text, args.dataset)) != 1:
-        raise ValueError("--model needs exactly one token input: --tokens, --text or --dataset")
+        raise UsageError("--model needs exactly one token input: --tokens, --text or --dataset")
+    if args.read_tokens is not None and args.tokens is not None:
+        raise UsageError("--read-tokens goes with --text or --dataset, not --tokens")
 
 
-def _source_from_args(args: argparse.Namespace, device: "torch.device"):
+def _source_from_args(args: argparse.Namespace, device: torch.device):
     """The activation source the arguments name (checked by :func:`_check_source_args`)."""
     import torch
 
@@ -327,6 +599,12 @@ def _source_from_args(args: argparse.Namespace, device: "torch.device"):
     return sources.TeacherSource(model, layer, seqs, args.batch_tokens, site=args.site, device=device)
 
 
+def _finish_source_options(p: argparse.ArgumentParser) -> None:
+    """After all of a sourced command's options: the flag names and the teacher options' defaults."""
+    p.set_defaults(teacher_defaults={k: p.get_default(k) for k in _TEACHER_OPTIONS})
+
+
+# -- measure ---------------------------------------------------------------------------------------
 def _cmd_measure(args: argparse.Namespace) -> int:
     from ._io import check_replaceable
     from .distributed import rank_and_world
@@ -335,31 +613,85 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from .sae import load_sae
 
     _check_source_args(args)
-    config = MeasureConfig(
-        max_tokens=args.max_tokens, until_stable=args.until_stable, min_tokens=args.min_tokens,
-        checkpoint=args.checkpoint or args.out / "checkpoint.safetensors", checkpoint_every=args.checkpoint_every,
-        resume=args.resume, overwrite=args.overwrite, alive_threshold=args.alive_threshold, bootstrap=args.bootstrap,
-        seed=args.seed, widths=args.widths, mode=args.mode, k=args.k, histograms=not args.no_histograms,
-        histogram_every=args.histogram_every,
-    )
+    if args.k is not None and args.activation not in (None, "topk"):
+        raise UsageError(f"--k goes with --activation topk (or a top-k SAE), not with --activation {args.activation}")
+    with _usage(args, bootstrap="--bootstrap", seed="--seed", widths="--widths", activation="--activation", k="--k",
+                resume="--resume", overwrite="--overwrite", checkpoint="--checkpoint"):
+        config = MeasureConfig(
+            max_tokens=args.max_tokens, until_stable=args.until_stable, min_tokens=args.min_tokens,
+            checkpoint=args.checkpoint or args.out / "checkpoint.safetensors",
+            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
+            alive_threshold=args.alive_threshold, bootstrap=args.bootstrap, seed=args.seed, widths=args.widths,
+            activation=args.activation, k=args.k, histograms=not args.no_histograms, histogram_every=args.histogram_every,
+        )
     device = _device(args)
     sae = load_sae(args.sae, device=device)
-    _out_dir(args.out)
-    _out_dir(Path(config.checkpoint).parent)
+    _out_dir(args.out, args)
+    _out_dir(Path(config.checkpoint).parent, args, "--checkpoint's directory")
     if not args.resume:  # fail now, not after loading the teacher; measure() checks again
         check_replaceable(Path(config.checkpoint), kind=CHECKPOINT_FORMAT, what="measure checkpoint",
                           overwrite=args.overwrite)
     source = _source_from_args(args, device)
-    result = measure(source, sae, config, progress=not args.quiet)
+    result = measure(source, sae, config, progress=_show_progress(args))
     if rank_and_world()[0] != 0:
-        return 0
+        return EXIT_OK
     paths = write_measurement_report(result, args.out)
+    summary = json.loads(paths["json"].read_text())
     if args.json:
-        print(json.dumps(json.loads(paths["json"].read_text()), indent=2))
+        _print_json(summary)
     else:
-        print(measurement_markdown(json.loads(paths["json"].read_text())))
+        print(measurement_markdown(summary))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return EXIT_OK
+
+
+def _add_measure_options(p: argparse.ArgumentParser) -> None:
+    from .measure import MeasureConfig
+    from .sae import ACTIVATIONS
+
+    def default(name: str) -> Any:
+        return _default(MeasureConfig, name)
+
+    _add_source_args(p)
+    p.add_argument("--sae", type=Path, required=True,
+                   help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=default("activation"),
+                   help="encode with this activation instead (default: the SAE's own)")
+    p.add_argument("--mode", dest="activation", choices=ACTIVATIONS, action=_DeprecatedAlias,
+                   replacement="--activation", help=argparse.SUPPRESS)
+    p.add_argument("--k", type=_positive_int, default=default("k"),
+                   help="k for --activation topk (default: a top-k SAE's own)")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path(_MEASURE_OUT), help="output directory")
+    p.add_argument("--max-tokens", type=_positive_int, default=default("max_tokens"),
+                   help="stop after this many tokens, rounded up to whole batches (default: no limit)")
+    p.add_argument("--until-stable", type=float, metavar="TOL", default=default("until_stable"),
+                   help="stop once d*'s bootstrap interval is narrower than TOL × d*, e.g. 0.01 (default: no such stop)")
+    p.add_argument("--min-tokens", type=_count, default=default("min_tokens"),
+                   help="never stop for stability before this many tokens")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUT/checkpoint.safetensors)")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="TOKENS", default=default("checkpoint_every"),
+                   help="tokens between checkpoints")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    resume.add_argument("--overwrite", action="store_true", help="start over, replacing an existing checkpoint")
+    p.add_argument("--alive-threshold", type=_fraction, default=default("alive_threshold"),
+                   help="firing frequency above which a latent is alive")
+    p.add_argument("--bootstrap", type=_count, default=default("bootstrap"),
+                   help="bootstrap replicates over batches; 0: no intervals")
+    p.add_argument("--seed", type=int, default=default("seed"), help="seed of the bootstrap weights")
+    p.add_argument("--widths", type=_widths, default=default("widths"),
+                   help="student widths for the floor table (default: around d*)")
+    p.add_argument("--no-histograms", action="store_true", help="skip the per-feature and activation histograms")
+    p.add_argument("--histogram-every", type=_positive_int, default=default("histogram_every"),
+                   help="fill the histograms from every N-th batch")
+    _add_output_options(p, json_help="print the JSON report instead of Markdown")
+    _finish_source_options(p)
+    p.set_defaults(func=_cmd_measure)
+
+
+# -- train-sae -------------------------------------------------------------------------------------
+_TRAIN_NAMES = {"n_latents": "--latents", "l1_coeff": "--l1", "lr": "--lr", "steps": "--steps", "seed": "--seed",
+                "k": "--k", "activation": "--activation"}
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
@@ -367,8 +699,22 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     from .sae import SAE, SAE_FORMAT, TrainConfig, load_sae, train_sae
 
     _check_source_args(args)
+    activation = args.activation or _default(TrainConfig, "activation")
+    if args.init is None:
+        if args.latents is None:
+            raise UsageError("--latents is required to train a new SAE (or continue one with --init)")
+        if activation == "topk" and args.k is None:
+            raise UsageError("--activation topk needs --k")
+        if activation != "topk" and args.k is not None:
+            raise UsageError(f"--k goes with --activation topk, not with {activation}")
+        if args.k is not None and args.k > args.latents:
+            raise UsageError(f"--k ({args.k}) must be at most --latents ({args.latents})")
+    with _usage(args, **_TRAIN_NAMES):  # the arguments' own checks, before any file is read
+        TrainConfig(n_latents=args.latents or 1, activation=activation, k=args.k, l1_coeff=args.l1, lr=args.lr,
+                    steps=args.steps, seed=args.seed)
+    if args.out.is_dir():
+        raise IsADirectoryError(f"-o/--output {args.out} is a directory; give the path of the SAE file")
     check_replaceable(args.out, kind=SAE_FORMAT, what="SAE file", overwrite=args.overwrite)
-    _out_dir(args.out.parent)
     device = _device(args)
     if args.init is not None:
         sae, fresh = load_sae(args.init, device=device), False
@@ -377,39 +723,75 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         for flag, (asked, has) in given.items():
             if asked is not None and asked != has:
                 raise ValueError(f"{flag} {asked}: the --init SAE has {has}; leave {flag} out to keep it")
-    elif args.latents is None:
-        raise ValueError("--latents is required to train a new SAE (or continue one with --init)")
     else:
         sae, fresh = None, True
-    activation = sae.activation if sae is not None else args.activation or "relu"
-    config = TrainConfig(n_latents=sae.n_latents if sae is not None else args.latents, activation=activation,
+    config = TrainConfig(n_latents=sae.n_latents if sae is not None else args.latents,
+                         activation=sae.activation if sae is not None else activation,
                          k=sae.k if sae is not None else args.k, l1_coeff=args.l1, lr=args.lr, steps=args.steps,
                          seed=args.seed)
+    _make_dirs(args.out.parent, args)
     source = _source_from_args(args, device)
     if sae is None:
         sae = SAE(source.d, config.n_latents, config.activation, k=config.k, device=device)
     if sae.d_in != source.d:
         raise ValueError(f"the SAE has d_in = {sae.d_in} but the source yields activations of width {source.d}")
-    bar = _bar(args.steps, not args.quiet, "train-sae", "step")
+    batch_tokens = int(getattr(source, "batch_tokens", args.batch_tokens))
+    save_every = -(-args.checkpoint_every // batch_tokens) if args.checkpoint_every else 0  # steps, rounded up
+    bar = _bar(args.steps, _show_progress(args), "train-sae", "step")
 
     def on_step(step) -> None:
         bar.update(1)
         bar.set_postfix(fvu=f"{step.fvu:.4f}", l0=f"{step.l0:.1f}", dead=step.dead)
-        if args.checkpoint_every and (step.step + 1) % args.checkpoint_every == 0:
+        if save_every and (step.step + 1) % save_every == 0:
             sae.save(args.out)
 
     with bar:
-        sae, history = train_sae(source, source.d, config, sae=sae,
-                                 init_pre_bias=fresh, on_step=on_step)
+        sae, history = train_sae(source, source.d, config, sae=sae, init_pre_bias=fresh, on_step=on_step)
     sae.save(args.out)
     last = history[-1]
     nonfinite = sum(step.nonfinite for step in history)
+    if args.json:
+        _print_json({
+            "sae": str(args.out), "d_in": sae.d_in, "n_latents": sae.n_latents, "activation": sae.activation,
+            "k": sae.k, "steps": len(history), "batch_tokens": batch_tokens, "loss": last.loss, "fvu": last.fvu,
+            "l0": last.l0, "dead": last.dead, "nonfinite_tokens": nonfinite, "checkpoint_every_steps": save_every,
+            "config": dataclasses.asdict(config),
+        })
+        return EXIT_OK
     left_out = f"; {nonfinite:,} tokens with NaN or ±Inf activations left out" if nonfinite else ""
     print(f"trained {sae.d_in}→{sae.n_latents} {sae.activation} SAE for {len(history)} steps: "
           f"FVU {last.fvu:.4f}, L0 {last.l0:.1f}, dead latents {last.dead}{left_out}\nwrote {args.out}")
-    return 0
+    return EXIT_OK
 
 
+def _add_train_sae_options(p: argparse.ArgumentParser) -> None:
+    from .sae import ACTIVATIONS, TrainConfig
+
+    trainable = tuple(a for a in ACTIVATIONS if a != "jumprelu")  # JumpReLU SAEs are read, not trained here
+    _add_source_args(p)
+    p.add_argument("--latents", type=_positive_int, help="number of SAE latents (required unless --init)")
+    p.add_argument("--activation", choices=trainable,
+                   help=f"latent activation (default: {_default(TrainConfig, 'activation')}, or the --init SAE's)")
+    p.add_argument("--k", type=_positive_int, help="k of a top-k SAE (default: the --init SAE's)")
+    p.add_argument("--l1", type=_nonnegative_number, default=_default(TrainConfig, "l1_coeff"),
+                   help="L1 coefficient of a ReLU SAE")
+    p.add_argument("--lr", type=_positive_number, default=_default(TrainConfig, "lr"), help="Adam learning rate")
+    p.add_argument("--steps", type=_positive_int, help="training steps (default: one pass over the source)")
+    p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"), help="seed of the initialisation")
+    p.add_argument("--init", type=Path, help="continue training this SAE")
+    p.add_argument("--checkpoint-every", type=_count, metavar="TOKENS", default=_SAE_CHECKPOINT_EVERY,
+                   help="tokens between saves of the SAE to --output, rounded up to whole batches; 0 saves only at the end")
+    p.add_argument("-o", "--output", dest="out", metavar="FILE", type=Path, default=Path(_SAE_OUT),
+                   help="SAE file to write")
+    p.add_argument("--out", dest="out", type=Path, action=_DeprecatedAlias, replacement="-o/--output",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing SAE file at --output")
+    _add_output_options(p, json_help="print the trained SAE's summary as JSON")
+    _finish_source_options(p)
+    p.set_defaults(func=_cmd_train_sae)
+
+
+# -- report ----------------------------------------------------------------------------------------
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import measurement_markdown
 
@@ -429,133 +811,132 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ValueError(f"{report}: an incomplete or damaged measurement report ({type(exc).__name__}: {exc})") from None
     markdown = report.with_name("report.md")
     markdown.write_text(text)
-    print(markdown.read_text())
-    print(f"wrote {markdown}")
-    return 0
+    if args.json:
+        _print_json(summary)
+    else:
+        print(text)
+        print(f"wrote {markdown}")
+    return EXIT_OK
 
 
-def _bar(total: int | None, enabled: bool, desc: str, unit: str):
-    """A progress bar on stderr, shown on a terminal unless disabled."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc,
-                disable=not enabled or not sys.stderr.isatty())
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="a measure --out directory, or its report.json")
+    _add_output_options(p, json_help="print the report's JSON instead of its Markdown", progress=False)
+    p.set_defaults(func=_cmd_report)
 
 
-def _add_measure_commands(sub) -> None:
-    p = sub.add_parser(
-        "measure",
-        help="measure a teacher: F, α, d*, importances and floors with intervals, from an SAE",
-        description=(
+# -- the parser ------------------------------------------------------------------------------------
+# name: (help, description, the function adding its options)
+_COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+    "predict": (
+        "F, L0, α, g, d* and the floor at each student width, from a measurement",
+        (
+            "Print F, L0, α, g(α), d* and the predicted floor at each student width. The measurement is "
+            "a FeatureStats file (.safetensors), a pyfloor Measurement JSON, a published measurement JSON "
+            "(F_alive, avg_active, sorted_importance), or just --features with --mean-l0 or --alpha."
+        ),
+        _add_predict_options,
+    ),
+    "demo": (
+        "the built-in teacher end to end: toy teacher → SAE measurement → predicted floors → students",
+        (
+            "Train a toy-model teacher (Elhage et al. 2022) whose feature count and sparsity are known, measure "
+            "it with SAEs, predict the distillation floor at every student width, distil students of every "
+            "width 1 … d_T, and compare, writing a table, report.json, report.md and floors.png."
+        ),
+        _add_demo_options,
+    ),
+    "toy": (
+        "the toy-model experiment over a grid of configurations (the paper's 48 by default)",
+        (
+            "Run the demo's experiment over a grid: --grid paper is the paper's 48 configurations (n ∈ {10, 20, 40}, "
+            "d_T ∈ {3, 5, 8, 10}, α ∈ {0.8, 0.9, 0.95, 0.99}); --n/--d-teacher/--alpha lists replace the grid's "
+            "values. Writes report.json, report.md, floors.png and summary.png."
+        ),
+        _add_toy_options,
+    ),
+    "measure": (
+        "measure a teacher: F, α, d*, importances and floors with intervals, from an SAE",
+        (
             "Stream activations (a teacher read at one layer, stopped there, over a token stream; or activation "
             "files) through an SAE and measure F, L0, α, g(α), d*, the importance distribution and the predicted "
             "floors with bootstrap intervals. Writes stats.safetensors, measurement.json, report.json, report.md "
             "and plots to --out, with an atomic checkpoint to --resume from. Under torchrun each rank reads its "
             "own share of the batches."
         ),
-    )
-    _add_source_args(p)
-    p.add_argument("--sae", type=Path, required=True,
-                   help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory")
-    p.add_argument("--mode", choices=["relu", "jumprelu", "topk"], help="encode with this activation instead")
-    p.add_argument("--k", type=int, help="k for --mode topk")
-    p.add_argument("--out", type=Path, default=Path("pyfloor-measure"), help="output directory (default pyfloor-measure)")
-    p.add_argument("--max-tokens", type=int, help="stop after this many tokens (rounded up to whole batches)")
-    p.add_argument("--until-stable", type=float, metavar="TOL",
-                   help="stop once d*'s bootstrap interval is narrower than TOL × d* (e.g. 0.01)")
-    p.add_argument("--min-tokens", type=int, default=0, help="never stop for stability before this many tokens")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT/checkpoint.safetensors)")
-    p.add_argument("--checkpoint-every", type=int, default=10_000_000, help="tokens between checkpoints")
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    resume.add_argument("--overwrite", action="store_true", help="start over, replacing an existing checkpoint")
-    p.add_argument("--alive-threshold", type=float, default=1e-5, help="firing frequency above which a latent is alive")
-    p.add_argument("--bootstrap", type=int, default=32, help="bootstrap replicates over batches (0: no intervals)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap weights")
-    p.add_argument("--widths", type=_widths, help="student widths for the floor table (default: around d*)")
-    p.add_argument("--no-histograms", action="store_true", help="skip the per-feature and activation histograms")
-    p.add_argument("--histogram-every", type=int, default=1, help="fill the histograms from every N-th batch")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
-    p.set_defaults(func=_cmd_measure)
-
-    p = sub.add_parser(
-        "train-sae",
-        help="train an SAE on a teacher's activations (ReLU+L1, the paper's recipe, or top-k+AuxK)",
-        description=(
+        _add_measure_options,
+    ),
+    "train-sae": (
+        "train an SAE on a teacher's activations (ReLU+L1, the paper's recipe, or top-k+AuxK)",
+        (
             "Train an SAE on the same activation sources measure reads: ReLU with an L1 penalty and decoder rows "
             "renormalised every step (the paper's recipe), or top-k with the AuxK loss (Gao et al. 2024). "
-            "One step per batch; the SAE is saved every --checkpoint-every steps and at the end."
+            "One step per batch; the SAE is saved to --output every --checkpoint-every tokens and at the end."
         ),
-    )
-    _add_source_args(p)
-    p.add_argument("--latents", type=int, help="number of SAE latents (required unless --init)")
-    p.add_argument("--activation", choices=["relu", "topk"], help="relu (default) or topk")
-    p.add_argument("--k", type=int, help="k of a top-k SAE")
-    p.add_argument("--l1", type=float, default=1e-2, help="L1 coefficient of a ReLU SAE (default 1e-2)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--steps", type=int, help="training steps (default: one pass over the source)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
-    p.add_argument("--init", type=Path, help="continue training this SAE")
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between saves of the SAE (0: only at the end)")
-    p.add_argument("--out", type=Path, default=Path("sae.safetensors"), help="SAE file to write (default sae.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing SAE file at --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train_sae)
-
-    p = sub.add_parser("report", help="re-render the Markdown report of a measure run",
-                       description="Re-render report.md from a measure output directory's report.json.")
-    p.add_argument("run", type=Path, help="a measure --out directory, or its report.json")
-    p.set_defaults(func=_cmd_report)
+        _add_train_sae_options,
+    ),
+    "report": (
+        "re-render the Markdown report of a measure run",
+        "Re-render report.md from a measure output directory's report.json.",
+        _add_report_options,
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``pyfloor`` command."""
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``pyfloor`` command.
+
+    ``commands``: build the options of these commands only (all by default); the others keep their
+    name and help, which is all ``pyfloor --help`` shows. :func:`main` builds the one it runs.
+    """
     parser = argparse.ArgumentParser(
         prog="pyfloor",
         description="Measure a teacher's features in superposition and predict the floor of distilling it.",
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyfloor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    p = sub.add_parser(
-        "predict",
-        help="F, L0, α, g, d* and the floor at each student width, from a measurement",
-        description=(
-            "Print F, L0, α, g(α), d* and the predicted floor at each student width. The measurement is "
-            "a FeatureStats file (.safetensors), a pyfloor Measurement JSON, a published measurement JSON "
-            "(F_alive, avg_active, sorted_importance), or just --features with --mean-l0 or --alpha."
-        ),
-    )
-    p.add_argument("source", nargs="?", type=Path, help="measurement file (.safetensors or .json)")
-    p.add_argument("--features", type=int, help="number of alive features F (instead of a file)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--mean-l0", type=float, help="mean active latents per token L0 (with --features)")
-    group.add_argument("--alpha", type=float, help="sparsity α (with --features)")
-    p.add_argument("--widths", type=_widths, help="student widths, comma-separated (default: around d*)")
-    p.add_argument(
-        "--alive-threshold", type=float,
-        help="firing frequency above which a latent is alive, for a statistics file (default 1e-5)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("-o", "--output", type=Path, help="also write the JSON report to this file")
-    p.set_defaults(func=_cmd_predict)
-    _add_toy_commands(sub)
-    _add_measure_commands(sub)
+    for name, (help_text, description, add_options) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description, epilog=EPILOG,
+                           formatter_class=_HelpFormatter)
+        if commands is None or name in commands:
+            add_options(p)
+            p.set_defaults(flag_names=_flag_names(p))
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (the top level has no valued options)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pyfloor`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the ``pyfloor`` command; returns the exit status (0 success, 1 failure, 2 usage error)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(words)
+    parser = build_parser([command] if command in _COMMANDS else ())
+    args = parser.parse_args(words)  # exits 2 on an argument error, 0 after --help or --version
     args.argv = None if argv is None else list(argv)
+    args.created_dirs = []
+    status = EXIT_FAILURE
     try:
-        return int(args.func(args))
-    except (ValueError, OSError, ImportError) as exc:
+        status = int(args.func(args))
+        return status
+    except UsageError as exc:
+        status = EXIT_USAGE
         print(f"pyfloor {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return status
+    except (ValueError, OSError, ImportError) as exc:  # anything else is a bug: its traceback, exit 1
+        print(f"pyfloor {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"pyfloor {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if status != EXIT_OK:
+            _remove_empty_created(args.created_dirs)
 
 
 if __name__ == "__main__":

@@ -36,17 +36,18 @@ def test_predict_default_widths_bracket_critical_width(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    "argv, status, message",
     [
-        (["predict"], "nothing to predict"),
-        (["predict", "--features", "10", "--mean-l0", "20"], "must be below n_features"),
-        (["predict", "--features", "10", "--alpha", "1.5"], "alpha"),
-        (["predict", "missing-file.json"], "no such file"),
+        (["predict"], 2, "nothing to predict"),
+        (["predict", "--features", "10", "--mean-l0", "20"], 2, "--mean-l0 (20) must be below --features (10)"),
+        (["predict", "--features", "10", "--alpha", "1.5"], 2, "--alpha must lie in"),
+        (["predict", "missing-file.json"], 1, "no such file"),
     ],
 )
-def test_predict_errors_exit_2_with_a_message(argv, message, capsys):
-    assert main(argv) == 2
-    assert message in capsys.readouterr().err
+def test_predict_errors_exit_with_a_message(argv, status, message, capsys):
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert err.startswith("pyfloor predict: error: ") and message in err
 
 
 def test_bad_widths_are_an_argument_error(capsys):

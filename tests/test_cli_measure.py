@@ -35,7 +35,7 @@ def acts(tmp_path_factory):
 def trained_sae(acts, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae") / "sae.safetensors"
     code = main(["train-sae", "--activations", str(acts), "--latents", "64", "--l1", "3e-3", "--lr", "3e-3",
-                 "--batch-tokens", "512", "--steps", "150", "--out", str(out), "--quiet"])
+                 "--batch-tokens", "512", "--steps", "150", "--output", str(out), "--quiet"])
     assert code == 0
     return out
 
@@ -73,13 +73,13 @@ def test_measure_refuses_to_clobber_and_names_bad_input(acts, trained_sae, tmp_p
     args = ["measure", "--activations", str(acts), "--sae", str(trained_sae), "--out", str(out), "--quiet",
             "--max-tokens", "2000", "--batch-tokens", "1000"]
     assert main(args) == 0
-    assert main(args) == 2
+    assert main(args) == 1  # the checkpoint on disk, not the arguments, is in the way
     assert "already exists" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
     assert main(["measure", "--sae", str(trained_sae), "--out", str(out)]) == 2
     assert "activation source" in capsys.readouterr().err
     assert main(["measure", "--activations", str(acts), "--sae", str(tmp_path / "none.safetensors"),
-                 "--out", str(out)]) == 2
+                 "--out", str(out)]) == 1
     assert "no such" in capsys.readouterr().err
 
 
@@ -133,5 +133,6 @@ def test_measure_a_teacher_from_a_local_directory(tmp_path, capsys):
     assert any(not f["low"] <= f["estimate"] <= f["high"] for f in short["intervals"]["floors"])
     assert (tmp_path / "short" / "floor_curve.png").is_file()
     assert main(["measure", "--model", str(model_dir), "--layer", "7", "--tokens", str(tokens),
-                 "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "m2")]) == 2
+                 "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "m2")]) == 1
     assert "blocks 0 … 2" in capsys.readouterr().err
+    assert not (tmp_path / "m2").exists()  # the failed run leaves no empty output folder

@@ -131,8 +131,9 @@ def acts(tmp_path):
     return path
 
 
-def _error(capsys, code):
-    assert code == 2
+def _error(capsys, code, status=2):
+    """The message of a failed command; ``status`` 2: a usage error, 1: the run failed (files, models)."""
+    assert code == status
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
@@ -142,14 +143,14 @@ def test_train_sae_never_overwrites_what_is_not_its_sae(acts, tmp_path, capsys):
     before = acts.read_bytes()
     base = ["train-sae", "--activations", str(acts), "--latents", "16", "--steps", "2", "--batch-tokens", "250",
             "--quiet"]
-    assert "is not a pyfloor file" in _error(capsys, main(base + ["--out", str(acts), "--overwrite"]))
+    assert "is not a pyfloor file" in _error(capsys, main(base + ["--out", str(acts), "--overwrite"]), 1)
     assert acts.read_bytes() == before
     sae = tmp_path / "sae.safetensors"
     assert main(base + ["--out", str(sae)]) == 0
     capsys.readouterr()
-    assert "already exists" in _error(capsys, main(base + ["--out", str(sae)]))
+    assert "already exists" in _error(capsys, main(base + ["--out", str(sae)]), 1)
     assert main(base + ["--out", str(sae), "--overwrite"]) == 0
-    assert "is a directory" in _error(capsys, main(base + ["--out", str(tmp_path)]))
+    assert "is a directory" in _error(capsys, main(base + ["--out", str(tmp_path)]), 1)
 
 
 def test_train_sae_init_keeps_its_shape(acts, tmp_path, capsys):
@@ -157,8 +158,8 @@ def test_train_sae_init_keeps_its_shape(acts, tmp_path, capsys):
     SAE(8, 16, "relu").save(init)
     base = ["train-sae", "--activations", str(acts), "--init", str(init), "--steps", "2", "--batch-tokens", "250",
             "--quiet", "--out", str(tmp_path / "more.safetensors")]
-    assert "--latents 32: the --init SAE has 16" in _error(capsys, main(base + ["--latents", "32"]))
-    assert "--activation topk: the --init SAE has relu" in _error(capsys, main(base + ["--activation", "topk"]))
+    assert "--latents 32: the --init SAE has 16" in _error(capsys, main(base + ["--latents", "32"]), 1)
+    assert "--activation topk: the --init SAE has relu" in _error(capsys, main(base + ["--activation", "topk"]), 1)
     assert main(base) == 0
     assert load_sae(tmp_path / "more.safetensors").n_latents == 16
     assert "--latents is required" in _error(capsys, main(["train-sae", "--activations", str(acts)]))
@@ -176,27 +177,27 @@ def test_measure_checks_its_output_before_any_work(acts, tmp_path, capsys):
     a_file = tmp_path / "taken"
     a_file.write_text("keep me")
     base = ["measure", "--activations", str(acts), "--sae", str(sae), "--quiet"]
-    assert "is a file; give a directory" in _error(capsys, main(base + ["--out", str(a_file)]))
+    assert "is a file; give a directory" in _error(capsys, main(base + ["--out", str(a_file)]), 1)
     assert a_file.read_text() == "keep me"
-    err = _error(capsys, main(base + ["--out", str(tmp_path / "run"), "--checkpoint", str(sae), "--overwrite"]))
+    err = _error(capsys, main(base + ["--out", str(tmp_path / "run"), "--checkpoint", str(sae), "--overwrite"]), 1)
     assert "a pyfloor.SAE file, not a pyfloor measure checkpoint" in err
     assert load_sae(sae).n_latents == 16
     assert "--device 'nonsense'" in _error(capsys, main(base + ["--device", "nonsense"]))
 
 
 def test_predict_errors_name_the_problem(paper_fixture_path, tmp_path, capsys):
-    assert "is a directory" in _error(capsys, main(["predict", str(paper_fixture_path), "-o", str(tmp_path)]))
-    err = _error(capsys, main(["predict", str(paper_fixture_path), "--alive-threshold", "0.3"]))
+    assert "is a directory" in _error(capsys, main(["predict", str(paper_fixture_path), "-o", str(tmp_path)]), 1)
+    err = _error(capsys, main(["predict", str(paper_fixture_path), "--alive-threshold", "0.3"]), 1)
     assert "a different alive threshold needs the statistics file" in err
     blocked = tmp_path / "file"
     blocked.write_text("")
-    assert _error(capsys, main(["predict", str(paper_fixture_path), "-o", str(blocked / "x.json")]))
+    assert _error(capsys, main(["predict", str(paper_fixture_path), "-o", str(blocked / "x.json")]), 1)
 
 
 def test_report_refuses_what_is_not_a_measurement_report(tmp_path, capsys):
     path = tmp_path / "r.json"
     for content in ('"a string"', "[1, 2]", "{not json"):
         path.write_text(content)
-        assert "pyfloor report" in _error(capsys, main(["report", str(path)]))
+        assert "pyfloor report" in _error(capsys, main(["report", str(path)]), 1)
     path.write_text(json.dumps({"measurement": {}, "intervals": {}}))
-    assert "incomplete or damaged" in _error(capsys, main(["report", str(path)]))
+    assert "incomplete or damaged" in _error(capsys, main(["report", str(path)]), 1)
