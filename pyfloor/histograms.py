@@ -62,7 +62,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _hist
+from .render import figure_path, finish_figure, new_axes
 from .stats import DEFAULT_ALIVE_THRESHOLD, FeatureStats
+from . import _checks
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -277,28 +279,37 @@ def _lookup(table: NDArray[np.float64], bins: NDArray[np.int64]) -> NDArray[np.f
 # -- plotting -----------------------------------------------------------------------------------
 
 
-def _new_axes() -> "Axes":
-    """A fresh Axes; matplotlib is imported here, with the Agg backend where there is no display."""
-    import matplotlib
+def _display_bins_per_octave(binning: Binning, counts: NDArray[np.int64], bins_per_octave: int | None) -> int:
+    """Bins per octave to draw: ``bins_per_octave`` (a power of two up to the binning's ``2^p``),
+    or by default the finest whose bins hold about 200 values on average over the occupied octaves,
+    so that a short run does not draw mostly empty, spiky bins."""
+    native = 1 << binning.mantissa_bits
+    if bins_per_octave is not None:
+        b = int(bins_per_octave)
+        if b < 1 or b > native or b & (b - 1):
+            raise ValueError(f"bins_per_octave must be a power of two from 1 to {native}; got {bins_per_octave!r}")
+        return b
+    logs = counts[binning.positive] + counts[binning.negative]
+    octaves = int(np.count_nonzero(logs.reshape(-1, native).sum(axis=1)))
+    if octaves == 0:
+        return native
+    target = int(logs.sum()) / (200.0 * octaves)
+    return int(min(native, max(1, 2 ** math.floor(math.log2(target))))) if target >= 1 else 1
 
-    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
-        if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-            matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt.subplots()[1]
-
-
-def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], label: str) -> None:
+def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], label: str,
+                     bins_per_octave: int | None = None) -> None:
     """Step plot of the density of log10|x| (share of all values per decade), positive and
-    negative values apart; the x axis spans the occupied bins."""
-    e = binning.edges()
+    negative values apart, at :func:`_display_bins_per_octave`; the x axis spans the occupied bins."""
+    group = (1 << binning.mantissa_bits) // _display_bins_per_octave(binning, counts, bins_per_octave)
+    e = binning.edges()[::group]
     per_decade = 1.0 / (max(int(counts.sum()), 1) * np.log10(e[1:] / e[:-1]))
     occupied: list[float] = []
     for sign, part in (("+", binning.positive), ("−", binning.negative)):
-        c = counts[part]
+        c = counts[part].reshape(-1, group).sum(axis=1)
         if c.any():
-            ax.stairs(c * per_decade, e, label=f"{label} {sign}".strip())
+            density = c * per_decade
+            ax.stairs(np.where(c > 0, density, np.nan), e, label=f"{label} {sign}".strip(), lw=1.2)
             nz = np.flatnonzero(c)
             occupied += [e[nz[0]], e[nz[-1] + 1]]
     if occupied:
@@ -307,6 +318,19 @@ def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], la
     ax.set_yscale("log")
     ax.set_xlabel("|value|")
     ax.set_ylabel("share of values per decade of |value|")
+
+
+def _legend(ax: "Axes", title: str | None = None) -> None:
+    """The Axes' legend at its best place, with ``title`` (a block of counts) left-aligned; a
+    title an earlier call put there stays, above the new one."""
+    previous = ax.get_legend()
+    old = previous.get_title().get_text() if previous is not None else ""
+    if title and old and title not in old:
+        title = f"{old}\n{title}"
+    elif not title:
+        title = old or None
+    if ax.get_legend_handles_labels()[0] or title:
+        ax.legend(title=title, fontsize=8, title_fontsize=8, alignment="left", loc="best", framealpha=0.9)
 
 
 # -- histograms ---------------------------------------------------------------------------------
@@ -451,16 +475,35 @@ class Histogram(_Counts):
         return cls(*binning)
 
     # -- plot -----------------------------------------------------------------------------------
-    def plot(self, ax: "Axes | None" = None, *, label: str = "") -> "Axes":
-        """Log-log step plot of the density of log10|value| (positive and negative values apart);
-        the exact counters go in the title. Returns the Axes."""
-        ax = ax if ax is not None else _new_axes()
-        _plot_magnitudes(ax, self.binning, self._h.counts, label)
-        shown = {k: v for k, v in self.counters().items() if v}
-        ax.set_title(", ".join(f"{k}: {v:,}" for k, v in shown.items()) or f"{self.total:,} values")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-        return ax
+    def counters_text(self, label: str = "") -> str:
+        """The exact counters outside the log bins as a few lines of text: values counted, zero,
+        NaN and ±inf always, under- and overflow where any."""
+        c = self.counters()
+        lines = [f"{label or 'values'}: {self.total:,}", f"zero: {c['zero']:,}   NaN: {c['nan']:,}",
+                 f"+inf: {c['+inf']:,}   −inf: {c['-inf']:,}"]
+        b = self.binning
+        under, over = c["+underflow"] + c["-underflow"], c["+overflow"] + c["-overflow"]
+        if under:
+            lines.append(f"|value| < 2^{b.lo}: {under:,}")
+        if over:
+            lines.append(f"|value| ≥ 2^{b.hi}: {over:,}")
+        return "\n".join(lines)
+
+    def plot(self, ax: "Axes | None" = None, *, label: str = "", title: str | None = None,
+             bins_per_octave: int | None = None, path: "str | os.PathLike[str] | None" = None) -> "Axes":
+        """Log-log step plot of the density of log10|value| (positive and negative values apart).
+
+        Draws into ``ax`` (else a new figure) and returns that Axes. The exact counters (zero, NaN,
+        ±inf, under/overflow: :meth:`counters_text`) head the legend, so a ``title`` (default: the
+        number of values) never hides them. ``bins_per_octave``: a power of two up to
+        ``2^mantissa_bits`` (default: coarser bins for few values). ``path`` saves the figure,
+        its format from the suffix (``.png``, ``.pdf``, ``.svg``)."""
+        out = figure_path(path)
+        ax, created = new_axes(ax)
+        _plot_magnitudes(ax, self.binning, self._h.counts, label, bins_per_octave)
+        ax.set_title(f"{self.total:,} values" if title is None else title)
+        _legend(ax, self.counters_text(label))
+        return finish_figure(ax, out, created)
 
 
 class FeatureHistograms(_Counts):
@@ -477,9 +520,7 @@ class FeatureHistograms(_Counts):
 
     def __init__(self, n_features: int, mantissa_bits: int = FEATURE_BINNING.mantissa_bits,
                  lo: int = FEATURE_BINNING.lo, hi: int = FEATURE_BINNING.hi) -> None:
-        if isinstance(n_features, (bool, np.bool_)) or int(n_features) != n_features or n_features < 1:
-            raise ValueError(f"n_features must be a positive integer; got {n_features!r}")
-        self._h = _hist.FeatureHistograms(int(n_features), mantissa_bits, lo, hi)
+        self._h = _hist.FeatureHistograms(_checks.count(n_features, "n_features", minimum=1), mantissa_bits, lo, hi)
 
     @property
     def n_features(self) -> int:
@@ -551,14 +592,19 @@ class FeatureHistograms(_Counts):
         return cls(counts.shape[0], *binning)
 
     # -- plot -----------------------------------------------------------------------------------
-    def plot(self, features: Sequence[int], ax: "Axes | None" = None) -> "Axes":
-        """Overlay the value densities of the given features (see :meth:`Histogram.plot`)."""
-        ax = ax if ax is not None else _new_axes()
+    def plot(self, features: Sequence[int], ax: "Axes | None" = None, *, title: str | None = None,
+             bins_per_octave: int | None = None, path: "str | os.PathLike[str] | None" = None) -> "Axes":
+        """Overlay the value densities of the given features (see :meth:`Histogram.plot`); draws
+        into ``ax`` (else a new figure), saves to ``path`` (format from its suffix) if given, and
+        returns the Axes."""
+        out = figure_path(path)
+        ax, created = new_axes(ax)
         for i in features:
-            _plot_magnitudes(ax, self.binning, self.feature(i)._h.counts, f"feature {i}")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-        return ax
+            _plot_magnitudes(ax, self.binning, self.feature(i)._h.counts, f"feature {i}", bins_per_octave)
+        if title is not None:
+            ax.set_title(title)
+        _legend(ax)
+        return finish_figure(ax, out, created)
 
 
 def _unpack(d: Mapping[str, ArrayLike], kind: str) -> tuple[Binning, np.ndarray]:
@@ -617,21 +663,23 @@ class FiringDensity:
         """Features counted (dead included)."""
         return int(self.counts.sum()) + self.n_dead
 
-    def plot(self, ax: "Axes | None" = None) -> "Axes":
-        """Bar plot of the features per log10-frequency bin, the alive threshold as a dashed line
-        and the dead count in the title. Returns the Axes."""
-        ax = ax if ax is not None else _new_axes()
-        ax.stairs(self.counts, self.edges, fill=True, alpha=0.7)
+    def plot(self, ax: "Axes | None" = None, *, title: str | None = None,
+             path: "str | os.PathLike[str] | None" = None) -> "Axes":
+        """Bar plot of the features per log10-frequency bin with the alive threshold as a dashed
+        line; the feature, token, alive and dead counts head the legend (a ``title``, default
+        "Firing frequency of SAE latents", never hides them). Draws into ``ax`` (else a new
+        figure), saves to ``path`` (format from its suffix) if given, and returns the Axes."""
+        out = figure_path(path)
+        ax, created = new_axes(ax)
+        ax.stairs(self.counts, self.edges, fill=True, alpha=0.7, color="C0", label="features per bin")
         ax.axvline(math.log10(self.alive_threshold), color="k", linestyle="--", linewidth=1,
                    label=f"alive threshold {self.alive_threshold:g}")
-        ax.set_xlabel("log10(firing frequency)")
-        ax.set_ylabel("features")
-        ax.set_title(
-            f"{self.n_features:,} features over {self.n_tokens:,} tokens: {self.n_alive:,} alive, "
-            f"{self.n_dead:,} dead"
-        )
-        ax.legend()
-        return ax
+        ax.set_xlabel("log10 firing frequency (share of tokens where z > 0)")
+        ax.set_ylabel("features per bin")
+        ax.set_title("Firing frequency of SAE latents" if title is None else title)
+        _legend(ax, f"{self.n_features:,} features, {self.n_tokens:,} tokens\n"
+                    f"{self.n_alive:,} alive, {self.n_dead:,} dead (never fired, not drawn)")
+        return finish_figure(ax, out, created)
 
 
 def firing_density(
@@ -641,10 +689,8 @@ def firing_density(
     fired, in ``bins_per_decade`` bins per decade; features that never fired go to ``n_dead``."""
     if not isinstance(stats, FeatureStats):
         raise TypeError(f"stats must be a FeatureStats; got {type(stats).__name__}")
-    if isinstance(bins_per_decade, bool) or int(bins_per_decade) != bins_per_decade or bins_per_decade < 1:
-        raise ValueError(f"bins_per_decade must be a positive integer; got {bins_per_decade!r}")
-    if not 0 < alive_threshold < 1:
-        raise ValueError(f"alive_threshold must lie in (0, 1); got {alive_threshold!r}")
+    _checks.count(bins_per_decade, "bins_per_decade", minimum=1)
+    _checks.fraction(alive_threshold, "alive_threshold")
     if stats.n_tokens == 0:
         raise ValueError("the statistics hold no tokens; firing frequencies are undefined")
     fired = stats.fire_count > 0

@@ -1,5 +1,5 @@
 """Reports: floor tables of a measurement and a teacher's measurement run, as JSON-ready dicts,
-terminal text, Markdown and PNG plots (matplotlib, imported when plotting). The toy experiment's
+terminal text, Markdown and plots (PNG, PDF or SVG; matplotlib, imported when plotting). The toy experiment's
 report is :mod:`pyfloor.toy.report`; the helpers both share are in :mod:`pyfloor.render`."""
 
 from __future__ import annotations
@@ -12,10 +12,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._io import json_ready
-from .render import format_number as _num, format_table, markdown_table as _md_table, pyplot as _pyplot
+from .render import (
+    figure_path,
+    finish_figure,
+    format_number as _num,
+    format_table,
+    markdown_table as _md_table,
+    log_tick_labels,
+    measurement_title,
+    new_axes,
+    source_label,
+)
 from .stats import Measurement
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from .measure import MeasureResult
 
 __all__ = [
@@ -155,67 +167,152 @@ def top_feature_quantiles(result: "MeasureResult", n: int = 10) -> list[dict[str
     ]
 
 
-def plot_importance_rank(measurement: Measurement, path: str | Path) -> Path:
-    """Importance E[z²] against rank, log-log."""
+#: Axis labels of the report's plots: importances and floors are sums of squared SAE latents.
+FLOOR_LABEL = "Σ E[z²] of dropped latents (SAE units²)"
+FLOOR_FRACTION_LABEL = "floor as a fraction of the total importance Σ E[z²]"
+IMPORTANCE_LABEL = "E[z_i²] (SAE units²)"
+WIDTH_LABEL = "student width d_S"
+#: What the measurement's floor intervals are (pyfloor.measure: basic bootstrap), and its d* interval (percentile).
+FLOOR_INTERVAL_METHOD = "basic"
+D_STAR_INTERVAL_METHOD = "percentile"
+
+
+def _percent(confidence: float) -> str:
+    return f"{100 * confidence:.4g} %"
+
+
+def plot_importance_rank(measurement: Measurement, path: str | Path | None = None, *, ax: "Axes | None" = None,
+                         title: str | None = None) -> "Axes":
+    """Importance E[z_i²] of the alive latents against their rank, log-log, the rank F (the last
+    alive latent) marked. Draws into ``ax`` (else a new figure) and returns that Axes; ``path``
+    saves the figure, its format from the suffix (``.png``, ``.pdf``, ``.svg``). ``title``
+    defaults to the source, F, α and d*."""
     if measurement.importances is None:
         raise ValueError("the measurement has no importances to plot")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    ax.loglog(np.arange(1, measurement.n_features + 1), measurement.importances, lw=1.2, color="C0")
-    ax.set_xlabel("feature rank")
-    ax.set_ylabel("importance E[z²]")
-    ax.set_title(f"Importance by rank: F = {measurement.n_features:,}, α = {measurement.alpha:.5f}")
+    out = figure_path(path)
+    ax, created = new_axes(ax)
+    imp = np.asarray(measurement.importances, dtype=np.float64)
+    rank = np.arange(1, imp.size + 1)
+    shown = imp > 0  # a log axis cannot draw an importance of 0
+    ax.loglog(rank[shown], imp[shown], lw=1.4, color="C0", label=f"{int(shown.sum()):,} alive latents")
+    if not shown.all():
+        ax.text(0.98, 0.02, f"{int((~shown).sum()):,} importances of 0 not drawn", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8)
+    ax.set_xlabel("rank")
+    ax.set_ylabel(IMPORTANCE_LABEL)
+    ax.set_title(_title(measurement) if title is None else title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    ax.legend(fontsize=8, loc="lower left")
+    return finish_figure(ax, out, created)
 
 
-def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None, path: str | Path) -> Path:
-    """Predicted floor against student width (Eq. 2 and uniform importance), the bootstrap
-    intervals at the tabulated widths drawn from their own low and high (a bias-corrected interval
-    need not contain the estimate), and d* with its interval."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+def _title(measurement: Measurement) -> str:
+    return measurement_title(measurement.source, measurement.n_features, measurement.alpha,
+                             measurement.critical_width)
+
+
+def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None = None,
+                     path: str | Path | None = None, *, ax: "Axes | None" = None, normalize: bool = False,
+                     title: str | None = None) -> "Axes":
+    """Predicted floor against student width, log-log: Eq. 2 (importance-weighted) and uniform
+    importance, with d* marked.
+
+    ``intervals`` (:attr:`pyfloor.measure.MeasureResult.intervals`) adds the floors' basic
+    bootstrap intervals as a shaded band drawn from their own low and high at the tabulated widths
+    (a bias-corrected interval need not contain the estimate; a low of 0 reaches the bottom of the
+    plot); between those widths the band follows the Eq. 2 curve, its bounds relative to the curve
+    interpolated in log width. d*'s percentile interval is shaded around its line.
+
+    The floor is Σ E[z²] of the dropped latents in SAE activation units squared, or with
+    ``normalize`` a fraction of the total importance. Floors of 0 (from d* on) are not drawn.
+    Draws into ``ax`` (else a new figure) and returns that Axes; ``path`` saves the figure, its
+    format from the suffix (``.png``, ``.pdf``, ``.svg``). ``title`` defaults to the source, F, α, d*.
+    """
+    out = figure_path(path)
+    total = measurement.total_importance
+    if normalize and not (total is not None and total > 0):
+        raise ValueError("normalize=True needs a measurement with importances whose total is positive")
+    scale = 1.0 / total if normalize and total else 1.0
+    d_star = measurement.critical_width
+    rows = sorted((r for r in (intervals or {}).get("floors") or []
+                   if r["estimate"] > 0 and all(math.isfinite(r[k]) for k in ("estimate", "low", "high"))),
+                  key=lambda r: r["width"])
+    grid = np.round(np.geomspace(max(1.0, d_star / 64), max(1.5 * d_star, 2.0), 240)).astype(np.int64)
+    grid = np.unique(np.concatenate([grid, [r["width"] for r in rows]]).astype(np.int64))
+
+    ax, created = new_axes(ax)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    d_star = measurement.critical_width
-    grid = np.unique(np.round(np.geomspace(max(1.0, d_star / 64), 1.5 * d_star, 200)).astype(np.int64))
-    eq2 = np.asarray(measurement.floor(grid))
-    shown = eq2 > 0
-    ax.plot(grid[shown], eq2[shown], color="C0", label="Eq. 2 (importance-weighted)")
-    ax.plot(grid, measurement.uniform_floor(grid), color="C7", ls="--", label="uniform importance")
-    rows = [r for r in (intervals or {}).get("floors") or [] if r["estimate"] > 0]
-    if rows:
-        w = np.array([r["width"] for r in rows])
-        est = np.array([r["estimate"] for r in rows])
-        # a low of 0 cannot be drawn on the log axis: such an interval reaches down to the curves' bottom
-        low = np.maximum([r["low"] for r in rows], ax.get_ylim()[0])
-        high = np.maximum([r["high"] for r in rows], low)
-        ax.vlines(w, low, high, color="C0", lw=1.5, label=f"{intervals['confidence']:.0%} bootstrap interval")
-        ax.plot(w, est, "o", ms=4, color="C0")
-    ax.axvline(d_star, color="C3", lw=1, label=f"d* = {d_star:,.1f}")
+    drawn: list[np.ndarray] = []
+    eq2 = None
+    if total is not None:
+        eq2 = np.asarray(measurement.floor(grid), dtype=np.float64) * scale
+        ax.plot(grid[eq2 > 0], eq2[eq2 > 0], color="C0", lw=1.8, zorder=4, label="Eq. 2 (importance-weighted)")
+        drawn.append(eq2[eq2 > 0])
+    uniform = np.asarray(measurement.uniform_floor(grid), dtype=np.float64) * scale
+    ax.plot(grid[uniform > 0], uniform[uniform > 0], color="0.45", ls="--", lw=1.2, zorder=3,
+            label="uniform importance" if total is not None else "uniform importance (fraction of features lost)")
+    drawn.append(uniform[uniform > 0])
+    if rows and eq2 is not None:
+        w = np.array([r["width"] for r in rows], dtype=np.float64)
+        est = np.array([r["estimate"] for r in rows]) * scale
+        low, high = np.array([r["low"] for r in rows]) * scale, np.array([r["high"] for r in rows]) * scale
+        drawn += [est, low[low > 0], high]
+    values = np.concatenate(drawn) if drawn else np.zeros(0)
+    if values.size:
+        ax.set_ylim(float(values.min()) / 1.6, float(values.max()) * 1.6)
+    if rows and eq2 is not None:
+        conf = (intervals or {}).get("confidence", 0.95)
+        rel = float(np.max(np.maximum(high - est, est - low) / est))
+        label = (f"{_percent(conf)} bootstrap interval ({FLOOR_INTERVAL_METHOD})\n"
+                 f"at the marked widths: ≤ {100 * rel:.2g} % from Eq. 2")
+        if w.size == 1:  # one width: a narrow band around it
+            xs = np.array([w[0] / 1.04, w[0] * 1.04])
+            lo_band, hi_band = np.repeat(low, 2), np.repeat(high, 2)
+        else:
+            on = (grid >= w[0]) & (grid <= w[-1]) & (eq2 > 0)
+            xs, curve = grid[on].astype(np.float64), eq2[on]
+            lo_band = curve * np.interp(np.log(xs), np.log(w), low / est)
+            hi_band = curve * np.interp(np.log(xs), np.log(w), high / est)
+        floor_y = ax.get_ylim()[0]
+        ax.fill_between(xs, np.maximum(lo_band, floor_y), np.maximum(hi_band, floor_y), color="C1", alpha=0.25,
+                        lw=0, zorder=2, label=label)
+        # the tabulated widths: hollow markers, and the interval as caps that show even where the band is too thin
+        ax.plot(w, est, "o", ms=4.5, mfc="white", mec="C0", mew=1.2, zorder=5)
+        ax.errorbar(w, est, yerr=[np.maximum(est - np.maximum(low, floor_y), 0), np.maximum(high - est, 0)],
+                    fmt="none", ecolor="C1", elinewidth=1.4, capsize=4, capthick=1.4, zorder=6)
+    ax.axvline(d_star, color="C3", lw=1.2, zorder=3, label=f"d* = {d_star:,.1f}")
     d_iv = (intervals or {}).get("critical_width")
-    if d_iv:
-        ax.axvspan(d_iv["low"], d_iv["high"], color="C3", alpha=0.15)
-    ax.set_xlabel("student width d_S")
-    ax.set_ylabel("predicted floor (floors of 0 not drawn)")
-    ax.set_title("Distillation floor by student width")
-    ax.legend(fontsize=8)
+    if d_iv and math.isfinite(d_iv.get("low", math.nan)) and math.isfinite(d_iv.get("high", math.nan)):
+        ax.axvspan(d_iv["low"], d_iv["high"], color="C3", alpha=0.2, lw=0, zorder=1,
+                   label=f"d*: {_percent((intervals or {}).get('confidence', 0.95))} interval ({D_STAR_INTERVAL_METHOD})")
+    ax.set_xlim(grid[0] / 1.1, grid[-1] * 1.1)
+    log_tick_labels(ax, "x", integers=True)
+    log_tick_labels(ax, "y")
+    ax.set_xlabel(WIDTH_LABEL)
+    ax.set_ylabel(FLOOR_FRACTION_LABEL if normalize else FLOOR_LABEL if total is not None
+                  else "fraction of features lost")
+    ax.set_title(_title(measurement) if title is None else title, fontsize=10)
+    notes = ["floors of 0 (d_S ≥ d*) not drawn"]
+    if not measurement.in_sparse_regime:
+        notes.append("α < 1 − 1/e: g(α) clamped to e")
+    ax.legend(fontsize=7.5, loc="best", title="; ".join(notes), title_fontsize=7, framealpha=0.9)
     ax.grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return finish_figure(ax, out, created)
 
 
-def _plot_with(draw: Any, path: str | Path) -> Path:
-    """Save a figure whose single Axes ``draw(ax)`` fills."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    draw(ax)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+def _activation_title(source: str) -> tuple[str, str]:
+    """Title and legend label of the activation histogram, by the kind of source measured."""
+    kind, name = source_label(source)
+    if kind == "teacher":
+        return f"Teacher activations: {name}", "teacher activations"
+    if kind == "file":
+        return f"Activations from file {name}", "activations"
+    if kind == "array":
+        return f"Activations: {name}", "activations"
+    if kind == "iterable":
+        return "Activations from an iterable", "activations"
+    return (f"Activations: {name}" if name else "Activations"), "activations"
 
 
 def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> dict[str, Path]:
@@ -233,14 +330,16 @@ def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> di
     result.measurement.save_json(paths["measurement"])
     paths["json"].write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")
     paths["markdown"].write_text(measurement_markdown(summary))
-    paths["floor_plot"] = plot_floor_curve(result.measurement, result.intervals, out / "floor_curve.png")
-    paths["importance_plot"] = plot_importance_rank(result.measurement, out / "importance_rank.png")
+    paths["floor_plot"] = out / "floor_curve.png"
+    plot_floor_curve(result.measurement, result.intervals, paths["floor_plot"])
+    paths["importance_plot"] = out / "importance_rank.png"
+    plot_importance_rank(result.measurement, paths["importance_plot"])
     density = firing_density(result.stats, alive_threshold=result.measurement.alive_threshold or 1e-5)
-    paths["density_plot"] = _plot_with(density.plot, out / "firing_density.png")
+    paths["density_plot"] = out / "firing_density.png"
+    name = source_label(result.source)[1]
+    density.plot(title="Firing frequency of SAE latents" + (f": {name}" if name else ""), path=paths["density_plot"])
     if result.activation_histogram is not None:
-        paths["activation_plot"] = _plot_with(
-            lambda ax: (result.activation_histogram.plot(ax, label="teacher activations"),
-                        ax.set_title("Teacher activations at the hooked layer")),
-            out / "activation_histogram.png",
-        )
+        title, label = _activation_title(result.source)
+        paths["activation_plot"] = out / "activation_histogram.png"
+        result.activation_histogram.plot(label=label, title=title, path=paths["activation_plot"])
     return paths

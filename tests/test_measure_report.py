@@ -113,5 +113,10 @@ def test_floor_plot_draws_intervals_that_exclude_the_estimate(tmp_path):
         "critical_width": {"estimate": r.measurement.critical_width, "low": 1.0, "high": 2.0},
     }
     assert all(e > 0 for e in est)
-    path = plot_floor_curve(r.measurement, intervals, tmp_path / "floor_curve.png")
-    assert path.stat().st_size > 0
+    path = tmp_path / "floor_curve.png"
+    ax = plot_floor_curve(r.measurement, intervals, path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    band = next(c for c in ax.collections if "bootstrap interval (basic)" in c.get_label())
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(ax.get_ylim()[0])  # the low of 0 reaches the bottom of the plot
+    assert ys.max() == pytest.approx(1.05 * est[0])  # the interval above its estimate is drawn from its own bounds

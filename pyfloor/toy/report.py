@@ -1,7 +1,7 @@
 """The toy experiment's report: the JSON-ready dict :func:`build_report` makes of a run, and what
 renders that dict (read back from report.json, or fresh): terminal tables
-(:func:`format_toy_report`), Markdown (:func:`toy_markdown`) and PNG plots (:func:`plot_toy_floors`,
-:func:`plot_toy_summary`; matplotlib, imported when plotting).
+(:func:`format_toy_report`), Markdown (:func:`toy_markdown`) and plots, PNG, PDF or SVG
+(:func:`plot_toy_floors`, :func:`plot_toy_summary`; matplotlib, imported when plotting).
 
 The renderers read the dict by the keys :func:`build_report` writes, defined just above them.
 """
@@ -9,8 +9,9 @@ The renderers read the dict by the keys :func:`build_report` writes, defined jus
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,7 +19,7 @@ from numpy.typing import NDArray
 from .. import theory
 from .._io import json_ready
 from .._version import __version__
-from ..render import format_number, format_table, markdown_table, pyplot
+from ..render import figure_path, finish_figure, format_number, format_table, markdown_table, pyplot
 from .experiment import ConfigResult, ExperimentSettings
 from .predictors import (
     PREDICTORS,
@@ -30,6 +31,9 @@ from .predictors import (
     summarize_scores,
     width_stratum,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
 
 __all__ = [
     "build_report",
@@ -408,7 +412,20 @@ _TOY_STYLES = {
 }
 
 
-def _floor_axes(ax, c: dict[str, Any], legend: bool) -> None:
+def _given_axes(ax: "Axes | Sequence[Axes] | Any", n: int, what: str) -> list["Axes"]:
+    """The first ``n`` Axes of ``ax`` (one Axes, or a sequence or array of them)."""
+    axes: list[Axes] = [ax] if hasattr(ax, "plot") else list(np.ravel(np.asarray(ax, dtype=object)))  # type: ignore[list-item]
+    if len(axes) < n:
+        raise ValueError(f"{what} draws {n} panel{'s' * (n != 1)}; ax holds {len(axes)} Axes")
+    return axes[:n]
+
+
+def _floor_title(c: dict[str, Any]) -> str:
+    """A panel's title: the configuration (n = F true features, d_T, α, importance) and its d*."""
+    return f"{c['config']['label']} — d* = {c['config']['critical_width']:,.2f}"
+
+
+def _floor_axes(ax: "Axes", c: dict[str, Any], legend: bool) -> None:
     """One configuration's floor curve: observed (a) mean ± std, every predictor, d* marked."""
     w = [s["width"] for s in c["students"]]
     mean = np.array([s["distilled"]["distill"]["mean"] for s in c["students"]])
@@ -428,99 +445,146 @@ def _floor_axes(ax, c: dict[str, Any], legend: bool) -> None:
     ax.set_ylim(
         max(float(np.min(mean[mean > 0], initial=1.0)) / 20, 1e-7), 1.6 * max(float(np.max(task)), float(np.max(mean)))
     )
-    ax.axvline(c["config"]["critical_width"], color="0.4", lw=1, ls=":")
-    ax.text(c["config"]["critical_width"], 0.97, " d*", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    d_star = c["config"]["critical_width"]
+    ax.axvline(d_star, color="0.4", lw=1, ls=":")
+    lo, hi = ax.get_xlim()
+    right = (d_star - lo) / (hi - lo) > 0.75  # near the right edge: the label goes left of the line
+    ax.text(d_star, 0.97, f"d* = {d_star:,.2f} " if right else f" d* = {d_star:,.2f}",
+            transform=ax.get_xaxis_transform(), va="top", ha="right" if right else "left", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("student width d_S")
     ax.set_ylabel("loss (importance-weighted MSE)")
-    ax.set_title(c["config"]["label"], fontsize=9)
+    ax.set_title(_floor_title(c), fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     if legend:
-        ax.legend(fontsize=7, loc="lower left", title="predicted floors of 0 are not drawn", title_fontsize=7)
+        ax.legend(fontsize=7, loc="best", title="predicted floors of 0 are not drawn", title_fontsize=7)
 
 
-def plot_toy_floors(report: dict[str, Any], path: str, *, n_features: int | None = None) -> None:
-    """PNG of floor vs width: observed distillation loss (mean ± std over seeds), every predictor,
-    d* marked; one panel per configuration (those with ``n_features`` features, if given), log scale."""
-    plt = pyplot()
+def plot_toy_floors(report: dict[str, Any], path: str | os.PathLike[str] | None = None, *,
+                    n_features: int | None = None, ax: "Axes | Sequence[Axes] | None" = None) -> list["Axes"]:
+    """Floor vs width, log scale: observed distillation loss (mean ± std over seeds), every
+    predictor, d* marked; one panel per configuration (those with ``n_features`` features, if given).
+
+    Draws into ``ax`` (one Axes, or a sequence or array holding at least one per configuration;
+    the legend then goes into the first) or else a new figure (the legend beside the panels), and
+    returns the panels' Axes. ``path`` saves the figure, its format from the suffix (``.png``,
+    ``.pdf``, ``.svg``)."""
+    out = figure_path(path)
     configs = [c for c in report["configs"] if n_features is None or c["config"]["n_features"] == n_features]
     if not configs:
         raise ValueError(f"the report has no configuration with n_features = {n_features}")
+    s = report["settings"]
+    if ax is not None:
+        axes = _given_axes(ax, len(configs), "plot_toy_floors")
+        for i, (a, c) in enumerate(zip(axes, configs)):
+            _floor_axes(a, c, legend=(i == 0))
+        finish_figure(axes[0], out, False)
+        return axes
+    plt = pyplot()
     cols = min(len(configs), 4)
     rows = math.ceil(len(configs) / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(6.5 * cols if cols == 1 else 4.2 * cols, 4.6 if rows == 1 else 3.4 * rows), squeeze=False
+    fig, grid = plt.subplots(
+        rows, cols, figsize=(6.0 + 2.4 if cols == 1 else 4.2 * cols + 2.4, 4.6 if rows == 1 else 3.4 * rows),
+        squeeze=False, layout="constrained",
     )
-    for i, c in enumerate(configs):
-        _floor_axes(axes[i // cols][i % cols], c, legend=(i == 0))
+    axes = [grid[i // cols][i % cols] for i in range(len(configs))]
+    for a, c in zip(axes, configs):
+        _floor_axes(a, c, legend=False)
     for j in range(len(configs), rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    s = report["settings"]
+        grid[j // cols][j % cols].axis("off")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, title="predicted floors of 0\nare not drawn",
+               title_fontsize=8)
     fig.suptitle(
-        f"Distillation floor vs student width (toy model; seeds {s['seeds']}, {s['train']['steps']} steps)", fontsize=11
+        f"Toy model: distillation floor vs student width (seeds {', '.join(map(str, s['seeds']))}; "
+        f"{s['train']['steps']:,} steps)", fontsize=11
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_figure(axes[0], out, True)
+    return axes
 
 
-def plot_toy_summary(report: dict[str, Any], path: str) -> None:
-    """PNG summary of a grid: predicted vs observed (a) for Eq. 2 and the best predictor, coloured
-    by sparsity (log–log, diagonal marked), and median accuracy per sparsity per predictor."""
+def _sparsity_colours(plt: Any, alphas: Sequence[float]) -> dict[float, Any]:
+    """Colours of the sparsities in the summary: viridis without its palest yellow end."""
+    cmap = plt.get_cmap("viridis")
+    return {a: cmap(0.85 * i / max(len(alphas) - 1, 1)) for i, a in enumerate(alphas)}
+
+
+def _values(xs: Sequence[float]) -> str:
+    return "{" + ", ".join(f"{x:g}" for x in xs) + "}"
+
+
+def plot_toy_summary(report: dict[str, Any], path: str | os.PathLike[str] | None = None, *,
+                     ax: "Sequence[Axes] | None" = None) -> list["Axes"]:
+    """Summary of a grid: predicted vs observed (a) for Eq. 2 and the best predictor, coloured
+    by sparsity (log–log, diagonal marked), and median accuracy per sparsity per predictor.
+
+    Draws into ``ax`` (a sequence or array of at least as many Axes as panels: 2, or 3 where the
+    best predictor is not Eq. 2) or else a new figure, and returns the panels' Axes. ``path``
+    saves the figure, its format from the suffix (``.png``, ``.pdf``, ``.svg``)."""
+    out = figure_path(path)
     plt = pyplot()
     best = report["summary"]["best"]
     shown = ["eq2"] + ([best] if best not in (None, "eq2") else [])
-    fig, axes = plt.subplots(
-        1,
-        len(shown) + 1,
-        figsize=(5.2 * (len(shown) + 1) + 2.0, 4.8),
-        gridspec_kw={"width_ratios": [1] * len(shown) + [1.35]},
-    )
+    if ax is not None:
+        axes, created = _given_axes(ax, len(shown) + 1, "plot_toy_summary"), False
+    else:
+        _, grid = plt.subplots(
+            1,
+            len(shown) + 1,
+            figsize=(5.2 * (len(shown) + 1) + 2.0, 4.8),
+            gridspec_kw={"width_ratios": [1] * len(shown) + [1.35]},
+            layout="constrained",
+        )
+        axes, created = list(grid), True
     alphas = sorted({c["config"]["alpha"] for c in report["configs"]})
-    cmap = plt.get_cmap("viridis")
-    colour = {a: cmap(i / max(len(alphas) - 1, 1)) for i, a in enumerate(alphas)}
+    colour = _sparsity_colours(plt, alphas)
     observed = np.concatenate([[s["distilled"]["distill"]["mean"] for s in c["students"]] for c in report["configs"]])
     lo = 10.0 ** math.floor(math.log10(max(float(np.percentile(observed, 2)), 1e-9)))
     hi = 2.0 * float(observed.max())
-    for ax, name in zip(axes, shown):
+    for a_x, name in zip(axes, shown):
         for a in alphas:
             obs, pred = [], []
             for c in report["configs"]:
                 if c["config"]["alpha"] == a and c["predictions"][name] is not None:
                     obs += [s["distilled"]["distill"]["mean"] for s in c["students"]]
                     pred += c["predictions"][name]
-            ax.scatter(
-                np.clip(obs, lo, hi), np.clip(pred, lo, hi), s=12, color=colour[a], label=f"α = {a:g}", alpha=0.8
+            a_x.scatter(
+                np.clip(obs, lo, hi), np.clip(pred, lo, hi), s=14, color=colour[a], label=f"α = {a:g}", alpha=0.85,
+                edgecolors="none",
             )
-        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo / 1.5, hi)
-        ax.set_ylim(lo / 1.5, hi)
-        ax.set_xlabel("observed distillation loss (a), mean over seeds")
-        ax.set_ylabel(f"predicted floor (values below {lo:.0e} drawn at it)")
-        ax.set_title(_label(name))
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=8, loc="upper left")
-    ax = axes[-1]
+        a_x.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="prediction = observation")
+        a_x.set_xscale("log")
+        a_x.set_yscale("log")
+        a_x.set_xlim(lo / 1.5, hi)
+        a_x.set_ylim(lo / 1.5, hi)
+        a_x.set_xlabel("observed distillation loss (a), mean over seeds")
+        a_x.set_ylabel(f"predicted floor (below {lo:.0e}: drawn at {lo:.0e})")
+        a_x.set_title(_label(name))
+        a_x.grid(True, which="both", alpha=0.25)
+        a_x.legend(fontsize=8, loc="upper left")
+    a_x = axes[len(shown)]
     names = _available(report)
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         acc = [report["summary"]["distill"][name]["by_sparsity"][f"{a:g}"]["median_accuracy"] for a in alphas]
-        ax.bar(
-            np.arange(len(alphas)) + (i - (len(names) - 1) / 2) * width,
-            acc,
-            width,
-            label=_label(name),
-            color=_TOY_STYLES.get(name, {}).get("color"),
+        x = np.arange(len(alphas)) + (i - (len(names) - 1) / 2) * width
+        a_x.bar(x, acc, width, label=_label(name), color=_TOY_STYLES.get(name, {}).get("color"))
+        for xi, v in zip(x, acc):
+            if v is not None and v < 0.02:  # a bar of (almost) 0 is not seen: say it
+                a_x.text(xi, max(v, 0.0) + 0.01, f"{v:.0%}", ha="center", va="bottom", fontsize=6, rotation=90)
+    a_x.axhline(PAPER_TOY_ACCURACY, color="k", ls="--", lw=1, label="paper: > 93 %")
+    a_x.set_xticks(range(len(alphas)), [f"α = {a:g}" for a in alphas])
+    a_x.set_ylim(0, 1.05)
+    a_x.set_ylabel("median accuracy vs (a)")
+    a_x.set_title("median accuracy per sparsity")
+    a_x.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if created:
+        cfgs = [c["config"] for c in report["configs"]]
+        axes[0].figure.suptitle(
+            f"Toy grid: {len(cfgs)} configurations, n ∈ {_values(sorted({c['n_features'] for c in cfgs}))}, "
+            f"d_T ∈ {_values(sorted({c['d_teacher'] for c in cfgs}))}, α ∈ {_values(alphas)}; "
+            f"seeds {', '.join(map(str, report['settings']['seeds']))}",
+            fontsize=11,
         )
-    ax.axhline(PAPER_TOY_ACCURACY, color="k", ls="--", lw=1, label="paper: > 93 %")
-    ax.set_xticks(range(len(alphas)), [f"α = {a:g}" for a in alphas])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("median accuracy vs (a)")
-    ax.set_title("median accuracy per sparsity")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(f"Toy grid: {len(report['configs'])} configurations, seeds {report['settings']['seeds']}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_figure(axes[0], out, created)
+    return axes
