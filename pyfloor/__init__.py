@@ -12,6 +12,8 @@ The numpy-only core is importable without torch::
     pyfloor.capacity(0.99)      # g(α)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .stats import CheckpointError, FeatureStats, Measurement, load_measurement
 from .theory import (
@@ -39,10 +41,11 @@ _LAZY = {
     "SAE": "sae",
     "TrainConfig": "sae",
     "train_sae": "sae",
-    "StatsAccumulator": "encode",
-    "SparseCodes": "encode",
-    "encode_stats": "encode",
     "load_sae": "sae",
+    "StatsAccumulator": "encode",
+    "encode_stats": "encode",
+    "SparseCodes": "encode_types",
+    "BatchStats": "encode_types",
     "MeasureConfig": "measure",
     "MeasureResult": "measure",
     "ToyTask": "toy",
@@ -50,24 +53,58 @@ _LAZY = {
     "ToyConfig": "toy",
     "run_experiment": "toy",
 }
+#: Submodules ``pyfloor.<name>`` reaches without an import of its own, whatever was imported before.
+_SUBMODULES = frozenset({
+    "distributed", "encode", "encode_types", "floors", "histograms", "measure", "report", "render", "sae", "sources",
+    "stats", "theory", "toy",
+})
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from . import distributed, encode, encode_types, floors, histograms, measure, report, render, sae, sources, toy
+    from .encode import StatsAccumulator, encode_stats
+    from .encode_types import BatchStats, SparseCodes
+    from .histograms import Binning, FeatureHistograms, FiringDensity, Histogram, firing_density
+    from .measure import MeasureConfig, MeasureResult
+    from .sae import SAE, TrainConfig, load_sae, train_sae
+    from .toy import ToyConfig, ToyTask, run_experiment, train_toy_models
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pyfloor' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])
 
 
 __all__ = [
     "__version__",
-    *_LAZY,
+    "Binning",
+    "Histogram",
+    "FeatureHistograms",
+    "FiringDensity",
+    "firing_density",
+    "SAE",
+    "TrainConfig",
+    "train_sae",
+    "load_sae",
+    "StatsAccumulator",
+    "encode_stats",
+    "SparseCodes",
+    "BatchStats",
+    "MeasureConfig",
+    "MeasureResult",
+    "ToyTask",
+    "train_toy_models",
+    "ToyConfig",
+    "run_experiment",
     "CheckpointError",
     "FeatureStats",
     "Measurement",

@@ -28,12 +28,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import theory
+from .theory import Array, Scalar
 from ._io import CheckpointError, load_tagged, save_tagged
 from . import _checks
 
@@ -200,7 +201,7 @@ class FeatureStats:
         )
 
     # -- derived per-latent quantities ---------------------------------------------------------
-    def _per_token(self, values: NDArray) -> NDArray[np.float64]:
+    def _per_token(self, values: NDArray[Any]) -> NDArray[np.float64]:
         if self.n_tokens == 0:
             raise ValueError("no tokens have been counted yet")
         return values / self.n_tokens
@@ -221,9 +222,9 @@ class FeatureStats:
         return self._per_token(self.act_sq_sum)
 
     # -- plain dicts and files ----------------------------------------------------------------
-    def to_dict(self) -> dict[str, NDArray]:
+    def to_dict(self) -> dict[str, NDArray[Any]]:
         """Plain numpy arrays (``counters`` = int64 [n_tokens, n_nonfinite]), e.g. for all-reduce."""
-        d: dict[str, NDArray] = {k: getattr(self, k) for k in _ARRAYS}
+        d: dict[str, NDArray[Any]] = {k: getattr(self, k) for k in _ARRAYS}
         d["counters"] = np.array([self.n_tokens, self.n_nonfinite], dtype=np.int64)
         return d
 
@@ -242,7 +243,7 @@ class FeatureStats:
         arrays = {k: np.asarray(d[k]) for k in _ARRAYS}
         return cls(int(counters[0]), n_nonfinite=int(counters[1]), **arrays)
 
-    def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    def save(self, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
         """Write to a safetensors file atomically (a temporary file renamed into place).
 
         ``metadata`` adds string key/value pairs (kept apart from pyfloor's own keys).
@@ -252,12 +253,12 @@ class FeatureStats:
         save_tagged(path, arrays, kind=STATS_FORMAT, version=STATS_VERSION, metadata=user)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureStats":
+    def load(cls, path: str | os.PathLike[str]) -> "FeatureStats":
         """Read a file written by :meth:`save`; anything else raises :class:`CheckpointError`."""
         return cls.load_with_metadata(path)[0]
 
     @classmethod
-    def load_with_metadata(cls, path: str | os.PathLike) -> tuple["FeatureStats", dict[str, str]]:
+    def load_with_metadata(cls, path: str | os.PathLike[str]) -> tuple["FeatureStats", dict[str, str]]:
         """Like :meth:`load`, also returning the user metadata given to :meth:`save`."""
         data, meta = load_tagged(path, kind=STATS_FORMAT, version=STATS_VERSION, what="FeatureStats file")
         try:
@@ -452,24 +453,54 @@ class Measurement:
         """Whether α ≥ 1 − 1/e, where g(α) holds (below it capacity is clamped to e)."""
         return self.alpha >= theory.SPARSE_REGIME_ALPHA
 
+    @overload
+    def budget(self, widths: Scalar, *, a: float = 1.0, b: float = 1.0) -> int: ...
+    @overload
+    def budget(self, widths: Array, *, a: float = 1.0, b: float = 1.0) -> NDArray[np.int64]: ...
     def budget(self, widths: ArrayLike, *, a: float = 1.0, b: float = 1.0) -> int | NDArray[np.int64]:
-        """Features kept at each width, F_S = min(⌊d_S · a·g(α)^b⌋, F)."""
-        return theory.feature_budget(widths, self.alpha, self.n_features, a=a, b=b)
+        """Features kept at each student width d_S: F_S = min(⌊d_S · a·g(α)^b⌋, F).
 
+        Returns an int for a scalar width, else an int64 array of the widths' shape.
+        """
+        kept: int | NDArray[np.int64] = theory._scalar_or_array(
+            theory.feature_budget(np.asarray(widths, dtype=np.float64), self.alpha, self.n_features, a=a, b=b))
+        return kept
+
+    @overload
+    def floor(self, widths: Scalar, *, a: float = 1.0, b: float = 1.0) -> float: ...
+    @overload
+    def floor(self, widths: Array, *, a: float = 1.0, b: float = 1.0) -> NDArray[np.float64]: ...
     def floor(self, widths: ArrayLike, *, a: float = 1.0, b: float = 1.0) -> float | NDArray[np.float64]:
-        """Eq. 2 floor at each width (a packing-law floor for other a, b); needs importances."""
+        """Eq. 2 floor at each student width: Σ of the importances E[z²] ranked below F_S (SAE units²).
+
+        For other ``a``, ``b`` the packing-law floor with ĝ = a·g(α)^b. Returns a float for a scalar
+        width, else an array of the widths' shape.
+
+        Raises
+        ------
+        ValueError
+            If the measurement has no importances (only F and L0).
+        """
         if self._tails is None:
             raise ValueError(
                 "this measurement has no importances (only F and L0); use uniform_floor() for the "
                 "fraction of features lost"
             )
-        budget = np.asarray(self.budget(widths, a=a, b=b))
-        return theory._scalar_or_array(self._tails[budget])
+        budget = np.asarray(self.budget(np.asarray(widths, dtype=np.float64), a=a, b=b))
+        floors: float | NDArray[np.float64] = theory._scalar_or_array(self._tails[budget])
+        return floors
 
+    @overload
+    def uniform_floor(self, widths: Scalar) -> float: ...
+    @overload
+    def uniform_floor(self, widths: Array) -> NDArray[np.float64]: ...
     def uniform_floor(self, widths: ArrayLike) -> float | NDArray[np.float64]:
-        """Naive floor ε∞·max(0, 1 − d_S·g/F); ε∞ = Σ I_i, or 1 (fraction lost) without importances."""
+        """Naive floor ε∞·max(0, 1 − d_S·g/F); ε∞ = Σ I_i, or 1 (the fraction of features lost)
+        without importances. A float for a scalar width, else an array."""
         total = 1.0 if self._tails is None else float(self._tails[0])
-        return theory.uniform_floor(widths, self.alpha, self.n_features, total)
+        floors: float | NDArray[np.float64] = theory._scalar_or_array(
+            theory.uniform_floor(np.asarray(widths, dtype=np.float64), self.alpha, self.n_features, total))
+        return floors
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -519,7 +550,7 @@ class Measurement:
             notes=tuple(str(n) for n in notes),
         )
 
-    def save_json(self, path: str | os.PathLike) -> None:
+    def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_dict` as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
@@ -533,7 +564,7 @@ def _dict_number(d: Mapping[str, Any], key: str, kind: type, *, optional: bool =
             return None
         raise ValueError(f"Measurement dict lacks {key}" if key not in d else f"Measurement {key} is null")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or (
-            not (math.isfinite(value) if isinstance(value, (float, np.floating)) else abs(value) < 2**63)):
+            not (math.isfinite(value) if isinstance(value, (float, np.floating)) else abs(int(value)) < 2**63)):
         raise ValueError(f"Measurement {key} must be a finite number; got {value!r}")
     if kind is int:
         if value != int(value) or not 0 <= value < 2**63:
@@ -542,7 +573,7 @@ def _dict_number(d: Mapping[str, Any], key: str, kind: type, *, optional: bool =
     return float(value)
 
 
-def _dict_array(d: Mapping[str, Any], key: str, dtype: type) -> NDArray | None:
+def _dict_array(d: Mapping[str, Any], key: str, dtype: type) -> NDArray[Any] | None:
     """``d[key]`` of a Measurement dict as a 1-D array of numbers (int64: non-negative integers), or None."""
     value = d.get(key)
     if value is None:
@@ -574,7 +605,7 @@ def _l0_and_alpha(n_features: int, mean_l0: float | None, alpha: float | None) -
                 f"mean_l0 ({l0:g}) must be below n_features ({n_features}): α = 1 − L0/F would be ≤ 0"
             )
         return l0, 1.0 - l0 / n_features
-    a = float(theory._check_alpha(alpha))
+    a = float(theory._check_alpha(np.asarray(alpha, dtype=np.float64)))
     return (1.0 - a) * n_features, a
 
 
@@ -612,18 +643,21 @@ def _alpha_readings(d: Mapping[str, Any], n_features: int, source: str) -> list[
     if l0 is not None:
         a = _l0_and_alpha(n_features, l0, None)[1]
         readings.append(AlphaReading("avg_active", a, _half_unit(l0) / n_features))
-    for key, to_g, dg in (("g_alpha", lambda v: v, lambda v: _half_unit(v)),
-                          ("d_star_S", lambda v: n_features / v, lambda v: n_features * _half_unit(v) / v**2)):
+    for key in ("g_alpha", "d_star_S"):
         value = _number(d, key, source)
         if value is None or value <= 0:
             continue
-        g = to_g(value)
+        # g = g_alpha, or F / d*; the rounding of the printed value carried over to g
+        if key == "g_alpha":
+            g, dg = value, _half_unit(value)
+        else:
+            g, dg = n_features / value, n_features * _half_unit(value) / value**2
         if g < theory.MIN_CAPACITY:
             raise ValueError(f"{source}: {key} = {value!r} gives g(α) = {g:.4g}, below its minimum e")
         a = theory.sparsity_for_capacity(g)
         u = 1.0 - a
         slope = abs(math.log(u) + 1.0) / (u * math.log(u)) ** 2  # |dg/dα|
-        readings.append(AlphaReading(key, a, dg(value) / slope if slope > 0 else math.inf))
+        readings.append(AlphaReading(key, a, dg / slope if slope > 0 else math.inf))
     return readings
 
 
@@ -668,7 +702,7 @@ def _from_published_json(d: Mapping[str, Any], source: str) -> Measurement:
     return dataclasses.replace(m, notes=tuple(notes))
 
 
-def load_measurement(path: str | os.PathLike, *, alive_threshold: float | None = None) -> Measurement:
+def load_measurement(path: str | os.PathLike[str], *, alive_threshold: float | None = None) -> Measurement:
     """Load a measurement from a FeatureStats file (``.safetensors``; latents alive above
     ``alive_threshold``, default :data:`DEFAULT_ALIVE_THRESHOLD`), a pyfloor Measurement JSON, or a
     published measurement JSON with ``F_alive``, ``avg_active`` and ``sorted_importance``. A JSON

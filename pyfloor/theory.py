@@ -12,7 +12,7 @@ Arguments outside their domain raise :class:`ValueError` naming the argument and
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,10 +45,17 @@ SPARSE_REGIME_ALPHA: float = 1.0 - 1.0 / math.e
 MIN_CAPACITY: float = math.e
 
 DenseMode = Literal["clamp", "raise"]
+#: A single number: functions given only scalars return a Python scalar.
+Scalar = Union[float, np.floating[Any], np.integer[Any]]
+#: Anything array-like that is not a single number: functions given one return an ndarray.
+Array = Union[NDArray[Any], Sequence[float], Sequence[int]]
 
 
 def _scalar_or_array(values: ArrayLike) -> Any:
-    """``values`` as a Python scalar when it is 0-dimensional (all inputs were scalars), else as an array."""
+    """``values`` as a Python scalar when it is 0-dimensional (all inputs were scalars), else as an array.
+
+    Typed ``Any`` on purpose: each public caller narrows it with ``@overload``s (scalar in, scalar out).
+    """
     values = np.asarray(values)
     return values.item() if values.ndim == 0 else values
 
@@ -77,13 +84,17 @@ def _check_widths(width: ArrayLike, name: str = "width") -> NDArray[np.float64]:
     return w
 
 
-def _show(bad: NDArray) -> str:
+def _show(bad: NDArray[Any]) -> str:
     """A short rendering of the offending values for an error message."""
     flat = np.ravel(bad)
     shown = ", ".join(repr(float(v)) for v in flat[:3])
     return shown + (f", … ({flat.size} values)" if flat.size > 3 else "")
 
 
+@overload
+def capacity(alpha: Scalar, *, dense: DenseMode = "clamp") -> float: ...
+@overload
+def capacity(alpha: Array, *, dense: DenseMode = "clamp") -> NDArray[np.float64]: ...
 def capacity(alpha: ArrayLike, *, dense: DenseMode = "clamp") -> float | NDArray[np.float64]:
     """Features a student can hold per hidden dimension at sparsity α.
 
@@ -116,7 +127,8 @@ def capacity(alpha: ArrayLike, *, dense: DenseMode = "clamp") -> float | NDArray
     g = 1.0 / ((1.0 - a) * -np.log1p(-a))
     # At α = 1 − 1/e the formula is e up to rounding; make the clamp land on e exactly.
     g = np.where(a == SPARSE_REGIME_ALPHA, MIN_CAPACITY, g)
-    return _scalar_or_array(g)
+    result: float | NDArray[np.float64] = _scalar_or_array(g)
+    return result
 
 
 def sparsity_for_capacity(g: float) -> float:
@@ -145,9 +157,15 @@ def _effective_capacity(alpha: ArrayLike, a: float, b: float) -> NDArray[np.floa
     """Packing-law capacity ĝ(α) = a · g(α)^b (a = b = 1 gives the paper's g)."""
     a = _checks.number(a, "a", low=0.0, low_open=True)
     b = _checks.number(b, "b", low=0.0, low_open=True)
-    return a * np.asarray(capacity(alpha), dtype=np.float64) ** b
+    return a * capacity(np.asarray(alpha, dtype=np.float64)) ** b
 
 
+@overload
+def feature_budget(width: Scalar, alpha: float, n_features: int, *, a: float = 1.0, b: float = 1.0) -> int: ...
+@overload
+def feature_budget(
+    width: Array, alpha: float, n_features: int, *, a: float = 1.0, b: float = 1.0
+) -> NDArray[np.int64]: ...
 def feature_budget(
     width: ArrayLike, alpha: float, n_features: int, *, a: float = 1.0, b: float = 1.0
 ) -> int | NDArray[np.int64]:
@@ -160,7 +178,8 @@ def feature_budget(
     w = _check_widths(width)
     f = _checks.count(n_features, "n_features")
     budget = np.minimum(np.floor(w * _effective_capacity(alpha, a, b)), f).astype(np.int64)
-    return _scalar_or_array(budget)
+    result: int | NDArray[np.int64] = _scalar_or_array(budget)
+    return result
 
 
 def critical_width(n_features: int, alpha: float, *, a: float = 1.0, b: float = 1.0) -> float:
@@ -206,6 +225,10 @@ def tail_sums(importances: ArrayLike) -> NDArray[np.float64]:
     return out
 
 
+@overload
+def uniform_floor(width: Scalar, alpha: float, n_features: int, total: float = 1.0) -> float: ...
+@overload
+def uniform_floor(width: Array, alpha: float, n_features: int, total: float = 1.0) -> NDArray[np.float64]: ...
 def uniform_floor(
     width: ArrayLike, alpha: float, n_features: int, total: float = 1.0
 ) -> float | NDArray[np.float64]:
@@ -223,10 +246,19 @@ def uniform_floor(
     total = float(total)
     if not math.isfinite(total) or total < 0:
         raise ValueError(f"total (ε∞, the loss with no feature kept) must be finite and >= 0; got {total!r}")
-    lost = np.maximum(0.0, 1.0 - w * float(capacity(alpha)) / f)
-    return _scalar_or_array(total * lost)
+    lost = np.maximum(0.0, 1.0 - w * capacity(float(alpha)) / f)
+    result: float | NDArray[np.float64] = _scalar_or_array(total * lost)
+    return result
 
 
+@overload
+def importance_floor(
+    width: Scalar, alpha: float, importances: ArrayLike, *, a: float = 1.0, b: float = 1.0
+) -> float: ...
+@overload
+def importance_floor(
+    width: Array, alpha: float, importances: ArrayLike, *, a: float = 1.0, b: float = 1.0
+) -> NDArray[np.float64]: ...
 def importance_floor(
     width: ArrayLike, alpha: float, importances: ArrayLike, *, a: float = 1.0, b: float = 1.0
 ) -> float | NDArray[np.float64]:
@@ -239,10 +271,15 @@ def importance_floor(
     descending (for an SAE measurement E[z_i²]; for the toy model I_i · E[x_i²]); F is their count.
     """
     tails = tail_sums(importances)
-    budget = feature_budget(width, alpha, tails.size - 1, a=a, b=b)
-    return _scalar_or_array(tails[np.asarray(budget)])
+    budget = np.asarray(feature_budget(np.asarray(width, dtype=np.float64), alpha, tails.size - 1, a=a, b=b))
+    result: float | NDArray[np.float64] = _scalar_or_array(tails[budget])
+    return result
 
 
+@overload
+def effective_budget(observed: Scalar, importances: ArrayLike) -> float: ...
+@overload
+def effective_budget(observed: Array, importances: ArrayLike) -> NDArray[np.float64]: ...
 def effective_budget(observed: ArrayLike, importances: ArrayLike) -> float | NDArray[np.float64]:
     """Invert the importance floor: how many features a student with floor ``observed`` kept.
 
@@ -262,10 +299,15 @@ def effective_budget(observed: ArrayLike, importances: ArrayLike) -> float | NDA
     width_k = tails[kk] - tails[np.minimum(kk + 1, n)]
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.where(width_k > 0, (tails[kk] - obs) / width_k, 0.0)
-    result = np.where(inside, kk + frac, np.where(k < 0, 0.0, float(n)))
-    return _scalar_or_array(result)
+    budgets = np.where(inside, kk + frac, np.where(k < 0, 0.0, float(n)))
+    result: float | NDArray[np.float64] = _scalar_or_array(budgets)
+    return result
 
 
+@overload
+def continuous_floor(budget: Scalar, importances: ArrayLike) -> float: ...
+@overload
+def continuous_floor(budget: Array, importances: ArrayLike) -> NDArray[np.float64]: ...
 def continuous_floor(budget: ArrayLike, importances: ArrayLike) -> float | NDArray[np.float64]:
     """Σ of descending importances beyond a continuous budget k, the partly kept feature pro rata:
     S[⌊k⌋] − (k − ⌊k⌋) · I_⌊k⌋ (k clipped to [0, F]). The inverse of :func:`effective_budget`."""
@@ -273,7 +315,8 @@ def continuous_floor(budget: ArrayLike, importances: ArrayLike) -> float | NDArr
     n = tails.size - 1
     k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
     i = np.floor(k).astype(np.int64)
-    return _scalar_or_array(tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)]))
+    result: float | NDArray[np.float64] = _scalar_or_array(tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)]))
+    return result
 
 
 class Calibration(NamedTuple):
@@ -284,13 +327,18 @@ class Calibration(NamedTuple):
     r2: float
     n_points: int
 
+    @overload
+    def apply(self, predicted: Scalar) -> float: ...
+    @overload
+    def apply(self, predicted: Array) -> NDArray[np.float64]: ...
     def apply(self, predicted: ArrayLike) -> float | NDArray[np.float64]:
-        """Calibrated prediction C · predicted + B."""
+        """Calibrated prediction C · predicted + B (same shape as ``predicted``)."""
         p = np.asarray(predicted, dtype=np.float64)
-        return _scalar_or_array(self.slope * p + self.intercept)
+        result: float | NDArray[np.float64] = _scalar_or_array(self.slope * p + self.intercept)
+        return result
 
 
-def _finite_pairs(x: ArrayLike, y: ArrayLike, names: tuple[str, str]) -> tuple[NDArray, NDArray]:
+def _finite_pairs(x: ArrayLike, y: ArrayLike, names: tuple[str, str]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     xa = np.asarray(x, dtype=np.float64).ravel()
     ya = np.asarray(y, dtype=np.float64).ravel()
     if xa.shape != ya.shape:
@@ -300,7 +348,7 @@ def _finite_pairs(x: ArrayLike, y: ArrayLike, names: tuple[str, str]) -> tuple[N
     return xa, ya
 
 
-def _r_squared(y: NDArray, fitted: NDArray) -> float:
+def _r_squared(y: NDArray[np.float64], fitted: NDArray[np.float64]) -> float:
     ss_res = float(np.sum((y - fitted) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     if ss_tot == 0.0:
@@ -337,21 +385,40 @@ class PackingLaw(NamedTuple):
     n_points: int
     c: float | None = None
 
+    @overload
+    def capacity(self, alpha: Scalar) -> float: ...
+    @overload
+    def capacity(self, alpha: Array) -> NDArray[np.float64]: ...
     def capacity(self, alpha: ArrayLike) -> float | NDArray[np.float64]:
         """ĝ(α) = a · g(α)^b."""
-        return _scalar_or_array(_effective_capacity(alpha, self.a, self.b))
+        result: float | NDArray[np.float64] = _scalar_or_array(_effective_capacity(alpha, self.a, self.b))
+        return result
 
+    @overload
+    def budget(self, width: Scalar, alpha: float) -> float: ...
+    @overload
+    def budget(self, width: Array, alpha: float) -> NDArray[np.float64]: ...
     def budget(self, width: ArrayLike, alpha: float) -> float | NDArray[np.float64]:
         """The continuous budget a · d^c · g(α)^b (c = 1 for the paper-style law)."""
         w = _check_widths(width)
-        return _scalar_or_array(self.a * w ** (1.0 if self.c is None else self.c) * float(capacity(alpha)) ** self.b)
+        result: float | NDArray[np.float64] = _scalar_or_array(
+            self.a * w ** (1.0 if self.c is None else self.c) * capacity(float(alpha)) ** self.b)
+        return result
 
+    @overload
+    def floor(self, width: Scalar, alpha: float, importances: ArrayLike) -> float: ...
+    @overload
+    def floor(self, width: Array, alpha: float, importances: ArrayLike) -> NDArray[np.float64]: ...
     def floor(self, width: ArrayLike, alpha: float, importances: ArrayLike) -> float | NDArray[np.float64]:
         """Importance floor beyond the budget: ⌊d · ĝ(α)⌋ whole features (paper-style), or the
         continuous budget with the partly kept feature counted pro rata (width-aware)."""
+        w = np.asarray(width, dtype=np.float64)
         if self.c is None:
-            return importance_floor(width, alpha, importances, a=self.a, b=self.b)
-        return continuous_floor(self.budget(width, alpha), importances)
+            floors = importance_floor(w, alpha, importances, a=self.a, b=self.b)
+        else:
+            floors = continuous_floor(self.budget(w, alpha), importances)
+        result: float | NDArray[np.float64] = _scalar_or_array(floors)
+        return result
 
 
 def fit_budget_law(
@@ -422,13 +489,14 @@ def fit_packing_law(
     student. Pass ``b`` to fix the exponent and fit only ``a`` (needed when all α are equal).
     """
     obs = np.asarray(observed, dtype=np.float64).ravel()
-    shared = not isinstance(importances, (list, tuple)) or np.ndim(importances[0]) == 0
-    if shared:
-        k = np.asarray(effective_budget(obs, importances), dtype=np.float64)
-        n_feat = np.full(obs.size, np.asarray(importances).size)
+    if not isinstance(importances, (list, tuple)) or np.ndim(importances[0]) == 0:  # one array for all
+        shared = np.asarray(importances, dtype=np.float64)
+        k = effective_budget(obs, shared)
+        n_feat = np.full(obs.size, shared.size)
     else:
-        if len(importances) != obs.size:
-            raise ValueError(f"got {len(importances)} importance arrays for {obs.size} students")
-        k = np.array([effective_budget(o, imp) for o, imp in zip(obs, importances)], dtype=np.float64)
-        n_feat = np.array([np.asarray(imp).size for imp in importances])
+        per_student: Sequence[ArrayLike] = importances
+        if len(per_student) != obs.size:
+            raise ValueError(f"got {len(per_student)} importance arrays for {obs.size} students")
+        k = np.array([effective_budget(float(o), imp) for o, imp in zip(obs, per_student)], dtype=np.float64)
+        n_feat = np.array([np.asarray(imp).size for imp in per_student])
     return fit_budget_law(widths, alphas, k, n_features=n_feat, b=b)

@@ -1,7 +1,7 @@
 """The import graph of pyfloor and its kernels, checked against the documented layer order.
 
-Every ``import`` and ``from … import`` of a pyfloor module (at module level or inside a function)
-is an edge. A module may import only modules of a lower layer than its own; the graph then has no
+Every ``import`` and ``from … import`` of a pyfloor module (at module level or inside a function;
+not under ``if TYPE_CHECKING:``, which never runs) is an edge. A module may import only modules of a lower layer than its own; the graph then has no
 cycle. ``python tools/import_graph.py`` prints the layers and any violation, and exits 1 if there is
 one; ``tests/test_layout.py`` runs the same check.
 """
@@ -56,11 +56,25 @@ def module_files() -> dict[str, Path]:
     return files
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (imports for type checkers only)."""
+    nodes, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+            else:
+                stack.append(child)
+    return nodes
+
+
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     """The pyfloor modules that module ``name`` (file ``path``) imports."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -242,24 +242,22 @@ def _run_unit(
     plan = _unit_models(configs, seeds)
     phase1 = train_toy_models(plan.phase1, train, on_step=on_step)
     teachers = phase1.select(range(len(plan.teacher_of)))
-    jobs = [_sweep_job(c, teachers, plan, settings) for c in configs] if settings.sae is not None else []
+    sae = settings.sae
+    jobs = [] if sae is None else [_sweep_job(c, teachers, plan, sae, seeds[0]) for c in configs]
     pending = None if sweeps is None else [sweeps.submit(job) for job in jobs]
     distilled = train_toy_models(plan.students, train, teachers=teachers, on_step=on_step)
     task_trained = phase1.select([plan.task_of[(d, s)] for c in configs for s in seeds for d in c.widths])
     # every model of the task is evaluated on the same samples; students against their teachers
-    evaluate = dict(
-        tasks=[task] * len(plan.students),
-        teachers=teachers,
-        teacher_index=[s.teacher for s in plan.students],
-        n_samples=settings.eval_samples,
-        seed=stable_seed("eval", task),
+    eval_seed = stable_seed("eval", task)
+    tasks, teacher_index = [task] * len(plan.students), [s.teacher for s in plan.students]
+    losses = tuple(
+        evaluate_losses(models, tasks, teachers=teachers, teacher_index=teacher_index,
+                        n_samples=settings.eval_samples, seed=eval_seed)
+        for models in (distilled, task_trained)
     )
-    losses = (evaluate_losses(distilled, **evaluate), evaluate_losses(task_trained, **evaluate))
     kept = (distilled.kept_features(), task_trained.kept_features())
-    teacher_loss = evaluate_losses(
-        teachers, [task] * len(teachers), n_samples=settings.eval_samples, seed=evaluate["seed"]
-    ).task
-    weights = output_variance(teachers, task, n_samples=settings.eval_samples, seed=evaluate["seed"]) * task.importances
+    teacher_loss = evaluate_losses(teachers, [task] * len(teachers), n_samples=settings.eval_samples, seed=eval_seed).task
+    weights = output_variance(teachers, task, n_samples=settings.eval_samples, seed=eval_seed) * task.importances
     teacher_kept = teachers.kept_features()
     results, offset = [], 0
     for c in configs:
@@ -290,7 +288,7 @@ def _run_unit(
             )
         )
     training_seconds = (time.perf_counter() - start) / len(results)
-    measured = [_run_sweep(job, on_step) for job in jobs] if sweeps is None else [sweeps.result(h) for h in pending]
+    measured = [_run_sweep(job, on_step) for job in jobs] if sweeps is None else [sweeps.result(h) for h in pending or ()]
     for i, r in enumerate(results):
         r.sae, seconds = measured[i] if measured else (None, 0.0)
         r.seconds = training_seconds + seconds
@@ -306,9 +304,9 @@ class _SweepJob(NamedTuple):
     seed: int
 
 
-def _sweep_job(c: ToyConfig, teachers: ToyModels, plan: _UnitModels, settings: ExperimentSettings) -> _SweepJob:
-    W = teachers.W[plan.teacher_of[(c, settings.seeds[0])], : c.d_teacher].detach().clone()
-    return _SweepJob(W, c.task, settings.sae, stable_seed("sae", c, settings.seeds[0]))
+def _sweep_job(c: ToyConfig, teachers: ToyModels, plan: _UnitModels, sae: SAESettings, seed: int) -> _SweepJob:
+    W = teachers.W[plan.teacher_of[(c, seed)], : c.d_teacher].detach().clone()
+    return _SweepJob(W, c.task, sae, stable_seed("sae", c, seed))
 
 
 def _run_sweep(job: _SweepJob, on_step: Callable[[int], None] | None) -> tuple[TeacherMeasurement, float]:
@@ -340,7 +338,8 @@ class _SweepRunner:
             handle.wait(0.2)
             self.drain()
         self.drain()
-        return handle.get()
+        result: tuple[TeacherMeasurement, float] = handle.get()
+        return result
 
     def drain(self) -> None:
         _drain(self._queue, self._progress)

@@ -235,8 +235,10 @@ class _Block:
         # A narrower model's padding rows are zero, so their gradients are exactly zero: they stay zero.
         self.b = torch.zeros(len(groups), len(groups[0]), n)
         self.generators = [torch.Generator().manual_seed(specs[g[0]].data_seed) for g in groups]
-        self.teacher_W = self.teacher_b = None
+        self.teacher_W: Tensor | None = None
+        self.teacher_b: Tensor | None = None
         if first.teacher is not None:
+            assert teachers is not None  # _blocks checked it
             index = torch.tensor([specs[g[0]].teacher for g in groups])
             self.teacher_W = teachers.W[index].detach().unsqueeze(1)  # [G, 1, D_T, n]
             self.teacher_b = teachers.b[index].detach().unsqueeze(1)
@@ -248,7 +250,7 @@ class _Block:
     def set_grads(self, batch_size: int, weight: Tensor) -> None:
         """Draw each group's batch and set the gradients of every model's loss on it."""
         x = torch.stack([self.task.sample(batch_size, g) for g in self.generators])
-        if self.teacher_W is None:
+        if self.teacher_W is None or self.teacher_b is None:
             y = x
         else:
             with torch.no_grad():
@@ -260,7 +262,7 @@ class _Block:
 
 def _blocks(specs: Sequence[ModelSpec], teachers: ToyModels | None) -> list[_Block]:
     """Partition the specs into groups by (task, data seed, teacher), and the groups into blocks."""
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[ToyTask, int, int | None], list[int]] = {}
     for i, s in enumerate(specs):
         if s.teacher is not None:
             if teachers is None:
@@ -268,14 +270,13 @@ def _blocks(specs: Sequence[ModelSpec], teachers: ToyModels | None) -> list[_Blo
             if not 0 <= s.teacher < len(teachers):
                 raise ValueError(f"teacher index {s.teacher} is outside the {len(teachers)} teachers given")
         groups.setdefault((s.task, s.data_seed, s.teacher), []).append(i)
-    blocks: dict[tuple, list[list[int]]] = {}
+    blocks: dict[tuple[ToyTask, int, int, int | None], list[list[int]]] = {}
     for (task, _, teacher), members in groups.items():
         shape = (
             task,
             len(members),
             max(specs[m].width for m in members),
-            teacher is None,
-            None if teacher is None else teachers.widths[teacher],
+            None if teacher is None or teachers is None else teachers.widths[teacher],
         )
         blocks.setdefault(shape, []).append(members)
     return [_Block(g, specs, teachers) for g in blocks.values()]
@@ -365,7 +366,7 @@ def evaluate_losses(
     m_total = len(models)
     if len(tasks) != m_total:
         raise ValueError(f"got {len(tasks)} tasks for {m_total} models")
-    tindex = list(teacher_index) if teacher_index is not None else [None] * m_total
+    tindex: list[int | None] = list(teacher_index) if teacher_index is not None else [None] * m_total
     task_loss = np.zeros(m_total)
     distill = np.full(m_total, np.nan)
     teacher_task = np.full(m_total, np.nan)
@@ -377,11 +378,14 @@ def evaluate_losses(
             g = torch.Generator().manual_seed(stable_seed("eval", seed, task))
             imp = torch.as_tensor(task.importances)
             sel = models.select(idx)
-            with_t = [j for j, i in enumerate(idx) if tindex[i] is not None]
+            taught = {j: ti for j, i in enumerate(idx) if (ti := tindex[i]) is not None}
+            with_t = list(taught)
             # each teacher runs once per chunk, however many of these models it taught
-            used = sorted({tindex[idx[j]] for j in with_t})
-            t_models = teachers.select(used) if with_t else None
-            of_model = [used.index(tindex[idx[j]]) for j in with_t]
+            used = sorted(set(taught.values()))
+            if with_t and teachers is None:
+                raise ValueError("models name teachers but no teachers were given")
+            t_models = teachers.select(used) if with_t and teachers is not None else None
+            of_model = [used.index(taught[j]) for j in with_t]
             sums = torch.zeros(3, len(idx), dtype=torch.float64)
             done = 0
             while done < n_samples:

@@ -189,6 +189,8 @@ def _sae_floor(result: ConfigResult) -> NDArray[np.float64] | None:
     if result.sae is None or "relu" not in result.sae.measurements:
         return None
     m = result.sae.measurements["relu"]
+    if not m.total_importance:
+        return None
     scale = result.teachers[0].width0_loss / m.total_importance
     floor = np.asarray(m.floor(np.asarray(result.config.widths)), dtype=np.float64) * scale
     return np.broadcast_to(floor, (len(result.seeds), len(result.config.widths))).copy()
@@ -269,7 +271,7 @@ class LocoFits(NamedTuple):
         return {k: None if v is None else v._asdict() for k, v in self._asdict().items()}
 
 
-def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray]) -> list[LocoFits]:
+def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray[np.float64]]) -> list[LocoFits]:
     """For each configuration, the laws fitted on the other configurations of its importance profile."""
     points = [_budget_points(r) for r in results]
     fits = []
@@ -289,7 +291,7 @@ def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray]) -> list[
     return fits
 
 
-def _fit_calibration(eq2: Sequence[NDArray], others: Sequence[ConfigResult]) -> theory.Calibration | None:
+def _fit_calibration(eq2: Sequence[NDArray[np.float64]], others: Sequence[ConfigResult]) -> theory.Calibration | None:
     """observed ≈ C·eq2 + B over ``others`` (seed means); None without two distinct predictions."""
     if not others:
         return None
@@ -301,7 +303,7 @@ def _fit_calibration(eq2: Sequence[NDArray], others: Sequence[ConfigResult]) -> 
         return None
 
 
-def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray) -> dict[str, NDArray | None]:
+def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray[np.float64]) -> dict[str, NDArray[np.float64] | None]:
     """packing_loco, width_packing_loco and calibrated_loco of one configuration from its fits."""
     w = np.asarray(r.config.widths, dtype=np.float64)
     packing, width_law, cal = fits
@@ -321,11 +323,18 @@ def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray) -> dict[str, NDAr
     }
 
 
-def predict_with_fits(results: Sequence[ConfigResult]) -> tuple[list[dict[str, NDArray | None]], list[LocoFits]]:
+def _required(prediction: NDArray[np.float64] | None) -> NDArray[np.float64]:
+    if prediction is None:
+        raise ValueError("a predictor every configuration has is missing")
+    return prediction
+
+
+def predict_with_fits(results: Sequence[ConfigResult]) -> tuple[list[dict[str, NDArray[np.float64] | None]], list[LocoFits]]:
     """:func:`predict_floors`, and the laws fitted for each configuration on the others."""
     own = [_own_predictors(r) for r in results]
-    fits = _loco_fits(results, [o["eq2"] for o in own])
-    preds = [{**o, **_apply_fits(r, f, o["eq2"])} for r, o, f in zip(results, own, fits)]
+    eq2 = [_required(o["eq2"]) for o in own]  # Eq. 2 from the truth exists for every configuration
+    fits = _loco_fits(results, eq2)
+    preds = [{**o, **_apply_fits(r, f, e)} for r, o, f, e in zip(results, own, fits, eq2)]
     return [{name: p[name] for name in PREDICTORS} for p in preds], fits
 
 
@@ -341,14 +350,15 @@ def predict_floors(results: Sequence[ConfigResult]) -> list[dict[str, NDArray[np
 
 # -- scoring the predictors over a run ----------------------------------------------------------
 def _pooled(
-    results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray | None]], name: str, target: str
-) -> tuple[NDArray, NDArray, list[float], list[str], list[int]] | None:
+    results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray[np.float64] | None]], name: str, target: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64], list[float], list[str], list[int]] | None:
     """Seed-mean (predicted, observed) of every student of every configuration, with its α, stratum, config index."""
     p, o, alphas, strata, cfg = [], [], [], [], []
     for i, (r, pr) in enumerate(zip(results, preds)):
-        if pr[name] is None:
+        prediction = pr[name]
+        if prediction is None:
             return None
-        p.append(pr[name].mean(0))
+        p.append(prediction.mean(0))
         o.append(getattr(r.distilled, target).mean(0))
         alphas += [r.config.alpha] * len(r.config.widths)
         strata += width_stratum(np.asarray(r.config.widths), r.config.critical_width)
@@ -356,7 +366,7 @@ def _pooled(
     return np.concatenate(p), np.concatenate(o), alphas, strata, cfg
 
 
-def summarize_scores(results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray | None]]) -> dict[str, Any]:
+def summarize_scores(results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray[np.float64] | None]]) -> dict[str, Any]:
     """Per predictor and target: pooled scores, by sparsity, by d/d* stratum, and per-configuration r
     (JSON-ready; ``"best"``: the best predictor on (a)). ``preds``: :func:`predict_floors` of ``results``."""
     out: dict[str, Any] = {}

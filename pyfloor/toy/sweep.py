@@ -9,7 +9,7 @@ needs no knowledge of the truth picks one SAE per activation (:class:`SAESetting
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,7 +61,7 @@ class SAESettings:
         _checks.number(self.fvu_tolerance, "fvu_tolerance", low=0.0)
         _checks.fraction(self.alive_threshold, "alive_threshold")
 
-    def sweep(self) -> list[tuple[str, float]]:
+    def sweep(self) -> list[tuple[Literal["relu", "topk"], float]]:
         """(activation, penalty) of every SAE, sparsest first within each activation."""
         return [("relu", float(v)) for v in sorted(self.l1_grid, reverse=True)] + [
             ("topk", int(k)) for k in sorted(self.k_grid)
