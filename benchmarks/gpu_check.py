@@ -32,9 +32,10 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if "--cpu-dry-run" in sys.argv:
@@ -249,7 +250,7 @@ def _attempt(fn: Callable[[], float], errors: list[str], what: str) -> float | N
     """``fn()``, or None with the error noted (one failing variant must not stop the run)."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+    except Exception as exc:
         errors.append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
         print("ERROR", errors[-1], flush=True)
         return None

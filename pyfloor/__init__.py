@@ -60,7 +60,17 @@ _SUBMODULES = frozenset({
 })
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
-    from . import distributed, encode, encode_types, floors, histograms, measure, report, render, sae, sources, toy
+    from . import distributed as distributed
+    from . import encode as encode
+    from . import encode_types as encode_types
+    from . import floors as floors
+    from . import histograms as histograms
+    from . import measure as measure
+    from . import render as render
+    from . import report as report
+    from . import sae as sae
+    from . import sources as sources
+    from . import toy as toy
     from .encode import StatsAccumulator, encode_stats
     from .encode_types import BatchStats, SparseCodes
     from .histograms import Binning, FeatureHistograms, FiringDensity, Histogram, firing_density

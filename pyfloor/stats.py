@@ -21,22 +21,22 @@ numpy only; no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import theory
-from .theory import Array, Scalar
+from . import _checks, theory
 from ._io import CheckpointError, load_tagged, save_tagged
-from . import _checks
+from .theory import Array, Scalar
 
 __all__ = [
     "FeatureStats",
@@ -112,13 +112,13 @@ class FeatureStats:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def empty(cls, n_latents: int) -> "FeatureStats":
+    def empty(cls, n_latents: int) -> FeatureStats:
         """Statistics of zero tokens over ``n_latents`` latents (the identity of :meth:`merge`)."""
         m = _checks.count(n_latents, "n_latents")
         return cls(0, np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m))
 
     @classmethod
-    def from_activations(cls, z: ArrayLike) -> "FeatureStats":
+    def from_activations(cls, z: ArrayLike) -> FeatureStats:
         """Statistics of dense latents ``z`` of shape [..., m] (the numpy reference).
 
         Latents must be non-negative (outputs of ReLU, JumpReLU or top-k). Tokens whose row holds
@@ -150,7 +150,7 @@ class FeatureStats:
         """Number of latents m."""
         return int(self.fire_count.size)
 
-    def merge(self, *others: "FeatureStats") -> "FeatureStats":
+    def merge(self, *others: FeatureStats) -> FeatureStats:
         """Statistics of the union of the token streams: counts and sums add, maxima take the max."""
         out = self.copy()
         for other in others:
@@ -166,12 +166,12 @@ class FeatureStats:
             np.maximum(out.act_max, other.act_max, out=out.act_max)
         return out
 
-    def __add__(self, other: "FeatureStats") -> "FeatureStats":
+    def __add__(self, other: FeatureStats) -> FeatureStats:
         if not isinstance(other, FeatureStats):
             return NotImplemented
         return self.merge(other)
 
-    def copy(self) -> "FeatureStats":
+    def copy(self) -> FeatureStats:
         """A deep copy."""
         return FeatureStats(
             self.n_tokens,
@@ -229,7 +229,7 @@ class FeatureStats:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureStats":
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureStats:
         """Inverse of :meth:`to_dict` (accepts numpy arrays or anything ``np.asarray`` takes)."""
         missing = [k for k in (*_ARRAYS, "counters") if k not in d]
         if missing:
@@ -253,12 +253,12 @@ class FeatureStats:
         save_tagged(path, arrays, kind=STATS_FORMAT, version=STATS_VERSION, metadata=user)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "FeatureStats":
+    def load(cls, path: str | os.PathLike[str]) -> FeatureStats:
         """Read a file written by :meth:`save`; anything else raises :class:`CheckpointError`."""
         return cls.load_with_metadata(path)[0]
 
     @classmethod
-    def load_with_metadata(cls, path: str | os.PathLike[str]) -> tuple["FeatureStats", dict[str, str]]:
+    def load_with_metadata(cls, path: str | os.PathLike[str]) -> tuple[FeatureStats, dict[str, str]]:
         """Like :meth:`load`, also returning the user metadata given to :meth:`save`."""
         data, meta = load_tagged(path, kind=STATS_FORMAT, version=STATS_VERSION, what="FeatureStats file")
         try:
@@ -370,7 +370,7 @@ class Measurement:
     @classmethod
     def from_summary(
         cls, n_features: int, *, mean_l0: float | None = None, alpha: float | None = None, source: str = ""
-    ) -> "Measurement":
+    ) -> Measurement:
         """A measurement known only by F and L0 (or F and α), as papers publish it."""
         f = _checks.count(n_features, "n_features")
         if f == 0:
@@ -387,7 +387,7 @@ class Measurement:
         alpha: float | None = None,
         feature_ids: ArrayLike | None = None,
         source: str = "",
-    ) -> "Measurement":
+    ) -> Measurement:
         """A measurement from the alive features' importances (any order) and L0 or α.
 
         F is the number of importances. Published measurements such as the paper's layer-12
@@ -414,7 +414,7 @@ class Measurement:
     @classmethod
     def from_stats(
         cls, stats: FeatureStats, *, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD, source: str = ""
-    ) -> "Measurement":
+    ) -> Measurement:
         """The paper's measurement from accumulated statistics (definitions in the module docstring)."""
         thr = _checks.fraction(alive_threshold, "alive_threshold")
         if stats.n_tokens == 0:
@@ -525,7 +525,7 @@ class Measurement:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Measurement":
+    def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
         """Inverse of :meth:`to_dict`."""
         if not isinstance(d, Mapping):
             raise TypeError(f"Measurement.from_dict needs a mapping; got {type(d).__name__}")

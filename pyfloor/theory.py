@@ -12,7 +12,8 @@ Arguments outside their domain raise :class:`ValueError` naming the argument and
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, Sequence, Union, overload
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -46,9 +47,9 @@ MIN_CAPACITY: float = math.e
 
 DenseMode = Literal["clamp", "raise"]
 #: A single number: functions given only scalars return a Python scalar.
-Scalar = Union[float, np.floating[Any], np.integer[Any]]
+Scalar = float | np.floating[Any] | np.integer[Any]
 #: Anything array-like that is not a single number: functions given one return an ndarray.
-Array = Union[NDArray[Any], Sequence[float], Sequence[int]]
+Array = NDArray[Any] | Sequence[float] | Sequence[int]
 
 
 def _scalar_or_array(values: ArrayLike) -> Any:

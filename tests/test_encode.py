@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from rounding import assert_stats_agree, clear_inputs
+from test_sae import random_sae
 
 from pyfloor.encode import StatsAccumulator, encode_stats
 from pyfloor.stats import FeatureStats
-from rounding import assert_stats_agree, clear_inputs
-from test_sae import random_sae
 
 # float32 matmuls compared across batch shapes: .ci/run runs these again under other MKL code paths
 pytestmark = pytest.mark.numerics

@@ -8,7 +8,6 @@ error...), allocated memory for a size no data backed, or was silently accepted 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_histograms import reference_bins, reference_counts
 
 from pyfloor.histograms import (
     FEATURE_BINNING,
@@ -19,7 +20,6 @@ from pyfloor.histograms import (
     simd_level,
     simd_levels,
 )
-from test_histograms import reference_bins, reference_counts
 
 
 def _values(n: int, dtype: torch.dtype) -> torch.Tensor:

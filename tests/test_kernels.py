@@ -21,8 +21,8 @@ triton = pytest.importorskip("triton")
 tl = triton.language
 
 from pyfloor.encode import StatsAccumulator, reference_batch_stats
-from pyfloor.encode_types import BatchStats, EncodeSpec
 from pyfloor.encode import encode_stats as encode_dispatch
+from pyfloor.encode_types import BatchStats, EncodeSpec
 from pyfloor.kernels import MAX_K, fused_batch_stats
 from pyfloor.kernels.bitonic import topk_desc
 from pyfloor.sae import SAE

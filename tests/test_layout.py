@@ -5,7 +5,7 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-import import_graph  # noqa: E402
+import import_graph
 
 
 def test_no_module_imports_one_above_it_and_every_module_has_a_layer():

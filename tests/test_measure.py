@@ -16,7 +16,6 @@ from pyfloor.sources import ArraySource, IterableSource, TeacherSource, TokenSeq
 from pyfloor.stats import CheckpointError, FeatureStats, Measurement
 
 
-
 def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
     """A ReLU SAE with random unit directions; ``scale`` brings the activations' projections to O(1)."""
     g = torch.Generator().manual_seed(seed)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyfloor.measure import MeasureConfig, measure
 from pyfloor.floors import default_widths
+from pyfloor.measure import MeasureConfig, measure
 from pyfloor.report import measurement_markdown, plot_floor_curve, write_measurement_report
 from pyfloor.sae import SAE
 from pyfloor.sources import ArraySource

@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from queue import Empty
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from .. import theory
+from .. import _checks, theory
 from .models import (
     ImportanceProfile,
     ModelSpec,
@@ -47,7 +48,6 @@ from .models import (
     train_toy_models,
 )
 from .sweep import SAESettings, TeacherMeasurement, measure_teacher
-from .. import _checks
 
 __all__ = [
     "ToyConfig",
@@ -74,7 +74,7 @@ class ToyConfig:
     ratio: float = 0.9
 
     def __post_init__(self) -> None:
-        self.task  # validates n, α and the profile
+        _ = self.task  # validates n, α and the profile
         _checks.count(self.d_teacher, "d_teacher", minimum=1)
 
     @property
@@ -167,7 +167,8 @@ class TeacherFacts(NamedTuple):
 
     def represented_weights(self) -> NDArray[np.float64]:
         """I_i · Var(x̂_T,i) of the represented features, sorted descending."""
-        return np.sort(self.output_weights[self.represented])[::-1].copy()
+        weights: NDArray[np.float64] = np.sort(self.output_weights[self.represented])[::-1].copy()
+        return weights
 
 
 @dataclass
@@ -230,7 +231,7 @@ def _run_unit(
     configs: Sequence[ToyConfig],
     settings: ExperimentSettings,
     on_step: Callable[[int], None] | None,
-    sweeps: "_SweepRunner | None" = None,
+    sweeps: _SweepRunner | None = None,
 ) -> list[ConfigResult]:
     """Train, evaluate and measure every configuration of one task (all share n, α and the profile).
 

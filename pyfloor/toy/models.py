@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -177,7 +178,7 @@ class ToyModels:
         """Which features each model represents (‖W_i‖² > threshold), [M, n]."""
         return self.feature_norms() > threshold
 
-    def select(self, index: Sequence[int]) -> "ToyModels":
+    def select(self, index: Sequence[int]) -> ToyModels:
         """The models at ``index``, in that order."""
         idx = torch.as_tensor(list(index), dtype=torch.int64)
         return ToyModels(self.W[idx], self.b[idx], tuple(self.widths[i] for i in idx.tolist()))

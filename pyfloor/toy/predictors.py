@@ -14,7 +14,8 @@ and the functions it calls) take numpy arrays and use numpy only.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -193,7 +194,8 @@ def _sae_floor(result: ConfigResult) -> NDArray[np.float64] | None:
         return None
     scale = result.teachers[0].width0_loss / m.total_importance
     floor = np.asarray(m.floor(np.asarray(result.config.widths)), dtype=np.float64) * scale
-    return np.broadcast_to(floor, (len(result.seeds), len(result.config.widths))).copy()
+    per_seed: NDArray[np.float64] = np.broadcast_to(floor, (len(result.seeds), len(result.config.widths))).copy()
+    return per_seed
 
 
 def _teacher_floor(result: ConfigResult, budget: Callable[[TeacherFacts], NDArray[np.int64]]) -> NDArray[np.float64]:

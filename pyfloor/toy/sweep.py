@@ -8,8 +8,9 @@ needs no knowledge of the truth picks one SAE per activation (:class:`SAESetting
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor

@@ -17,12 +17,12 @@ import sys
 import atheris
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import expect_error, register_hist, shm_dir  # noqa: E402
-from _files import fuzzed_file  # noqa: E402
+from _common import expect_error, register_hist, shm_dir
+from _files import fuzzed_file
 
 register_hist()
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 with atheris.instrument_imports():  # pyfloor only: instrumenting torch and numpy is slow
     from pyfloor import measure

@@ -17,7 +17,7 @@ import sys
 import atheris
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import expect_error, register_hist  # noqa: E402
+from _common import expect_error, register_hist
 
 register_hist()
 import numpy as np

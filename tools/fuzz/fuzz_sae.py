@@ -19,11 +19,10 @@ import sys
 import atheris
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import expect_error, shm_dir  # noqa: E402
-from _files import dump_json, fuzzed_file, fuzzed_json  # noqa: E402
-
 import numpy as np
 import torch
+from _common import expect_error, shm_dir
+from _files import dump_json, fuzzed_file, fuzzed_json
 
 with atheris.instrument_imports():  # pyfloor only: instrumenting torch and numpy is slow
     from pyfloor.sae import SAE, load_sae

@@ -18,13 +18,11 @@ import sys
 import atheris
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import expect_error, shm_dir  # noqa: E402
-from _files import dump_json, fuzzed_file, fuzzed_json  # noqa: E402
-
 import numpy as np
+from _common import expect_error, shm_dir
+from _files import dump_json, fuzzed_file, fuzzed_json
 
 with atheris.instrument_imports():  # pyfloor only: instrumenting numpy is slow
-    import pyfloor
     from pyfloor import FeatureStats, Measurement, load_measurement
 
 DIR = shm_dir("stats")
@@ -94,7 +92,7 @@ def TestOneInput(data: bytes) -> None:
         else:
             check_stats(s)
         thr = None if mode == 0 or fdp.ConsumeBool() else fdp.PickValueInList([1e-5, 0.0, 0.5, 1.0, -1, float("nan")])
-        loader = lambda: load_measurement(path, alive_threshold=thr)  # noqa: E731
+        loader = lambda: load_measurement(path, alive_threshold=thr)
     else:
         if mode == 2:
             text = data[1:]
@@ -103,7 +101,7 @@ def TestOneInput(data: bytes) -> None:
             text = dump_json(fuzzed_json(fdp, base)).encode()
         path = write("measurement.json", text)
         thr = None if fdp.ConsumeIntInRange(0, 3) else fdp.PickValueInList([1e-5, 0.5, float("nan")])
-        loader = lambda: load_measurement(path, alive_threshold=thr)  # noqa: E731
+        loader = lambda: load_measurement(path, alive_threshold=thr)
     try:
         m = loader()
     except Exception as exc:
