@@ -28,16 +28,24 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pyfloor.encode_types import SUPPORTED_DTYPES, BatchStats, EncodeSpec, SparseCodes, check_activations
-from pyfloor.sae import SAE
+from pyfloor.encode_types import (
+    SUPPORTED_DTYPES,
+    BatchStats,
+    EncodeSpec,
+    InputPrecision,
+    SparseCodes,
+    check_activations,
+)
+from pyfloor.sae import SAE, Activation
 
 from .bitonic import topk_desc
 
-__all__ = ["encode_stats", "MAX_K", "MODES"]
+__all__ = ["fused_batch_stats", "MAX_K", "MODES"]
 
 #: Largest k the top-k kernel handles (the sort width and scratch grow with it).
 MAX_K = 128
-MODES = {"relu": 0, "jumprelu": 1, "topk": 2}
+#: The kernel's MODE constexpr of each activation.
+MODES: dict[Activation, int] = {"relu": 0, "jumprelu": 1, "topk": 2}
 _JUMPRELU, _TOPK = tl.constexpr(MODES["jumprelu"]), tl.constexpr(MODES["topk"])
 _NO_CODES, _COUNT_ROWS, _WRITE_CODES = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 _SENTINEL = tl.constexpr(-(2**63))  # key of an empty candidate slot, below every real key
@@ -290,7 +298,7 @@ def _encode_stats_kernel(
 
 
 # -- launcher --------------------------------------------------------------------------------------
-_FOLDED: "weakref.WeakKeyDictionary[SAE, tuple[tuple[tuple[int, int], ...], Tensor]]" = weakref.WeakKeyDictionary()
+_FOLDED: weakref.WeakKeyDictionary[SAE, tuple[tuple[tuple[int, int], ...], Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _folded_bias(sae: SAE) -> Tensor:
@@ -310,22 +318,25 @@ def _folded_bias(sae: SAE) -> Tensor:
 
 
 def _interpreting() -> bool:
+    """Whether the kernels run in Triton's interpreter (TRITON_INTERPRET=1 when this module was imported)."""
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(_encode_stats_kernel, InterpretedFunction)
 
 
 def _pow2_at_least(n: int, floor: int = 16) -> int:
-    return max(floor, triton.next_power_of_2(max(1, n)))
+    """The smallest power of two >= n, and at least ``floor``."""
+    return max(floor, int(triton.next_power_of_2(max(1, n))))
 
 
 def _check_pow2(name: str, value: int, lo: int = 16) -> int:
+    """``value`` as an int; ValueError unless it is a power of two >= ``lo``."""
     if int(value) != value or value < lo or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= {lo}; got {value!r}")
     return int(value)
 
 
-def _validate(x: Tensor, sae: SAE, activation: str, k: int | None) -> int | None:
+def _validate(x: Tensor, sae: SAE, activation: Activation, k: int | None) -> int | None:
     """Raise unless the kernel can encode ``x`` with ``sae`` in ``activation``; returns k as an int (None but in top-k)."""
     check_activations(x, sae)
     if x.ndim != 2:
@@ -335,9 +346,9 @@ def _validate(x: Tensor, sae: SAE, activation: str, k: int | None) -> int | None
     k = EncodeSpec.checked(sae, activation, k).k
     if k is not None and k > MAX_K:
         raise ValueError(f"the Triton top-k kernel supports k <= {MAX_K}; got k={k}")
-    named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
+    named: dict[str, Tensor] = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
     if activation == "jumprelu":
-        named["threshold"] = sae.threshold
+        named["threshold"] = sae.jumprelu_threshold()
     for name, p in named.items():
         if p.device != x.device:
             raise ValueError(f"activations are on {x.device} but the SAE's {name} is on {p.device}")
@@ -358,7 +369,7 @@ def _validate(x: Tensor, sae: SAE, activation: str, k: int | None) -> int | None
 def fused_batch_stats(
     x: Tensor,
     sae: SAE,
-    activation: str,
+    activation: Activation,
     k: int | None = None,
     *,
     want_codes: bool = False,
@@ -370,7 +381,7 @@ def fused_batch_stats(
     num_programs: int | None = None,
     buffer_slots: int | None = None,
     compact_rows: int | None = None,
-    input_precision: str = "ieee",
+    input_precision: InputPrecision = "ieee",
 ) -> BatchStats:
     """Per-latent statistics (and optionally codes) of activations x [N, d] in one fused pass.
 
@@ -387,6 +398,16 @@ def fused_batch_stats(
     ``input_precision`` of fp32 dots: 'ieee' (exact fp32, the default) or 'tf32' (faster on GPUs).
     16-bit x and W_enc of the same dtype are multiplied as they are (fp32 accumulation), with b_dec
     folded into the bias in float64.
+
+    Raises
+    ------
+    ValueError
+        For activations that are not [N, d_in] float32/float16/bfloat16 contiguous along d, SAE
+        weights of another dtype or device or not contiguous, an activation/k the SAE cannot use
+        or k > 128, a tuning knob that is not a power of two in range, or top-k scratch that would
+        overflow int32 offsets.
+    RuntimeError
+        For CPU tensors outside Triton's interpreter.
     """
     k = _validate(x, sae, activation, k)
     if input_precision not in ("ieee", "tf32", "tf32x3"):
@@ -415,7 +436,7 @@ def fused_batch_stats(
 
     half = x.dtype == sae.W_enc.dtype and x.dtype in _HALF and not (interp and x.dtype == torch.bfloat16)
     bias = _folded_bias(sae) if half else sae.b_enc.detach()
-    thr = sae.threshold.detach() if activation == "jumprelu" else bias
+    thr = sae.jumprelu_threshold().detach() if activation == "jumprelu" else bias
     if topk:
         if nprog * bn * cap >= 2**31:
             raise ValueError(f"top-k scratch of {nprog} programs × {bn} rows × {cap} slots overflows int32 offsets")
@@ -424,7 +445,7 @@ def fused_batch_stats(
         row_tau = torch.empty(nprog * bn, dtype=torch.float32, device=dev)
     else:
         cand, row_cnt, row_tau = fire, fire, mx  # unused
-    if want_codes and topk:
+    if want_codes and k is not None:  # top-k (_validate gives an int k exactly then)
         code_idx = torch.empty(n * k, dtype=torch.int64, device=dev)
         code_val = torch.empty(n * k, dtype=torch.float32, device=dev)
         offsets = torch.arange(n + 1, dtype=torch.int64, device=dev) * k

@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # torch is only needed for framework="pt"; statistics code never imports it
+    from torch import Tensor
 
 
 class CheckpointError(ValueError):
@@ -22,7 +27,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` and rename the result onto ``path``.
 
     A crash or error part-way leaves any previous file at ``path`` untouched and no temporary
@@ -62,23 +67,58 @@ def json_ready(obj: Any) -> Any:
 Framework = Literal["numpy", "pt"]
 
 
-def save_tagged(path: str | os.PathLike, tensors: Mapping[str, Any], *, kind: str, version: int,
+def save_tagged(path: str | os.PathLike[str], tensors: Mapping[str, Any], *, kind: str, version: int,
                 metadata: Mapping[str, str] | None = None, framework: Framework = "numpy") -> None:
-    """Write ``tensors`` (numpy arrays or torch tensors) atomically to a safetensors file whose
-    metadata names its ``kind`` and ``version``, plus the given string ``metadata``."""
-    if framework == "numpy":
-        from safetensors.numpy import save_file
-    else:
-        from safetensors.torch import save_file
+    """Write ``tensors`` atomically to a safetensors file tagged with a format and a version.
+
+    ``tensors`` are numpy arrays (``framework="numpy"``) or CPU torch tensors (``"pt"``); the file's
+    metadata holds ``format`` = ``kind``, ``version`` and the given string ``metadata``. Errors of
+    the writer propagate and leave any previous file at ``path`` untouched (:func:`atomic_write`).
+    """
     meta = {**(metadata or {}), "format": kind, "version": str(version)}
-    atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=meta))
+    if framework == "numpy":
+        from safetensors.numpy import save_file as save_numpy
+
+        atomic_write(path, lambda tmp: save_numpy(dict(tensors), tmp, metadata=meta))
+    else:
+        from safetensors.torch import save_file as save_torch
+
+        atomic_write(path, lambda tmp: save_torch(dict(tensors), tmp, metadata=meta))
 
 
-def load_tagged(path: str | os.PathLike, *, kind: str, version: int, what: str,
-                framework: Framework = "numpy") -> tuple[dict[str, Any], dict[str, str]]:
-    """Tensors and metadata of a file :func:`save_tagged` wrote with this ``kind`` and at most this
-    ``version``; anything else (a foreign, newer, corrupt or missing file) raises CheckpointError
-    naming the file and ``what`` it should have been."""
+@overload
+def load_tagged(path: str | os.PathLike[str], *, kind: str, version: int, what: str,
+                framework: Literal["numpy"] = "numpy") -> tuple[dict[str, NDArray[Any]], dict[str, str]]: ...
+@overload
+def load_tagged(path: str | os.PathLike[str], *, kind: str, version: int, what: str,
+                framework: Literal["pt"]) -> tuple[dict[str, Tensor], dict[str, str]]: ...
+def load_tagged(path: str | os.PathLike[str], *, kind: str, version: int, what: str,
+                framework: Framework = "numpy") -> tuple[dict[str, NDArray[Any]] | dict[str, Tensor], dict[str, str]]:
+    """Read a file :func:`save_tagged` wrote with this ``kind`` and at most this ``version``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The safetensors file.
+    kind, version : str, int
+        The ``format`` tag the file must carry and the newest ``version`` this reader understands.
+    what : str
+        What the file should be, for error messages ("SAE file", …).
+    framework : {"numpy", "pt"}
+        Return numpy arrays or torch tensors.
+
+    Returns
+    -------
+    tensors : dict[str, numpy.ndarray] or dict[str, torch.Tensor]
+        Every tensor of the file by name.
+    metadata : dict[str, str]
+        The file's string metadata, ``format`` and ``version`` included.
+
+    Raises
+    ------
+    CheckpointError
+        For a missing, foreign, newer or corrupt file, naming the file and ``what`` it should have been.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -101,7 +141,7 @@ def load_tagged(path: str | os.PathLike, *, kind: str, version: int, what: str,
         raise CheckpointError(f"{path}: unreadable or corrupt {what} ({exc})") from exc
 
 
-def file_format(path: str | os.PathLike) -> str | None:
+def file_format(path: str | os.PathLike[str]) -> str | None:
     """The ``format`` tag of a safetensors file :func:`save_tagged` wrote; None for any other file."""
     from safetensors import safe_open
 
@@ -112,7 +152,7 @@ def file_format(path: str | os.PathLike) -> str | None:
         return None
 
 
-def check_replaceable(path: str | os.PathLike, *, kind: str, what: str, overwrite: bool) -> None:
+def check_replaceable(path: str | os.PathLike[str], *, kind: str, what: str, overwrite: bool) -> None:
     """Raise CheckpointError unless ``path`` may be written: absent, or (with ``overwrite``) a pyfloor
     ``what`` of this ``kind``; never a directory, and never some other file."""
     path = Path(path)

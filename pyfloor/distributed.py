@@ -7,13 +7,17 @@ calls them unconditionally. Under ``torchrun`` call :func:`init_from_env` once p
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 __all__ = ["init_from_env", "is_distributed", "rank_and_world", "all_reduce_", "all_reduce_max_", "all_reduce_arrays"]
+
+_Scalar = TypeVar("_Scalar", bound=np.generic)
 
 
 def is_distributed() -> bool:
@@ -48,7 +52,8 @@ def _backend_device(t: Tensor) -> Tensor:
     return t
 
 
-def _all_reduce_(tensors: Sequence[Tensor], op: torch.distributed.ReduceOp) -> None:
+def _all_reduce_(tensors: Sequence[Tensor], op: torch.distributed.ReduceOp.RedOpType) -> None:
+    """All-reduce each tensor in place with ``op``, through the backend's device where it needs one."""
     if not is_distributed():
         return
     for t in tensors:
@@ -59,7 +64,10 @@ def _all_reduce_(tensors: Sequence[Tensor], op: torch.distributed.ReduceOp) -> N
 
 
 def all_reduce_(tensors: Sequence[Tensor]) -> None:
-    """Sum each tensor across ranks, in place."""
+    """Sum each tensor across ranks, in place (a no-op in a single process).
+
+    On NCCL a CPU tensor is reduced through a CUDA copy and copied back.
+    """
     _all_reduce_(tensors, torch.distributed.ReduceOp.SUM)
 
 
@@ -68,9 +76,24 @@ def all_reduce_max_(*tensors: Tensor) -> None:
     _all_reduce_(tensors, torch.distributed.ReduceOp.MAX)
 
 
-def all_reduce_arrays(arrays: Mapping[str, np.ndarray], *, max_keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """Sum (or, for ``max_keys``, max) numpy arrays across ranks; returns new arrays."""
-    out = {}
+def all_reduce_arrays(
+    arrays: Mapping[str, NDArray[_Scalar]], *, max_keys: Sequence[str] = ()
+) -> dict[str, NDArray[_Scalar]]:
+    """Sum numpy arrays across ranks (element-wise maximum for the keys in ``max_keys``).
+
+    Parameters
+    ----------
+    arrays : Mapping[str, numpy.ndarray]
+        Arrays of the same shapes and dtypes on every rank; they are not modified.
+    max_keys : Sequence[str]
+        Keys reduced by maximum instead of sum.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        New arrays with the reduced values, same keys, shapes and dtypes (copies in a single process).
+    """
+    out: dict[str, NDArray[_Scalar]] = {}
     for key, arr in arrays.items():
         t = torch.from_numpy(np.ascontiguousarray(arr).copy())
         if key in max_keys:

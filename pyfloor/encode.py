@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .encode_types import BatchStats, EncodeSpec, SparseCodes, check_activations
+from . import _checks
+from .encode_types import BatchStats, EncodeSpec, KernelOptions, SparseCodes, check_activations
 from .sae import SAE, Activation, topk_codes
 from .stats import FeatureStats
-from . import _checks
 
 __all__ = ["StatsAccumulator", "SparseCodes", "BatchStats", "encode_stats", "reference_batch_stats"]
 
@@ -30,6 +30,7 @@ Backend = Literal["auto", "torch", "triton"]
 
 
 def _finite_rows(x: Tensor) -> Tensor:
+    """bool [N]: whether each row of x [N, d] holds only finite values."""
     return torch.isfinite(x).all(dim=-1)
 
 
@@ -38,11 +39,31 @@ def reference_batch_stats(
 ) -> BatchStats:
     """The torch reference: pre-activations in float32, latents, and their per-latent sums.
 
-    ``x`` is [N, d]. Memory is O(chunk_tokens × m), never O(N × m).
+    Parameters
+    ----------
+    x : Tensor
+        Activations [N, d_in] (float32, float16 or bfloat16), on the SAE's device; not checked here
+        (:class:`StatsAccumulator` checks them).
+    sae : SAE
+        The SAE.
+    spec : EncodeSpec
+        The activation to apply (see :meth:`EncodeSpec.resolve`).
+    want_codes : bool
+        Also return the sparse codes of every token.
+    chunk_tokens : int
+        Tokens encoded at a time: memory is O(chunk_tokens × m), never O(N × m).
+
+    Returns
+    -------
+    BatchStats
+        int64 fire counts, float64 Σz and Σz², float32 max z [m] over the finite rows, the number
+        of non-finite rows, and the codes if asked (None otherwise).
     """
     m, device = sae.n_latents, x.device
     fire, s1, s2, mx, nonfinite, _ = BatchStats.zeros(m, device)
-    idx_parts, val_parts, count_parts = [], [], []
+    idx_parts: list[Tensor] = []
+    val_parts: list[Tensor] = []
+    count_parts: list[Tensor] = []
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk_tokens):
             xc = x[start : start + chunk_tokens]
@@ -51,10 +72,10 @@ def reference_batch_stats(
             pre = sae.pre_activations(torch.where(ok[:, None], xc, torch.zeros((), dtype=xc.dtype, device=device)))
             pre = pre.float()
             if spec.activation == "topk":
-                idx, val = topk_codes(pre, spec.k)
+                idx, val = topk_codes(pre, spec.top_k)
                 z = torch.zeros_like(pre).scatter_(-1, idx, val)
             elif spec.activation == "jumprelu":
-                z = pre * (pre > sae.threshold.float())
+                z = pre * (pre > sae.jumprelu_threshold().float())
             else:
                 z = torch.relu(pre)
             z = z * ok[:, None]
@@ -69,7 +90,7 @@ def reference_batch_stats(
                     val = val * ok[:, None]
                     idx_parts.append(idx.reshape(-1))
                     val_parts.append(val.reshape(-1))
-                    count_parts.append(torch.full((xc.shape[0],), spec.k, dtype=torch.int64, device=device))
+                    count_parts.append(torch.full((xc.shape[0],), spec.top_k, dtype=torch.int64, device=device))
                 else:
                     active = z > 0
                     rows, cols = active.nonzero(as_tuple=True)
@@ -101,7 +122,16 @@ class StatsAccumulator:
     ``activation``/``k`` override the SAE's own activation (e.g. top-k encoding of a ReLU SAE).
     ``backend``: ``"auto"`` uses the Triton kernels for CUDA tensors and torch otherwise;
     ``"triton"`` forces the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``).
-    ``kernel_options`` go to :func:`pyfloor.kernels.fused_batch_stats` (block sizes, warps, …).
+    ``kernel_options`` go to :func:`pyfloor.kernels.fused_batch_stats` (block sizes, warps, …;
+    see :class:`pyfloor.encode_types.KernelOptions`). ``chunk_tokens`` bounds the torch path's
+    memory to O(chunk_tokens × n_latents).
+
+    Raises
+    ------
+    ValueError
+        For an unknown backend, a ``chunk_tokens`` below 1, or an activation/k the SAE cannot
+        use (see :meth:`EncodeSpec.checked`); :meth:`batch` and :meth:`update` raise it for
+        activations of the wrong dtype, width or device.
     """
 
     def __init__(
@@ -112,13 +142,13 @@ class StatsAccumulator:
         k: int | None = None,
         backend: Backend = "auto",
         chunk_tokens: int = 4096,
-        kernel_options: dict[str, object] | None = None,
+        kernel_options: KernelOptions | None = None,
     ) -> None:
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
         _checks.count(chunk_tokens, "chunk_tokens", minimum=1)
         self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, activation, k), backend, chunk_tokens
-        self.kernel_options = dict(kernel_options or {})
+        self.kernel_options = KernelOptions(**(kernel_options or {}))
         self._rows = 0
         self._sums: BatchStats | None = None
 
@@ -132,7 +162,10 @@ class StatsAccumulator:
         return x.reshape(-1, self.sae.d_in)
 
     def batch(self, x: Tensor, *, want_codes: bool = False) -> BatchStats:
-        """Encode one batch [..., d_in] and return its statistics without accumulating them."""
+        """Encode one batch [..., d_in] and return its statistics without accumulating them.
+
+        The sums are on the batch's device (:class:`BatchStats`); ``codes`` is None unless ``want_codes``.
+        """
         x2 = self._check(x)
         if self._uses_triton(x2):
             from .kernels import fused_batch_stats
@@ -150,7 +183,10 @@ class StatsAccumulator:
         return b.codes
 
     def result(self) -> FeatureStats:
-        """The statistics of every token seen so far, as float64/int64 numpy arrays."""
+        """The statistics of every token seen so far, as float64/int64 numpy arrays.
+
+        ``n_tokens`` counts the finite rows only; the non-finite ones are in ``n_nonfinite``.
+        """
         m = self.sae.n_latents
         if self._sums is None:
             return FeatureStats.empty(m)
@@ -175,7 +211,12 @@ def encode_stats(
     want_codes: bool = False,
     backend: Backend = "auto",
 ) -> tuple[FeatureStats, SparseCodes | None]:
-    """Per-latent statistics (and optionally sparse codes) of one batch of activations [..., d_in]."""
+    """Per-latent statistics (and optionally sparse codes) of one batch of activations [..., d_in].
+
+    A one-batch :class:`StatsAccumulator` (see there for ``activation``, ``k``, ``backend`` and the
+    errors raised). Returns the statistics as :class:`pyfloor.stats.FeatureStats` and the codes of
+    every token (None unless ``want_codes``).
+    """
     acc = StatsAccumulator(sae, activation=activation, k=k, backend=backend)
     codes = acc.update(x, want_codes=want_codes)
     return acc.result(), codes

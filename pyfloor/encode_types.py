@@ -8,16 +8,40 @@ activation through :class:`EncodeSpec` and check their input with :func:`check_a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor
 
-from .sae import SAE, Activation
+from .sae import SAE, Activation, is_activation
 
-__all__ = ["SUPPORTED_DTYPES", "SparseCodes", "BatchStats", "EncodeSpec", "check_activations"]
+__all__ = [
+    "SUPPORTED_DTYPES", "SparseCodes", "BatchStats", "EncodeSpec", "KernelOptions", "InputPrecision", "check_activations",
+]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+#: Precision of the Triton kernels' fp32 dots: exact fp32, or TensorFloat-32 (one or three passes).
+InputPrecision = Literal["ieee", "tf32", "tf32x3"]
+
+
+class KernelOptions(TypedDict, total=False):
+    """Tuning knobs of :func:`pyfloor.kernels.fused_batch_stats` (every one optional; see there).
+
+    Block sizes and ``buffer_slots``/``compact_rows`` are powers of two; ``num_programs`` is the
+    persistent grid size; ``num_warps``/``num_stages`` go to the Triton launch.
+    """
+
+    block_n: int | None
+    block_m: int | None
+    block_k: int | None
+    num_warps: int | None
+    num_stages: int | None
+    num_programs: int | None
+    buffer_slots: int | None
+    compact_rows: int | None
+    input_precision: InputPrecision
 
 
 class SparseCodes(NamedTuple):
@@ -52,7 +76,7 @@ class BatchStats(NamedTuple):
     codes: SparseCodes | None
 
     @classmethod
-    def zeros(cls, m: int, device: torch.device | str) -> "BatchStats":
+    def zeros(cls, m: int, device: torch.device | str) -> BatchStats:
         """Sums of no tokens over ``m`` latents, without codes."""
         def z(*shape: int, dtype: torch.dtype) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
@@ -60,7 +84,7 @@ class BatchStats(NamedTuple):
         return cls(z(m, dtype=torch.int64), z(m, dtype=torch.float64), z(m, dtype=torch.float64),
                    z(m, dtype=torch.float32), z(dtype=torch.int64), None)
 
-    def __add__(self, other: "BatchStats") -> "BatchStats":  # type: ignore[override]
+    def __add__(self, other: BatchStats) -> BatchStats:  # type: ignore[override]  # sums, not tuple concatenation
         """The sums of both: counts and sums added, maxima maxed; codes are not carried."""
         return BatchStats(
             self.fire_count + other.fire_count,
@@ -74,21 +98,31 @@ class BatchStats(NamedTuple):
 
 @dataclass
 class EncodeSpec:
-    """The activation function an encode applies, resolved from an SAE and overrides."""
+    """The activation function an encode applies, resolved from an SAE and overrides.
+
+    ``k`` is an int for ``activation="topk"`` and None otherwise (made so by :meth:`checked`).
+    """
 
     activation: Activation
     k: int | None
 
+    @property
+    def top_k(self) -> int:
+        """``k`` of a top-k encode; ValueError for another activation."""
+        if self.k is None:
+            raise ValueError(f"the {self.activation!r} activation has no k")
+        return self.k
+
     @classmethod
-    def resolve(cls, sae: SAE, activation: Activation | None, k: int | None) -> "EncodeSpec":
+    def resolve(cls, sae: SAE, activation: Activation | None, k: int | None) -> EncodeSpec:
         """The SAE's own activation (and its k) unless ``activation`` (and ``k``) override them; see :meth:`checked`."""
         activation = activation or sae.activation
         return cls.checked(sae, activation, k if k is not None or activation != "topk" else sae.k)
 
     @classmethod
-    def checked(cls, sae: SAE, activation: str, k: int | None) -> "EncodeSpec":
+    def checked(cls, sae: SAE, activation: str, k: int | None) -> EncodeSpec:
         """Exactly this ``activation`` and ``k`` (an int), valid for ``sae``; ValueError naming the problem otherwise."""
-        if activation not in ("relu", "jumprelu", "topk"):
+        if not is_activation(activation):
             raise ValueError(f"activation must be 'relu', 'jumprelu' or 'topk'; got {activation!r}")
         if activation == "topk":
             if k is None or isinstance(k, bool) or int(k) != k or not 1 <= k <= sae.n_latents:

@@ -16,32 +16,108 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Literal, Protocol, TypedDict
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
-from . import theory
+from . import _checks, theory
 from ._io import check_replaceable, load_tagged, save_tagged
 from ._version import __version__
+from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .encode import StatsAccumulator
 from .encode_types import BatchStats, SparseCodes
 from .floors import default_widths, prediction_summary
 from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
 from .sources import ActivationSource, ArraySource, TeacherSource
-from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement, estimate
-from . import _checks
 
-__all__ = ["MeasureConfig", "MeasureResult", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS"]
+__all__ = [
+    "MeasureConfig", "MeasureResult", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS",
+    "Interval", "FloorInterval", "Intervals", "SensitivityRow",
+]
 
 CHECKPOINT_FORMAT = "pyfloor.MeasureCheckpoint"
 CHECKPOINT_VERSION = 2  # 2: the measuring time so far ("seconds"); version 1 did not record it
 SENSITIVITY_THRESHOLDS = (1e-5, 1e-6, 1e-7)
+
+
+class Interval(TypedDict):
+    """A percentile bootstrap interval [low, high] around a point ``estimate`` (units of the quantity)."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+class FloorInterval(TypedDict):
+    """The Eq. 2 floor at student ``width``: its estimate, basic bootstrap interval [low, high]
+    (clipped at 0; it need not contain the estimate) and ``bias`` = mean of the replicates − estimate."""
+
+    width: int
+    estimate: float
+    low: float
+    high: float
+    bias: float
+
+
+class Intervals(TypedDict, total=False):
+    """:attr:`MeasureResult.intervals`: bootstrap intervals at level ``confidence`` from ``replicates``
+    usable replicates.
+
+    Empty without bootstrap replicates (or without a point estimate); only ``confidence`` and
+    ``replicates`` with fewer than 2 usable replicates; otherwise every key. ``floors`` has one
+    entry per tabulated width, in order.
+    """
+
+    confidence: float
+    replicates: int
+    n_features: Interval  #: F
+    mean_l0: Interval  #: L0, active latents per token
+    alpha: Interval  #: α = 1 − L0 / F
+    capacity: Interval  #: g(α)
+    critical_width: Interval  #: d* = F / g(α)
+    floors: list[FloorInterval]
+
+
+class SensitivityRow(TypedDict):
+    """F, α and d* at one alive threshold (None where undefined), and whether the run had enough tokens
+    (10 / threshold) to resolve a latent firing at exactly that frequency."""
+
+    alive_threshold: float
+    n_features: int | None
+    alpha: float | None
+    critical_width: float | None
+    resolved: bool
+
+
+class _Estimates(TypedDict):
+    """Point estimates from (weighted) sums: F, L0, α, g(α), d* and the Eq. 2 floors at the widths asked for."""
+
+    n_features: int
+    mean_l0: float
+    alpha: float
+    capacity: float
+    critical_width: float
+    floors: NDArray[np.float64]
+
+
+_PointKey = Literal["n_features", "mean_l0", "alpha", "capacity", "critical_width"]
+_POINT_KEYS: tuple[_PointKey, ...] = ("n_features", "mean_l0", "alpha", "capacity", "critical_width")
+
+
+class _ProgressBar(Protocol):
+    """The part of a tqdm progress bar the loop uses."""
+
+    def update(self, n: int) -> object: ...
+    def set_postfix(self, **kwargs: object) -> object: ...
+    def close(self) -> object: ...
 
 
 @dataclass
@@ -63,7 +139,7 @@ class MeasureConfig:
     until_stable: float | None = None
     min_tokens: int = 0
     check_every: int = 10
-    checkpoint: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike[str] | None = None
     checkpoint_every: int = 10_000_000
     resume: bool = False
     overwrite: bool = False
@@ -108,14 +184,17 @@ class MeasureResult:
 
     ``seconds`` is the wall time spent measuring, summed over a run and the runs it resumed (NaN
     where a resumed checkpoint predates time-keeping). ``intervals`` holds intervals only where 2 or
-    more bootstrap replicates were usable; the floors at the tabulated widths (``config["widths"]``)
-    are in :meth:`to_dict` either way.
+    more bootstrap replicates were usable (see :class:`Intervals`); the floors at the tabulated widths
+    (``config["widths"]``) are in :meth:`to_dict` either way. ``sensitivity`` has one row per
+    threshold of :data:`SENSITIVITY_THRESHOLDS`. ``stopped`` says why the loop ended; ``config`` is
+    the :class:`MeasureConfig` as a dict (paths as strings) with the tabulated ``widths`` and the
+    ``world_size``.
     """
 
     stats: FeatureStats
     measurement: Measurement
-    intervals: dict[str, Any]
-    sensitivity: list[dict[str, Any]]
+    intervals: Intervals
+    sensitivity: list[SensitivityRow]
     n_batches: int
     seconds: float
     stopped: str
@@ -152,8 +231,9 @@ class MeasureResult:
         }
 
 
-def bootstrap_weights(seed: int, index: int, replicates: int) -> np.ndarray:
-    """Poisson(1) weights of batch ``index`` in each bootstrap replicate (deterministic)."""
+def bootstrap_weights(seed: int, index: int, replicates: int) -> NDArray[np.int64]:
+    """Poisson(1) weights of batch ``index`` in each bootstrap replicate: int64 [replicates],
+    drawn from a generator seeded by (seed, index), so the same on every rank and run."""
     return np.random.default_rng([seed, index]).poisson(1.0, replicates).astype(np.int64)
 
 
@@ -200,6 +280,8 @@ class _State:
         keep = (codes.indices >= 0) & (codes.values > 0)
         idx = codes.indices[keep].to(torch.int32).reshape(-1, 1).cpu().numpy()
         val = codes.values[keep].float().reshape(-1, 1).cpu().numpy()
+        if self.features is None or self.acts is None:
+            raise RuntimeError("this measurement fills no histograms (histograms=False)")
         self.features.fill(idx, val, threads=threads)
         self.acts.fill(x.detach().float().contiguous().cpu().numpy(), threads=threads)
 
@@ -272,10 +354,12 @@ class _State:
             setattr(self, name, hist)
 
     # -- across ranks -------------------------------------------------------------------------------
-    def reduced(self, *, histograms: bool = True) -> "_State":
+    def reduced(self, *, histograms: bool = True) -> _State:
         """A copy holding the sums of every rank (sum; max for act_max), histograms if asked."""
         out = _State.__new__(_State)
-        out.sums = BatchStats(*(t.clone() for t in self.sums[:-1]), None)
+        mine = self.sums
+        out.sums = BatchStats(mine.fire_count.clone(), mine.act_sum.clone(), mine.act_sq_sum.clone(),
+                              mine.act_max.clone(), mine.n_nonfinite.clone(), None)
         for name in self._BOOT:
             setattr(out, name, getattr(self, name).clone())
         counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=out.sums.fire_count.device)
@@ -290,12 +374,13 @@ class _State:
         return out
 
     # -- estimates ----------------------------------------------------------------------------------
-    def estimates(self, thr: float, widths: np.ndarray = np.zeros(0, np.int64)) -> dict[str, Any] | None:
-        """Point estimates from the totals (None where undefined)."""
+    def estimates(self, thr: float, widths: NDArray[np.int64] | None = None) -> _Estimates | None:
+        """Point estimates from the totals (None where undefined), with floors at ``widths`` if given."""
         n = self.rows - int(self.sums.n_nonfinite)
-        return _estimates(n, self.sums.fire_count.cpu().numpy(), self.sums.act_sq_sum.cpu().numpy(), thr, widths)
+        at = np.zeros(0, np.int64) if widths is None else widths
+        return _estimates(n, self.sums.fire_count.cpu().numpy(), self.sums.act_sq_sum.cpu().numpy(), thr, at)
 
-    def intervals(self, thr: float, widths: np.ndarray, confidence: float) -> dict[str, Any]:
+    def intervals(self, thr: float, widths: NDArray[np.int64], confidence: float) -> Intervals:
         """Point estimates with bootstrap percentile intervals."""
         point = self.estimates(thr, widths)
         if point is None:
@@ -378,7 +463,8 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
 
 
 # -- estimates from sums ------------------------------------------------------------------------------
-def _estimates(n: float, fire: np.ndarray, s2: np.ndarray, thr: float, widths: np.ndarray) -> dict[str, Any] | None:
+def _estimates(n: float, fire: NDArray[np.int64], s2: NDArray[np.float64], thr: float,
+               widths: NDArray[np.int64]) -> _Estimates | None:
     """F, L0, α, g, d* and the Eq. 2 floors from (weighted) sums; None where undefined."""
     try:
         est = estimate(n, fire, s2, thr)
@@ -393,9 +479,9 @@ def _estimates(n: float, fire: np.ndarray, s2: np.ndarray, thr: float, widths: n
 
 
 def _intervals(
-    boot_n: np.ndarray, boot_fire: np.ndarray, boot_s2: np.ndarray, thr: float, widths: np.ndarray,
-    confidence: float, point: dict[str, Any],
-) -> dict[str, Any]:
+    boot_n: NDArray[np.int64], boot_fire: NDArray[np.int64], boot_s2: NDArray[np.float64], thr: float,
+    widths: NDArray[np.int64], confidence: float, point: _Estimates,
+) -> Intervals:
     """Bootstrap intervals at level ``confidence`` from the replicates' weighted sums (replicates
     where an estimate is undefined are left out; fewer than 2 usable ones give no intervals).
 
@@ -408,13 +494,13 @@ def _intervals(
     floor also carries ``bias`` = mean(θ*) − θ̂, the bootstrap estimate of the point estimate's bias.
     Such an interval need not contain θ̂.
     """
-    reps = [_estimates(float(boot_n[r]), boot_fire[r], boot_s2[r], thr, widths) for r in range(boot_n.size)]
-    reps = [r for r in reps if r is not None]
+    every = [_estimates(float(boot_n[r]), boot_fire[r], boot_s2[r], thr, widths) for r in range(boot_n.size)]
+    reps = [r for r in every if r is not None]
     lo_q, hi_q = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
-    out: dict[str, Any] = {"confidence": confidence, "replicates": len(reps)}
+    out: Intervals = {"confidence": confidence, "replicates": len(reps)}
     if len(reps) < 2:
         return out
-    for key in ("n_features", "mean_l0", "alpha", "capacity", "critical_width"):
+    for key in _POINT_KEYS:
         values = np.array([r[key] for r in reps], dtype=np.float64)
         out[key] = {"estimate": float(point[key]), "low": float(np.percentile(values, lo_q)),
                     "high": float(np.percentile(values, hi_q))}
@@ -428,11 +514,11 @@ def _intervals(
     return out
 
 
-def _sensitivity(stats: FeatureStats) -> list[dict[str, Any]]:
+def _sensitivity(stats: FeatureStats) -> list[SensitivityRow]:
     """F, α and d* at each alive threshold, and whether the run had enough tokens to resolve it."""
-    rows = []
+    rows: list[SensitivityRow] = []
     for thr in SENSITIVITY_THRESHOLDS:
-        est = _estimates(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr, np.zeros(0))
+        est = _estimates(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr, np.zeros(0, np.int64))
         rows.append({
             "alive_threshold": thr,
             "n_features": None if est is None else est["n_features"],
@@ -458,6 +544,8 @@ def _prepare_checkpoint(config: MeasureConfig, state: _State, fingerprint: dict[
     error: CheckpointError | None = None
     try:
         if config.resume:
+            if path is None:  # MeasureConfig refuses this; a config changed after construction may not
+                raise ValueError("resume needs a checkpoint path")
             _load_checkpoint(path, state, fingerprint)
         elif path is not None and path.exists() and not config.overwrite:
             raise CheckpointError(f"{path} already exists: resume it, or start over with overwrite")
@@ -519,6 +607,8 @@ def measure(
             batch_stats = acc.batch(x, want_codes=fill)
             state.add(batch_stats, rows, weights)
             if fill:
+                if batch_stats.codes is None:  # asked for with want_codes=fill
+                    raise RuntimeError(f"batch {batch.index}: the encode returned no codes for the histograms")
                 state.fill_histograms(batch_stats.codes, x, config.histogram_threads)
             state.next_index = batch.index + 1
             since_checkpoint += rows
@@ -550,7 +640,7 @@ def measure(
         est = None if merged is None else merged.estimates(config.alive_threshold)
         if est is not None:
             bar.set_postfix(F=est["n_features"], alpha=f"{est['alpha']:.5f}", d_star=f"{est['critical_width']:.1f}")
-        if config.until_stable is not None and est is not None and total >= config.min_tokens:
+        if config.until_stable is not None and merged is not None and est is not None and total >= config.min_tokens:
             d = merged.intervals(config.alive_threshold, np.zeros(0, np.int64), config.confidence).get("critical_width")
             if d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]:
                 stopped = f"d* stable: interval {d['low']:.1f} to {d['high']:.1f} within {config.until_stable:.2%}"
@@ -570,14 +660,17 @@ def measure(
     else:
 
         widths = np.asarray(default_widths(measurement.critical_width), dtype=np.int64)
-    intervals = merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
+    intervals: Intervals = merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
     cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
     cfg.update(widths=widths.tolist(), world_size=world)
     return MeasureResult(stats, measurement, intervals, _sensitivity(stats), merged.n_batches, state.seconds, stopped,
                          source.describe(), cfg, merged.features, merged.acts)
 
 
-def _progress(enabled: bool, total: int | None):
-    from tqdm.auto import tqdm
+def _progress(enabled: bool, total: int | None) -> _ProgressBar:
+    """A tqdm bar counting tokens towards ``total`` (unknown if None), hidden unless ``enabled``."""
+    from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]  # tqdm has no inline types
 
-    return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    bar: _ProgressBar = tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True,
+                             smoothing=0.1)
+    return bar

@@ -16,29 +16,35 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, NamedTuple
+from typing import Literal, NamedTuple, NoReturn, TypeGuard
 
 import torch
 from torch import Tensor, nn
 
-from ._io import CheckpointError, load_tagged, save_tagged
 from . import _checks
+from ._io import CheckpointError, load_tagged, save_tagged
 
 __all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes", "load_sae"]
 
 Activation = Literal["relu", "jumprelu", "topk"]
-ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk")
+ACTIVATIONS: tuple[Activation, ...] = ("relu", "jumprelu", "topk")
 SAE_FORMAT = "pyfloor.SAE"
 SAE_VERSION = 1
 
 
-class SAEOutput(NamedTuple):
-    """Reconstruction and dense latents of a batch."""
+def is_activation(value: object) -> TypeGuard[Activation]:
+    """Whether ``value`` names an SAE activation: "relu", "jumprelu" or "topk"."""
+    return value in ACTIVATIONS
 
-    x_hat: Tensor
-    z: Tensor
+
+class SAEOutput(NamedTuple):
+    """Reconstruction and dense latents of a batch (what :meth:`SAE.forward` returns)."""
+
+    x_hat: Tensor  #: [..., d_in], the input's dtype
+    z: Tensor  #: [..., n_latents], float32 or wider
 
 
 def topk_codes(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -46,13 +52,41 @@ def topk_codes(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     Ties are broken towards the lowest index (a stable descending sort), so the result is
     deterministic on every device.
+
+    Returns
+    -------
+    indices : Tensor
+        int64 [..., k], largest pre-activation first.
+    values : Tensor
+        ``pre``'s dtype [..., k], clamped at 0 (a top-k latent with a negative pre-activation is 0).
     """
     values, indices = torch.sort(pre, dim=-1, descending=True, stable=True)
     return indices[..., :k], values[..., :k].clamp_min(0)
 
 
 class SAE(nn.Module):
-    """A sparse autoencoder with ReLU, JumpReLU or top-k latents (see the module docstring)."""
+    """A sparse autoencoder with ReLU, JumpReLU or top-k latents (see the module docstring).
+
+    Parameters
+    ----------
+    d_in, n_latents : int
+        Input width d and number of latents m (both >= 1).
+    activation : {"relu", "jumprelu", "topk"}
+        The latent activation; "jumprelu" adds a ``threshold`` parameter θ [m] (zeros, not trained
+        by :func:`train_sae`), "topk" needs ``k``.
+    k : int, optional
+        Latents kept per token, 1 <= k <= n_latents; only for "topk".
+    dtype, device
+        Of the weights ``W_enc`` [d, m], ``b_enc`` [m], ``W_dec`` [m, d], ``b_dec`` [d].
+
+    Raises
+    ------
+    ValueError
+        For an unknown activation, a size below 1, or a k that is missing, out of range or given
+        for another activation.
+    """
+
+    threshold: nn.Parameter | None
 
     def __init__(
         self,
@@ -74,12 +108,12 @@ class SAE(nn.Module):
         elif k is not None:
             raise ValueError(f"k is only meaningful for activation='topk'; got k={k} with {activation!r}")
         self.d_in, self.n_latents, self.activation, self.k = int(d_in), int(n_latents), activation, k
-        kw = dict(dtype=dtype, device=device)
-        self.W_enc = nn.Parameter(torch.empty(d_in, n_latents, **kw))
-        self.b_enc = nn.Parameter(torch.zeros(n_latents, **kw))
-        self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
-        self.threshold = nn.Parameter(torch.zeros(n_latents, **kw), requires_grad=False) if activation == "jumprelu" else None
+        self.W_enc = nn.Parameter(torch.empty(d_in, n_latents, dtype=dtype, device=device))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device))
+        self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, dtype=dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+        self.threshold = (nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device), requires_grad=False)
+                          if activation == "jumprelu" else None)
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -93,8 +127,21 @@ class SAE(nn.Module):
             self.b_dec.zero_()
 
     def extra_repr(self) -> str:
+        """The shape and activation, shown in ``repr(sae)``."""
         k = f", k={self.k}" if self.k is not None else ""
         return f"d_in={self.d_in}, n_latents={self.n_latents}, activation={self.activation!r}{k}"
+
+    def jumprelu_threshold(self) -> Tensor:
+        """The JumpReLU thresholds θ [n_latents]; ValueError for an SAE without them (not JumpReLU)."""
+        if self.threshold is None:
+            raise ValueError(f"a {self.activation!r} SAE has no JumpReLU thresholds (needs activation='jumprelu')")
+        return self.threshold
+
+    def _top_k(self) -> int:
+        """k of a top-k SAE; ValueError for an SAE without one."""
+        if self.k is None:
+            raise ValueError(f"a {self.activation!r} SAE has no k (needs activation='topk')")
+        return self.k
 
     # -- the maps -------------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
@@ -109,7 +156,8 @@ class SAE(nn.Module):
             )
 
     def pre_activations(self, x: Tensor) -> Tensor:
-        """(x − b_dec) @ W_enc + b_enc, computed in float32 or wider."""
+        """(x − b_dec) @ W_enc + b_enc [..., n_latents] of x [..., d_in], computed in float32 or wider
+        (the promotion of x's dtype and float32; the weights are cast to it)."""
         dt = torch.promote_types(x.dtype, torch.float32)
         return (x.to(dt) - self.b_dec.to(dt)) @ self.W_enc.to(dt) + self.b_enc.to(dt)
 
@@ -122,24 +170,29 @@ class SAE(nn.Module):
         if self.activation == "relu":
             return torch.relu(pre)
         if self.activation == "jumprelu":
-            return pre * (pre > self.threshold.to(pre.dtype))
+            return pre * (pre > self.jumprelu_threshold().to(pre.dtype))
+        k = self._top_k()
         if exact_ties:
-            idx, val = topk_codes(pre, self.k)
+            idx, val = topk_codes(pre, k)
         else:
-            val, idx = pre.topk(self.k, dim=-1)
+            val, idx = pre.topk(k, dim=-1)
             val = val.clamp_min(0)
         return torch.zeros_like(pre).scatter_(-1, idx, val)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Dense latents z [..., n_latents] of activations x [..., d_in]."""
+        """Dense latents z [..., n_latents] of activations x [..., d_in] (float32 or wider).
+
+        Raises TypeError for a non-tensor and ValueError for a non-floating tensor or a width other than d_in.
+        """
         self.check_input(x)
         return self.activate(self.pre_activations(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        """Reconstruction x̂ = z @ W_dec + b_dec."""
+        """Reconstruction x̂ = z @ W_dec + b_dec [..., d_in] of latents z [..., n_latents], in the weights' dtype."""
         return z.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> SAEOutput:
+        """Encode and decode x [..., d_in]: the reconstruction (in x's dtype) and the dense latents."""
         z = self.encode(x)
         return SAEOutput(self.decode(z).to(x.dtype), z)
 
@@ -154,22 +207,28 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale each decoder row to unit norm (the paper's recipe does this every step)."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     # -- files ----------------------------------------------------------------------------------
     def config(self) -> dict[str, object]:
         """The hyper-parameters that rebuild this SAE's shape."""
         return {"d_in": self.d_in, "n_latents": self.n_latents, "activation": self.activation, "k": self.k}
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write weights and config to a safetensors file (pyfloor's own SAE format), atomically."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_tagged(path, tensors, kind=SAE_FORMAT, version=SAE_VERSION, metadata={"config": json.dumps(self.config())},
                     framework="pt")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "SAE":
-        """Read a file written by :meth:`save`; anything else raises a ValueError naming the problem."""
+    def load(cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None) -> SAE:
+        """Read a file written by :meth:`save`, in the file's dtype, onto ``device`` if given.
+
+        Raises
+        ------
+        CheckpointError
+            (a ValueError) For a missing, foreign, newer, corrupt or inconsistent file, or non-finite weights.
+        """
         tensors, meta = load_tagged(path, kind=SAE_FORMAT, version=SAE_VERSION, what="SAE file", framework="pt")
         try:
             cfg = json.loads(meta["config"])
@@ -186,7 +245,8 @@ class SAE(nn.Module):
 
 
 # -- other libraries' checkpoints ---------------------------------------------------------------------
-def _read_dir(path: Path, weights_name: str) -> tuple[dict, dict[str, Tensor]]:
+def _read_dir(path: Path, weights_name: str) -> tuple[_Config, _Tensors]:
+    """cfg.json and the tensors of ``weights_name`` in an SAE directory."""
     from safetensors.torch import load_file
 
     cfg_path, weights = path / "cfg.json", path / weights_name
@@ -206,14 +266,14 @@ def _read_dir(path: Path, weights_name: str) -> tuple[dict, dict[str, Tensor]]:
     return _Config(cfg, path), _Tensors(tensors, weights)
 
 
-class _Config(dict):
+class _Config(dict[str, object]):
     """cfg.json of an SAE directory: a missing or non-integer key raises CheckpointError naming it."""
 
-    def __init__(self, cfg: dict, path: Path) -> None:
+    def __init__(self, cfg: dict[str, object], path: Path) -> None:
         super().__init__(cfg)
         self.path = path
 
-    def __missing__(self, key: str):
+    def __missing__(self, key: str) -> NoReturn:
         raise CheckpointError(f"{self.path}: cfg.json lacks {key!r}")
 
     def integer(self, key: str) -> int:
@@ -223,14 +283,14 @@ class _Config(dict):
         return value
 
 
-class _Tensors(dict):
+class _Tensors(dict[str, Tensor]):
     """The tensors of an SAE directory's weights file: a missing one raises CheckpointError naming it."""
 
-    def __init__(self, tensors: dict, path: Path) -> None:
+    def __init__(self, tensors: dict[str, Tensor], path: Path) -> None:
         super().__init__(tensors)
         self.path = path
 
-    def __missing__(self, key: str):
+    def __missing__(self, key: str) -> NoReturn:
         raise CheckpointError(f"{self.path}: no tensor {key!r}")
 
 
@@ -255,6 +315,7 @@ def _from_tensors(
     activation: Activation, k: int | None, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
     threshold: Tensor | None = None,
 ) -> SAE:
+    """An SAE (eval mode, W_enc's dtype) holding copies of these weights; ValueError if they do not fit."""
     _check_weights(W_enc, b_enc, W_dec, b_dec, threshold)
     d, m = W_enc.shape
     sae = SAE(d, m, activation, k=k, dtype=W_enc.dtype)
@@ -262,7 +323,7 @@ def _from_tensors(
         for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
             getattr(sae, name).copy_(value)
         if threshold is not None:
-            sae.threshold.copy_(threshold)
+            sae.jumprelu_threshold().copy_(threshold)
     sae.check_weights()
     return sae.eval()
 
@@ -271,7 +332,7 @@ def _from_saelens(path: Path) -> SAE:
     """An SAELens directory (cfg.json + sae_weights.safetensors): standard, jumprelu and topk SAEs."""
     cfg, t = _read_dir(path, "sae_weights.safetensors")
     arch = cfg.get("architecture", "standard")
-    kinds = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}
+    kinds: dict[str, Activation] = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}
     if not isinstance(arch, str) or arch not in kinds:
         raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (supported: {', '.join(kinds)})")
     norm = cfg.get("normalize_activations", "none")
@@ -310,9 +371,22 @@ def _from_sparsify(path: Path) -> SAE:
     return _from_tensors("topk", cfg.integer("k"), W.T.contiguous(), t["encoder.bias"], t["W_dec"], t["b_dec"])
 
 
-def load_sae(path: str | os.PathLike, *, device: torch.device | str | None = None) -> SAE:
+def load_sae(path: str | os.PathLike[str], *, device: torch.device | str | None = None) -> SAE:
     """Load an SAE: a pyfloor ``.safetensors`` file, an SAELens directory (cfg.json +
-    sae_weights.safetensors) or an EleutherAI sparsify directory (cfg.json + sae.safetensors)."""
+    sae_weights.safetensors) or an EleutherAI sparsify directory (cfg.json + sae.safetensors).
+
+    SAELens standard (ReLU), JumpReLU and top-k SAEs are read with their pre-bias and decoder-norm
+    options folded into the weights; sparsify SAEs are top-k. The SAE keeps the file's dtype and
+    goes to ``device`` if given.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist, or a directory lacks cfg.json or its weights file.
+    ValueError
+        For a directory of neither layout, an unsupported architecture or option, or weights
+        that do not fit one SAE (:class:`CheckpointError`, a ValueError, for unreadable or corrupt files).
+    """
     path = Path(path)
     if path.is_file():
         return SAE.load(path, device=device)
@@ -453,7 +527,7 @@ def _train(
         if not math.isfinite(loss_value):
             raise ValueError(f"the training loss is {loss_value} at step {step}: try a smaller lr")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         opt.step()
         sae.normalize_decoder_()
         rec = TrainStep(step, loss_value, mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()),

@@ -11,11 +11,13 @@ its output and stops the forward pass, so no compute is spent on the layers abov
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from . import _checks
@@ -43,7 +45,7 @@ Site = Literal["resid", "mlp"]
 class Batch(NamedTuple):
     """One batch of activations [n_tokens, d] and its global position in the stream."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index by design (public API)
     acts: Tensor
 
 
@@ -67,6 +69,7 @@ class ActivationSource:
 
 
 def _check_shard(start: int, rank: int, world: int) -> None:
+    """ValueError unless 0 <= rank < world and start is a count >= 0."""
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank must lie in [0, world) with world >= 1; got rank={rank}, world={world}")
     _checks.count(start, "start")
@@ -78,13 +81,17 @@ def _float_activations(x: Tensor) -> Tensor:
 
 
 def _check_batch_tokens(batch_tokens: int) -> int:
+    """``batch_tokens`` as an int; ValueError unless it is a count >= 1."""
     return _checks.count(batch_tokens, "batch_tokens", minimum=1)
 
 
 # -- activations from arrays and iterables ---------------------------------------------------------
-def _load_array(path: Path, key: str | None) -> np.ndarray:
+def _load_array(path: Path, key: str | None) -> NDArray[Any]:
+    """The array of a ``.npy`` file (memory-mapped) or tensor ``key`` of a safetensors file (the only one if None)."""
+    arr: NDArray[Any]
     if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r")
+        arr = np.load(path, mmap_mode="r")
+        return arr
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -95,7 +102,8 @@ def _load_array(path: Path, key: str | None) -> np.ndarray:
             name = key if key is not None else keys[0]
             if name not in keys:
                 raise ValueError(f"{path} has no tensor {name!r}; it holds {', '.join(keys)}")
-            return f.get_tensor(name)
+            arr = f.get_tensor(name)
+            return arr
     raise ValueError(f"{path}: activation files must be .npy or .safetensors")
 
 
@@ -106,7 +114,7 @@ class ArraySource(ActivationSource):
 
     def __init__(
         self,
-        arrays: Sequence[str | os.PathLike | np.ndarray | Tensor],
+        arrays: Sequence[str | os.PathLike[str] | NDArray[Any] | Tensor],
         batch_tokens: int,
         *,
         key: str | None = None,
@@ -116,8 +124,10 @@ class ArraySource(ActivationSource):
         self.batch_tokens = _check_batch_tokens(batch_tokens)
         if len(arrays) == 0:
             raise ValueError("no activation arrays given")
-        self._names, self._arrays = [], []
+        self._names: list[str] = []
+        self._arrays: list[NDArray[Any] | Tensor] = []
         for a in arrays:
+            arr: NDArray[Any] | Tensor
             if isinstance(a, (str, os.PathLike)):
                 path = Path(a)
                 if not path.is_file():
@@ -139,10 +149,12 @@ class ArraySource(ActivationSource):
         self.dtype, self.device = dtype, torch.device(device)
 
     def describe(self) -> str:
+        """The files (or array shapes), the token count and the width."""
         return f"activations {', '.join(self._names)} ({self.n_tokens:,} tokens, d={self.d})"
 
     def _rows(self, lo: int, hi: int) -> Tensor:
-        parts = []
+        """Rows lo … hi − 1 of the concatenated arrays as one tensor on the source's device and dtype."""
+        parts: list[Tensor] = []
         for i, arr in enumerate(self._arrays):
             a0, a1 = self._offsets[i], self._offsets[i + 1]
             if a1 <= lo or a0 >= hi:
@@ -153,6 +165,8 @@ class ArraySource(ActivationSource):
         return _float_activations(x).to(device=self.device, dtype=self.dtype)
 
     def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batches with index >= ``start`` and index mod ``world`` = ``rank``; batch b holds rows
+        [b·batch_tokens, (b+1)·batch_tokens)."""
         _check_shard(start, rank, world)
         n_batches = -(-self.n_tokens // self.batch_tokens)
         first = start + ((rank - start) % world)
@@ -168,16 +182,18 @@ class IterableSource(ActivationSource):
     iterator can be consumed only once.
     """
 
-    def __init__(self, tensors: Iterable[Tensor | np.ndarray], d: int, batch_tokens: int) -> None:
+    def __init__(self, tensors: Iterable[Tensor | NDArray[Any]], d: int, batch_tokens: int) -> None:
         self.batch_tokens = _check_batch_tokens(batch_tokens)
         self.d = int(d)
         self._tensors = tensors
         self._used = False
 
     def describe(self) -> str:
+        """"iterable of activations" and the width."""
         return f"iterable of activations (d={self.d})"
 
     def _rechunked(self) -> Iterator[Tensor]:
+        """The tensors as [rows, d] batches of exactly ``batch_tokens`` rows (the last one may be shorter)."""
         if isinstance(self._tensors, Iterator):
             if self._used:
                 raise ValueError("this activation iterator has already been consumed")
@@ -202,6 +218,8 @@ class IterableSource(ActivationSource):
             yield torch.cat(pending)
 
     def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batches with index >= ``start`` and index mod ``world`` = ``rank`` (the others are read and skipped);
+        ValueError when a one-shot iterator is read a second time or a tensor has the wrong width."""
         _check_shard(start, rank, world)
         for b, x in enumerate(self._rechunked()):
             if b >= start and b % world == rank:
@@ -233,8 +251,8 @@ class TokenSequences:
         self.seq_len, self.description, self.leading_bos = seq_len, description, leading_bos
 
     @classmethod
-    def packed(cls, stream: np.ndarray, seq_len: int, description: str, *, bos: int | None = None,
-               pad: int = 0) -> "TokenSequences":
+    def packed(cls, stream: NDArray[np.integer[Any]], seq_len: int, description: str, *, bos: int | None = None,
+               pad: int = 0) -> TokenSequences:
         """A 1-D token stream (any integer array, e.g. a memmap) cut into sequences of ``seq_len``,
         each led by ``bos`` when given; the last sequence is padded and its padding masked."""
         _checks.count(seq_len, "seq_len", minimum=2)
@@ -259,6 +277,7 @@ class TokenSequences:
         return out
 
     def __len__(self) -> int:
+        """The number of sequences."""
         return self._n - self._start
 
     def rows(self, i0: int = 0, i1: int | None = None) -> tuple[Tensor, Tensor]:
@@ -266,7 +285,7 @@ class TokenSequences:
         i1 = len(self) if i1 is None else min(i1, len(self))
         return self._read(self._start + i0, self._start + i1)
 
-    def _window(self, start: int, stop: int, label: str) -> "TokenSequences":
+    def _window(self, start: int, stop: int, label: str) -> TokenSequences:
         out = TokenSequences.__new__(TokenSequences)
         out._init(self._read, stop, self.seq_len, f"{self.description} [{label}]", self.leading_bos, start)
         return out
@@ -274,18 +293,18 @@ class TokenSequences:
     def _sequences_for(self, n_tokens: int) -> int:
         return min(len(self), -(-_checks.count(n_tokens, "n_tokens") // self.seq_len))
 
-    def take(self, n_tokens: int) -> "TokenSequences":
+    def take(self, n_tokens: int) -> TokenSequences:
         """The sequences holding the first ``n_tokens`` tokens (rounded up to whole sequences)."""
         cut = self._sequences_for(n_tokens)
         return self._window(self._start, self._start + cut, f"first {cut} seq")
 
-    def skip(self, n_tokens: int) -> "TokenSequences":
+    def skip(self, n_tokens: int) -> TokenSequences:
         """The sequences after those :meth:`take` returns, e.g. to measure on tokens an SAE was not trained on."""
         cut = self._sequences_for(n_tokens)
         return self._window(self._start + cut, self._n, f"from seq {cut}")
 
 
-def _integer_dtype(name: str) -> np.dtype:
+def _integer_dtype(name: str) -> np.dtype[np.integer[Any]]:
     """The numpy integer dtype called ``name``; ValueError for anything else."""
     try:
         dtype = np.dtype(name)
@@ -297,7 +316,7 @@ def _integer_dtype(name: str) -> np.dtype:
 
 
 def token_file_sequences(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     seq_len: int,
     *,
     bin_dtype: str = "uint16",
@@ -327,7 +346,7 @@ def token_file_sequences(
     return TokenSequences.packed(arr, seq_len, str(path.resolve()), bos=bos_token_id, pad=pad_token_id)
 
 
-def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | None) -> np.ndarray:
+def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | None) -> NDArray[np.int64]:
     """Token ids of the documents joined by the tokenizer's end-of-text token."""
     sep = tokenizer.eos_token_id
     parts: list[list[int]] = []
@@ -352,6 +371,7 @@ def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | N
 
 
 def _special_ids(tokenizer: Any, prepend_bos: bool) -> tuple[int | None, int]:
+    """(BOS id or None, padding id) of a tokenizer: BOS falls back to end-of-text, padding to end-of-text or 0."""
     bos = tokenizer.bos_token_id if prepend_bos else None
     if prepend_bos and bos is None:
         bos = tokenizer.eos_token_id
@@ -359,7 +379,7 @@ def _special_ids(tokenizer: Any, prepend_bos: bool) -> tuple[int | None, int]:
     return bos, pad
 
 
-def text_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+def text_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """The files named, with directories expanded to the ``.txt`` and ``.md`` files below them (sorted)."""
     out: list[Path] = []
     for p in map(Path, paths):
@@ -387,7 +407,7 @@ def _read_text(path: Path) -> str:
 
 
 def text_file_sequences(
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[str | os.PathLike[str]],
     tokenizer: Any,
     seq_len: int,
     *,
@@ -421,7 +441,7 @@ def dataset_sequences(
     """A ``datasets`` dataset (an object, or a name/path for ``datasets.load_dataset``) of texts."""
     if isinstance(dataset, (str, os.PathLike)):
         try:
-            import datasets
+            import datasets  # type: ignore[import-not-found,unused-ignore]  # optional, often absent
         except ImportError as exc:
             raise ImportError("reading a dataset by name needs the 'datasets' package: pip install datasets") from exc
         dataset = datasets.load_dataset(str(dataset), split=split)
@@ -490,9 +510,10 @@ def find_layer(model: nn.Module, layer: int | str, site: Site = "resid") -> tupl
         raise ValueError(f"layer {i} does not exist: the model has blocks 0 … {len(blocks) - 1} ({prefix})")
     name, module = f"{prefix}.{i}", blocks[i]
     if site == "mlp":
-        if not hasattr(module, "mlp"):
+        mlp = getattr(module, "mlp", None)
+        if not isinstance(mlp, nn.Module):
             raise ValueError(f"block {name} has no .mlp submodule; name the module explicitly")
-        name, module = f"{name}.mlp", module.mlp
+        name, module = f"{name}.mlp", mlp
     return name, module
 
 
@@ -522,11 +543,13 @@ class TeacherSource(ActivationSource):
         self.batch_tokens = self.batch_sequences * sequences.seq_len
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
-        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        get_embeddings = getattr(model, "get_input_embeddings", None)
+        embeddings = get_embeddings() if get_embeddings is not None else None
         self._vocab: int | None = getattr(embeddings, "num_embeddings", None)  # token ids must lie below it
         self.d = self._width()
 
     def _width(self) -> int:
+        """The width d of the hooked output: the config's hidden size for a block, else from one forward pass."""
         cfg = getattr(self.model, "config", None)
         if self.layer_name.endswith(".mlp") or cfg is None or not hasattr(cfg, "hidden_size"):
             with torch.no_grad():
@@ -535,6 +558,7 @@ class TeacherSource(ActivationSource):
         return int(cfg.hidden_size)
 
     def describe(self) -> str:
+        """The teacher's name, the hooked layer and the sequences' description."""
         name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
         return f"teacher {name} at {self.layer_name} over {self.sequences.description}"
 
@@ -568,6 +592,9 @@ class TeacherSource(ActivationSource):
         return -(-len(self.sequences) // self.batch_sequences)
 
     def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batches with index >= ``start`` and index mod ``world`` = ``rank``: the real-token activations
+        [tokens, d] of sequences [b·batch_sequences, (b+1)·batch_sequences), on the teacher's device.
+        ValueError for a token id outside the teacher's vocabulary."""
         _check_shard(start, rank, world)
         first = start + ((rank - start) % world)
         for b in range(first, self.n_batches(), world):
@@ -581,14 +608,18 @@ class TeacherSource(ActivationSource):
 
 
 def load_teacher(
-    name: str | os.PathLike,
+    name: str | os.PathLike[str],
     *,
     gguf_file: str | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, Any]:
     """A Hugging Face causal LM and its tokenizer from a local directory or a hub id (a local
-    directory is read offline); ``gguf_file`` loads a GGUF checkpoint inside that directory."""
+    directory is read offline); ``gguf_file`` loads a GGUF checkpoint inside that directory.
+
+    Returns the model (in eval mode, in ``dtype`` if given, moved to ``device`` if given) and its
+    tokenizer. Raises ImportError without transformers; loading errors of transformers propagate.
+    """
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
@@ -600,7 +631,7 @@ def load_teacher(
     if gguf_file is not None:
         kw["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(str(name), **kw)
-    model = AutoModelForCausalLM.from_pretrained(str(name), **kw, **({"dtype": dtype} if dtype else {}))
+    model: nn.Module = AutoModelForCausalLM.from_pretrained(str(name), **kw, **({"dtype": dtype} if dtype else {}))
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
