@@ -30,13 +30,15 @@ import re
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from ._version import __version__
 
 if TYPE_CHECKING:
     import torch
 
+    from .sae import TrainStep
+    from .sources import ArraySource, TeacherSource
     from .toy import ExperimentSettings, ToyConfig
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
@@ -47,9 +49,23 @@ EPILOG = (
     "2 for a usage error (bad or incompatible arguments, found before any work starts)."
 )
 
+class _DemoDefaults(TypedDict):
+    n: int
+    d_teacher: int
+    alpha: float
+    out: str
+    workers: int
+
+
+class _ToyDefaults(TypedDict):
+    out: str
+    workers: int
+    sae_steps: int
+
+
 # Defaults that belong to the command line, not to a library dataclass.
-_DEMO = {"n": 40, "d_teacher": 10, "alpha": 0.9, "out": "pyfloor-demo", "workers": min(2, os.cpu_count() or 1)}
-_TOY = {"out": "pyfloor-toy", "workers": 2, "sae_steps": 400}  # 48 configurations: shorter SAE sweeps
+_DEMO: _DemoDefaults = {"n": 40, "d_teacher": 10, "alpha": 0.9, "out": "pyfloor-demo", "workers": min(2, os.cpu_count() or 1)}
+_TOY: _ToyDefaults = {"out": "pyfloor-toy", "workers": 2, "sae_steps": 400}  # 48 configurations: shorter SAE sweeps
 _SEQ_LEN = 1024
 _BATCH_TOKENS = 65_536
 _SAE_CHECKPOINT_EVERY = 50_000_000  # tokens between saves of a training SAE
@@ -106,7 +122,8 @@ class _DeprecatedAlias(argparse.Action):
         self.replacement = replacement
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -155,11 +172,22 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return bool(isatty is not None and isatty())
 
 
-def _bar(total: int | None, enabled: bool, desc: str, unit: str):
-    """A progress bar on stderr (see :func:`_show_progress` for ``enabled``)."""
-    from tqdm import tqdm
+class _ProgressBar(Protocol):
+    """The part of a tqdm progress bar the commands use."""
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc, disable=not enabled)
+    def update(self, n: int = 1) -> None: ...  # tqdm's returns whether it redrew, which no caller reads
+    def set_postfix(self, **kwargs: object) -> None: ...
+    def __enter__(self) -> _ProgressBar: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+def _bar(total: int | None, enabled: bool, desc: str, unit: str) -> _ProgressBar:
+    """A progress bar on stderr (see :func:`_show_progress` for ``enabled``)."""
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # tqdm has no inline types
+
+    bar: _ProgressBar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc,
+                             disable=not enabled)
+    return bar
 
 
 def _make_dirs(path: Path, args: argparse.Namespace) -> None:
@@ -305,6 +333,7 @@ def _floats(text: str) -> list[float]:
 def _int_dtype(text: str) -> str:
     import numpy as np
 
+    kind: str
     try:
         kind = np.dtype(text).kind
     except TypeError:
@@ -397,8 +426,8 @@ def _run_toy(args: argparse.Namespace, configs: list[ToyConfig]) -> int:
         plot_toy_floors,
         plot_toy_summary,
         run_experiment,
-        toy_markdown,
         total_steps,
+        toy_markdown,
     )
 
     settings = _toy_settings(args)
@@ -576,7 +605,7 @@ def _check_source_args(args: argparse.Namespace) -> None:
         raise UsageError("--read-tokens goes with --text or --dataset, not --tokens")
 
 
-def _source_from_args(args: argparse.Namespace, device: torch.device):
+def _source_from_args(args: argparse.Namespace, device: torch.device) -> ArraySource | TeacherSource:
     """The activation source the arguments name (checked by :func:`_check_source_args`)."""
     import torch
 
@@ -615,11 +644,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     _check_source_args(args)
     if args.k is not None and args.activation not in (None, "topk"):
         raise UsageError(f"--k goes with --activation topk (or a top-k SAE), not with --activation {args.activation}")
+    checkpoint: Path = args.checkpoint or args.out / "checkpoint.safetensors"
     with _usage(args, bootstrap="--bootstrap", seed="--seed", widths="--widths", activation="--activation", k="--k",
                 resume="--resume", overwrite="--overwrite", checkpoint="--checkpoint"):
         config = MeasureConfig(
             max_tokens=args.max_tokens, until_stable=args.until_stable, min_tokens=args.min_tokens,
-            checkpoint=args.checkpoint or args.out / "checkpoint.safetensors",
+            checkpoint=checkpoint,
             checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
             alive_threshold=args.alive_threshold, bootstrap=args.bootstrap, seed=args.seed, widths=args.widths,
             activation=args.activation, k=args.k, histograms=not args.no_histograms, histogram_every=args.histogram_every,
@@ -627,9 +657,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     device = _device(args)
     sae = load_sae(args.sae, device=device)
     _out_dir(args.out, args)
-    _out_dir(Path(config.checkpoint).parent, args, "--checkpoint's directory")
+    _out_dir(checkpoint.parent, args, "--checkpoint's directory")
     if not args.resume:  # fail now, not after loading the teacher; measure() checks again
-        check_replaceable(Path(config.checkpoint), kind=CHECKPOINT_FORMAT, what="measure checkpoint",
+        check_replaceable(checkpoint, kind=CHECKPOINT_FORMAT, what="measure checkpoint",
                           overwrite=args.overwrite)
     source = _source_from_args(args, device)
     result = measure(source, sae, config, progress=_show_progress(args))
@@ -733,20 +763,21 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     source = _source_from_args(args, device)
     if sae is None:
         sae = SAE(source.d, config.n_latents, config.activation, k=config.k, device=device)
+    training: SAE = sae  # the SAE on_step saves while train_sae runs
     if sae.d_in != source.d:
         raise ValueError(f"the SAE has d_in = {sae.d_in} but the source yields activations of width {source.d}")
     batch_tokens = int(getattr(source, "batch_tokens", args.batch_tokens))
     save_every = -(-args.checkpoint_every // batch_tokens) if args.checkpoint_every else 0  # steps, rounded up
     bar = _bar(args.steps, _show_progress(args), "train-sae", "step")
 
-    def on_step(step) -> None:
+    def on_step(step: TrainStep) -> None:
         bar.update(1)
         bar.set_postfix(fvu=f"{step.fvu:.4f}", l0=f"{step.l0:.1f}", dead=step.dead)
         if save_every and (step.step + 1) % save_every == 0:
-            sae.save(args.out)
+            training.save(args.out)
 
     with bar:
-        sae, history = train_sae(source, source.d, config, sae=sae, init_pre_bias=fresh, on_step=on_step)
+        sae, history = train_sae(source, source.d, config, sae=training, init_pre_bias=fresh, on_step=on_step)
     sae.save(args.out)
     last = history[-1]
     nonfinite = sum(step.nonfinite for step in history)

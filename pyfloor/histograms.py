@@ -55,19 +55,60 @@ import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _hist
+from . import _checks
 from .render import figure_path, finish_figure, new_axes
 from .stats import DEFAULT_ALIVE_THRESHOLD, FeatureStats
-from . import _checks
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Protocol
+
     from matplotlib.axes import Axes
+
+    class _CoreCounts(Protocol):
+        """What both C++ histogram classes of ``pyfloor._hist`` (csrc/binding.cpp) share."""
+
+        @property
+        def counts(self) -> NDArray[np.int64]: ...
+        @property
+        def mantissa_bits(self) -> int: ...
+        @property
+        def lo(self) -> int: ...
+        @property
+        def hi(self) -> int: ...
+        def add(self, other: _CoreCounts) -> None: ...
+
+    class _CoreHistogram(_CoreCounts, Protocol):
+        """``pyfloor._hist.Histogram``."""
+
+        def fill(self, values: NDArray[Any], *, bfloat16: bool = False, threads: int = 1) -> None: ...
+
+    class _CoreFeatureHistograms(_CoreCounts, Protocol):
+        """``pyfloor._hist.FeatureHistograms``."""
+
+        @property
+        def n_features(self) -> int: ...
+        def fill_sparse(self, indices: NDArray[Any], values: NDArray[Any], *, bfloat16: bool = False,
+                        threads: int = 1) -> None: ...
+        def fill_dense(self, values: NDArray[Any], *, bfloat16: bool = False, threads: int = 1) -> None: ...
+
+    class _CoreModule(Protocol):
+        """The C++ extension ``pyfloor._hist``, which ships no stub: the part this module calls."""
+
+        def build_info(self) -> dict[str, int | str]: ...
+        def set_simd_level(self, level: str) -> None: ...
+        def Histogram(self, mantissa_bits: int, lo: int, hi: int) -> _CoreHistogram: ...
+        def FeatureHistograms(self, n_features: int, mantissa_bits: int, lo: int, hi: int) -> _CoreFeatureHistograms: ...
+
+    _hist: _CoreModule
+else:
+    from . import _hist
 
 __all__ = [
     "Binning",
@@ -196,7 +237,7 @@ class Binning(NamedTuple):
         return np.array(self, dtype=np.int64)
 
     @classmethod
-    def from_array(cls, a: ArrayLike) -> "Binning":
+    def from_array(cls, a: ArrayLike) -> Binning:
         """Inverse of :meth:`to_array`."""
         v = np.asarray(a).ravel()
         if v.size != 3 or not np.issubdtype(v.dtype, np.integer):
@@ -297,7 +338,7 @@ def _display_bins_per_octave(binning: Binning, counts: NDArray[np.int64], bins_p
     return int(min(native, max(1, 2 ** math.floor(math.log2(target))))) if target >= 1 else 1
 
 
-def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], label: str,
+def _plot_magnitudes(ax: Axes, binning: Binning, counts: NDArray[np.int64], label: str,
                      bins_per_octave: int | None = None) -> None:
     """Step plot of the density of log10|x| (share of all values per decade), positive and
     negative values apart, at :func:`_display_bins_per_octave`; the x axis spans the occupied bins."""
@@ -320,7 +361,7 @@ def _plot_magnitudes(ax: "Axes", binning: Binning, counts: NDArray[np.int64], la
     ax.set_ylabel("share of values per decade of |value|")
 
 
-def _legend(ax: "Axes", title: str | None = None) -> None:
+def _legend(ax: Axes, title: str | None = None) -> None:
     """The Axes' legend at its best place, with ``title`` (a block of counts) left-aligned; a
     title an earlier call put there stays, above the new one."""
     previous = ax.get_legend()
@@ -343,14 +384,14 @@ class _Counts:
     """What both histogram kinds share: an int64 count array in a C++ object ``_h``, its binning,
     and merging, equality and plain-data round-trips."""
 
-    _h: Any
+    _h: _CoreCounts
 
     @property
     def binning(self) -> Binning:
         """The :class:`Binning`."""
         return Binning(self._h.mantissa_bits, self._h.lo, self._h.hi)
 
-    def _check_compatible(self, other: Any) -> None:
+    def _check_compatible(self, other: _Counts) -> None:
         """Raise ValueError unless ``other`` has the same shape and binning."""
         if other._h.counts.shape != self._h.counts.shape or other.binning != self.binning:
             raise ValueError(f"cannot merge {self!r} and {other!r}: shapes or binnings differ")
@@ -425,6 +466,8 @@ class Histogram(_Counts):
     during a fill of more than ``4·n_bins`` values, ``n_bins × 24`` bytes per thread.
     """
 
+    _h: _CoreHistogram
+
     def __init__(self, mantissa_bits: int = DENSE_BINNING.mantissa_bits, lo: int = DENSE_BINNING.lo,
                  hi: int = DENSE_BINNING.hi) -> None:
         self._h = _hist.Histogram(mantissa_bits, lo, hi)
@@ -443,7 +486,7 @@ class Histogram(_Counts):
             "nan": int(c[b.nan]),
         }
 
-    def fill(self, values: ArrayLike, *, bfloat16: bool = False, threads: int = 1) -> "Histogram":
+    def fill(self, values: ArrayLike, *, bfloat16: bool = False, threads: int = 1) -> Histogram:
         """Count every value of ``values`` (any shape; float32/float16/bfloat16); returns self."""
         arr, bf16 = _values(values, bfloat16)
         self._h.fill(arr, bfloat16=bf16, threads=threads)
@@ -454,11 +497,12 @@ class Histogram(_Counts):
         """Quantile(s) ``q`` in [0, 1] of the non-NaN values, within relative error ``2^-(p+1)``."""
         return self._quantile(q, self.binning.bin_values())[0]
 
-    def quantile_interval(self, q: ArrayLike) -> tuple[Any, Any]:
+    def quantile_interval(self, q: ArrayLike) -> tuple[float | NDArray[np.float64], float | NDArray[np.float64]]:
         """``(lower, upper)``: the exact bounds of quantile(s) ``q`` (those of its counter)."""
-        return self._quantile(q, *self.binning.bin_bounds())
+        lower, upper = self._quantile(q, *self.binning.bin_bounds())
+        return lower, upper
 
-    def _quantile(self, q: ArrayLike, *tables: NDArray[np.float64]) -> tuple[Any, ...]:
+    def _quantile(self, q: ArrayLike, *tables: NDArray[np.float64]) -> tuple[float | NDArray[np.float64], ...]:
         """Each table's entry at the bin of quantile(s) ``q`` (a float for a scalar ``q``)."""
         qa = np.asarray(q, dtype=np.float64)
         bins = _quantile_bins(self._h.counts[None, :], qa)[..., 0]
@@ -471,7 +515,7 @@ class Histogram(_Counts):
         return f"Histogram(mantissa_bits={b.mantissa_bits}, lo={b.lo}, hi={b.hi}, total={self.total:,})"
 
     @classmethod
-    def _empty_like(cls, binning: Binning, counts: np.ndarray) -> "Histogram":
+    def _empty_like(cls, binning: Binning, counts: np.ndarray) -> Histogram:
         return cls(*binning)
 
     # -- plot -----------------------------------------------------------------------------------
@@ -489,8 +533,8 @@ class Histogram(_Counts):
             lines.append(f"|value| ≥ 2^{b.hi}: {over:,}")
         return "\n".join(lines)
 
-    def plot(self, ax: "Axes | None" = None, *, label: str = "", title: str | None = None,
-             bins_per_octave: int | None = None, path: "str | os.PathLike[str] | None" = None) -> "Axes":
+    def plot(self, ax: Axes | None = None, *, label: str = "", title: str | None = None,
+             bins_per_octave: int | None = None, path: str | os.PathLike[str] | None = None) -> Axes:
         """Log-log step plot of the density of log10|value| (positive and negative values apart).
 
         Draws into ``ax`` (else a new figure) and returns that Axes. The exact counters (zero, NaN,
@@ -518,6 +562,8 @@ class FeatureHistograms(_Counts):
     splits the features between threads and needs no copies.
     """
 
+    _h: _CoreFeatureHistograms
+
     def __init__(self, n_features: int, mantissa_bits: int = FEATURE_BINNING.mantissa_bits,
                  lo: int = FEATURE_BINNING.lo, hi: int = FEATURE_BINNING.hi) -> None:
         self._h = _hist.FeatureHistograms(_checks.count(n_features, "n_features", minimum=1), mantissa_bits, lo, hi)
@@ -530,7 +576,8 @@ class FeatureHistograms(_Counts):
     @property
     def n_values(self) -> NDArray[np.int64]:
         """Values counted per feature, NaN included."""
-        return self._h.counts.sum(axis=1)
+        n: NDArray[np.int64] = self._h.counts.sum(axis=1)
+        return n
 
     @property
     def nbytes(self) -> int:
@@ -538,7 +585,7 @@ class FeatureHistograms(_Counts):
         return int(self._h.counts.nbytes)
 
     def fill(self, indices: ArrayLike, values: ArrayLike, *, bfloat16: bool = False,
-             threads: int = 1) -> "FeatureHistograms":
+             threads: int = 1) -> FeatureHistograms:
         """Count sparse codes: ``values[n, j]`` into feature ``indices[n, j]``; returns self.
 
         ``indices`` is int32/int64 [N, k] with entries in ``[0, n_features)``; ``values`` has the
@@ -550,7 +597,7 @@ class FeatureHistograms(_Counts):
         self._h.fill_sparse(idx, arr, bfloat16=bf16, threads=threads)
         return self
 
-    def fill_dense(self, values: ArrayLike, *, bfloat16: bool = False, threads: int = 1) -> "FeatureHistograms":
+    def fill_dense(self, values: ArrayLike, *, bfloat16: bool = False, threads: int = 1) -> FeatureHistograms:
         """Count a dense [N, n_features] array, column j into feature j; returns self."""
         arr, bf16 = _values(values, bfloat16)
         self._h.fill_dense(arr, bfloat16=bf16, threads=threads)
@@ -582,7 +629,7 @@ class FeatureHistograms(_Counts):
         )
 
     @classmethod
-    def _empty_like(cls, binning: Binning, counts: np.ndarray) -> "FeatureHistograms":
+    def _empty_like(cls, binning: Binning, counts: np.ndarray) -> FeatureHistograms:
         if counts.ndim != 2:
             raise ValueError(f"FeatureHistograms counts must be 2-D [n_features, n_bins]; got shape {counts.shape}")
         if counts.shape[1] != binning.n_bins:  # checked before allocating n_features rows
@@ -592,8 +639,8 @@ class FeatureHistograms(_Counts):
         return cls(counts.shape[0], *binning)
 
     # -- plot -----------------------------------------------------------------------------------
-    def plot(self, features: Sequence[int], ax: "Axes | None" = None, *, title: str | None = None,
-             bins_per_octave: int | None = None, path: "str | os.PathLike[str] | None" = None) -> "Axes":
+    def plot(self, features: Sequence[int], ax: Axes | None = None, *, title: str | None = None,
+             bins_per_octave: int | None = None, path: str | os.PathLike[str] | None = None) -> Axes:
         """Overlay the value densities of the given features (see :meth:`Histogram.plot`); draws
         into ``ax`` (else a new figure), saves to ``path`` (format from its suffix) if given, and
         returns the Axes."""
@@ -663,8 +710,8 @@ class FiringDensity:
         """Features counted (dead included)."""
         return int(self.counts.sum()) + self.n_dead
 
-    def plot(self, ax: "Axes | None" = None, *, title: str | None = None,
-             path: "str | os.PathLike[str] | None" = None) -> "Axes":
+    def plot(self, ax: Axes | None = None, *, title: str | None = None,
+             path: str | os.PathLike[str] | None = None) -> Axes:
         """Bar plot of the features per log10-frequency bin with the alive threshold as a dashed
         line; the feature, token, alive and dead counts head the legend (a ``title``, default
         "Firing frequency of SAE latents", never hides them). Draws into ``ax`` (else a new
@@ -686,7 +733,8 @@ def firing_density(
     stats: FeatureStats, *, bins_per_decade: int = 10, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD
 ) -> FiringDensity:
     """The :class:`FiringDensity` of ``stats``: log10(fire_count / n_tokens) of every feature that
-    fired, in ``bins_per_decade`` bins per decade; features that never fired go to ``n_dead``."""
+    fired, in ``bins_per_decade`` bins per decade; features that never fired go to ``n_dead``.
+    TypeError unless ``stats`` is a FeatureStats; ValueError for statistics of no tokens."""
     if not isinstance(stats, FeatureStats):
         raise TypeError(f"stats must be a FeatureStats; got {type(stats).__name__}")
     _checks.count(bins_per_decade, "bins_per_decade", minimum=1)

@@ -8,9 +8,10 @@ import math
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -70,7 +71,7 @@ def pyplot() -> ModuleType:
 FIGURE_FORMATS: dict[str, str] = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 
 
-def figure_path(path: str | os.PathLike | None) -> Path | None:
+def figure_path(path: str | os.PathLike[str] | None) -> Path | None:
     """``path`` as a Path whose suffix names a format of :data:`FIGURE_FORMATS` (None stays None);
     any other suffix is a ValueError naming it and the allowed ones."""
     if path is None:
@@ -97,7 +98,7 @@ def _figure_pyplot() -> ModuleType:
     return plt
 
 
-def new_axes(ax: "Axes | None" = None, *, figsize: tuple[float, float] = (6.4, 4.2)) -> tuple["Axes", bool]:
+def new_axes(ax: Axes | None = None, *, figsize: tuple[float, float] = (6.4, 4.2)) -> tuple[Axes, bool]:
     """``(ax, False)`` for a given Axes, else ``(axes of a new figure, True)``."""
     if ax is not None:
         return ax, False
@@ -106,7 +107,7 @@ def new_axes(ax: "Axes | None" = None, *, figsize: tuple[float, float] = (6.4, 4
     return new, True
 
 
-def finish_figure(ax: "Axes", path: Path | None, created: bool, *, dpi: int = 150) -> "Axes":
+def finish_figure(ax: Axes, path: Path | None, created: bool, *, dpi: int = 150) -> Axes:
     """Save the figure holding ``ax`` to ``path`` (checked by :func:`figure_path`; format from its
     suffix) and return ``ax``. A figure made by the plotting call itself and saved is closed in
     pyplot (the returned Axes and its figure stay usable), so that writing many plots holds no memory."""
@@ -170,7 +171,7 @@ def measurement_title(source: str, n_features: int, alpha: float, d_star: float,
     return one if len(one) <= width else f"{name}\n{facts}"
 
 
-def log_tick_labels(ax: "Axes", axis: str, *, integers: bool = False) -> None:
+def log_tick_labels(ax: Axes, axis: str, *, integers: bool = False) -> None:
     """Readable labels on a log axis (``axis`` "x" or "y") of ``ax``, called once its limits are
     set: with ``integers`` (widths) plain numbers, 1, 2, 1,000, rather than 2×10⁰; and where the
     axis spans less than two decades the minor ticks are labelled too, as plain numbers (4, 30,

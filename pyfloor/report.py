@@ -15,20 +15,24 @@ from ._io import json_ready
 from .render import (
     figure_path,
     finish_figure,
-    format_number as _num,
     format_table,
-    markdown_table as _md_table,
     log_tick_labels,
     measurement_title,
     new_axes,
     source_label,
+)
+from .render import (
+    format_number as _num,
+)
+from .render import (
+    markdown_table as _md_table,
 )
 from .stats import Measurement
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from .measure import MeasureResult
+    from .measure import Intervals, MeasureResult
 
 __all__ = [
     "format_prediction",
@@ -152,10 +156,11 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def top_feature_quantiles(result: "MeasureResult", n: int = 10) -> list[dict[str, Any]]:
+def top_feature_quantiles(result: MeasureResult, n: int = 10) -> list[dict[str, Any]]:
     """Median, p99 and max of the active values of the ``n`` most important latents (from the
     per-feature histograms, within half a bin width), with their importance and firing frequency."""
-    if result.feature_histograms is None or result.measurement.feature_ids is None:
+    importances = result.measurement.importances
+    if result.feature_histograms is None or result.measurement.feature_ids is None or importances is None:
         return []
     ids = result.measurement.feature_ids[:n]
     q = result.feature_histograms.quantile([0.5, 0.99])
@@ -163,7 +168,7 @@ def top_feature_quantiles(result: "MeasureResult", n: int = 10) -> list[dict[str
     return [
         {"latent": int(i), "importance": float(imp), "frequency": float(freq[i]), "median": float(q[0, i]),
          "p99": float(q[1, i]), "max": float(result.stats.act_max[i])}
-        for i, imp in zip(ids, result.measurement.importances[:n])
+        for i, imp in zip(ids, importances[:n])
     ]
 
 
@@ -181,12 +186,13 @@ def _percent(confidence: float) -> str:
     return f"{100 * confidence:.4g} %"
 
 
-def plot_importance_rank(measurement: Measurement, path: str | Path | None = None, *, ax: "Axes | None" = None,
-                         title: str | None = None) -> "Axes":
+def plot_importance_rank(measurement: Measurement, path: str | Path | None = None, *, ax: Axes | None = None,
+                         title: str | None = None) -> Axes:
     """Importance E[z_i²] of the alive latents against their rank, log-log, the rank F (the last
     alive latent) marked. Draws into ``ax`` (else a new figure) and returns that Axes; ``path``
     saves the figure, its format from the suffix (``.png``, ``.pdf``, ``.svg``). ``title``
-    defaults to the source, F, α and d*."""
+    defaults to the source, F, α and d*. ValueError for a measurement without importances or a
+    ``path`` of another suffix."""
     if measurement.importances is None:
         raise ValueError("the measurement has no importances to plot")
     out = figure_path(path)
@@ -211,9 +217,9 @@ def _title(measurement: Measurement) -> str:
                              measurement.critical_width)
 
 
-def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None = None,
-                     path: str | Path | None = None, *, ax: "Axes | None" = None, normalize: bool = False,
-                     title: str | None = None) -> "Axes":
+def plot_floor_curve(measurement: Measurement, intervals: Intervals | None = None,
+                     path: str | Path | None = None, *, ax: Axes | None = None, normalize: bool = False,
+                     title: str | None = None) -> Axes:
     """Predicted floor against student width, log-log: Eq. 2 (importance-weighted) and uniform
     importance, with d* marked.
 
@@ -227,6 +233,7 @@ def plot_floor_curve(measurement: Measurement, intervals: dict[str, Any] | None 
     ``normalize`` a fraction of the total importance. Floors of 0 (from d* on) are not drawn.
     Draws into ``ax`` (else a new figure) and returns that Axes; ``path`` saves the figure, its
     format from the suffix (``.png``, ``.pdf``, ``.svg``). ``title`` defaults to the source, F, α, d*.
+    ValueError for ``normalize`` without a positive total importance, or a ``path`` of another suffix.
     """
     out = figure_path(path)
     total = measurement.total_importance
@@ -315,7 +322,7 @@ def _activation_title(source: str) -> tuple[str, str]:
     return (f"Activations: {name}" if name else "Activations"), "activations"
 
 
-def write_measurement_report(result: "MeasureResult", out_dir: str | Path) -> dict[str, Path]:
+def write_measurement_report(result: MeasureResult, out_dir: str | Path) -> dict[str, Path]:
     """Write a measurement's statistics, JSON (non-finite numbers as null), Markdown and plots into
     ``out_dir``; returns the paths."""
     from .histograms import firing_density

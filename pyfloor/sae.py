@@ -527,7 +527,7 @@ def _train(
         if not math.isfinite(loss_value):
             raise ValueError(f"the training loss is {loss_value} at step {step}: try a smaller lr")
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        loss.backward()  # type: ignore[no-untyped-call,unused-ignore]  # torch leaves Tensor.backward unannotated (flagged under --strict only)
         opt.step()
         sae.normalize_decoder_()
         rec = TrainStep(step, loss_value, mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -96,11 +97,11 @@ def _sae_dict(r: ConfigResult) -> dict[str, Any] | None:
         "truth": {"n_features": r.config.n_features, "alpha": r.config.alpha, "represented": int(t0.represented.size)},
         "sweep": [p._asdict() for p in r.sae.points],
         "selected": picked,
-        "relu_importances": None if m is None else m.importances.tolist(),
+        "relu_importances": None if m is None or m.importances is None else m.importances.tolist(),
     }
 
 
-def _config_dict(r: ConfigResult, pred: dict[str, NDArray | None], fits: LocoFits) -> dict[str, Any]:
+def _config_dict(r: ConfigResult, pred: dict[str, NDArray[np.float64] | None], fits: LocoFits) -> dict[str, Any]:
     c = r.config
     scores = {}
     for name, p in pred.items():
@@ -138,7 +139,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The JSON-ready report: settings, every observed and predicted number, and the scores."""
     preds, fits = predict_with_fits(results)
-    return json_ready(
+    report: dict[str, Any] = json_ready(  # json_ready makes a dict of a dict
         {
             "format": "pyfloor.toy-report",
             "version": 1,
@@ -152,6 +153,7 @@ def build_report(
             "summary": summarize_scores(results, preds),
         }
     )
+    return report
 
 
 # -- rendering it (pyfloor demo / pyfloor toy) --------------------------------------------------
@@ -172,7 +174,7 @@ TOY_TARGET_LABELS = {"distill": "(a) distill", "excess": "(b) excess task", "tas
 
 
 def _label(predictor: str | None) -> str:
-    return TOY_PREDICTOR_LABELS.get(predictor, str(predictor))
+    return str(predictor) if predictor is None else TOY_PREDICTOR_LABELS.get(predictor, predictor)
 
 
 def _pct(x: float | None) -> str:
@@ -401,20 +403,29 @@ def format_toy_report(report: dict[str, Any]) -> str:
     return "\n".join(lines).lstrip("\n")
 
 
-_TOY_STYLES = {
-    "eq2": dict(color="C3", ls="--"),
-    "eq2_sae": dict(color="C4", ls=":"),
-    "eq2_teacher": dict(color="C2", ls="-."),
-    "teacher_density": dict(color="C1", ls="-"),
-    "packing_loco": dict(color="C0", ls="-"),
-    "width_packing_loco": dict(color="C9", ls="-", lw=2.2),
-    "calibrated_loco": dict(color="C5", ls="--"),
+class _LineStyle(TypedDict, total=False):
+    """Keyword arguments of ``Axes.plot`` that style one predictor's line."""
+
+    color: str
+    ls: str
+    lw: float
+
+
+_TOY_STYLES: dict[str, _LineStyle] = {
+    "eq2": {"color": "C3", "ls": "--"},
+    "eq2_sae": {"color": "C4", "ls": ":"},
+    "eq2_teacher": {"color": "C2", "ls": "-."},
+    "teacher_density": {"color": "C1", "ls": "-"},
+    "packing_loco": {"color": "C0", "ls": "-"},
+    "width_packing_loco": {"color": "C9", "ls": "-", "lw": 2.2},
+    "calibrated_loco": {"color": "C5", "ls": "--"},
 }
 
 
-def _given_axes(ax: "Axes | Sequence[Axes] | Any", n: int, what: str) -> list["Axes"]:
+def _given_axes(ax: Axes | Sequence[Axes] | NDArray[np.object_], n: int, what: str) -> list[Axes]:
     """The first ``n`` Axes of ``ax`` (one Axes, or a sequence or array of them)."""
-    axes: list[Axes] = [ax] if hasattr(ax, "plot") else list(np.ravel(np.asarray(ax, dtype=object)))  # type: ignore[list-item]
+    # an object with a plot method is one Axes (matplotlib is not imported here to isinstance-check it)
+    axes: list[Axes] = [cast("Axes", ax)] if hasattr(ax, "plot") else list(np.ravel(np.asarray(ax, dtype=object)))
     if len(axes) < n:
         raise ValueError(f"{what} draws {n} panel{'s' * (n != 1)}; ax holds {len(axes)} Axes")
     return axes[:n]
@@ -425,7 +436,7 @@ def _floor_title(c: dict[str, Any]) -> str:
     return f"{c['config']['label']} — d* = {c['config']['critical_width']:,.2f}"
 
 
-def _floor_axes(ax: "Axes", c: dict[str, Any], legend: bool) -> None:
+def _floor_axes(ax: Axes, c: dict[str, Any], legend: bool) -> None:
     """One configuration's floor curve: observed (a) mean ± std, every predictor, d* marked."""
     w = [s["width"] for s in c["students"]]
     mean = np.array([s["distilled"]["distill"]["mean"] for s in c["students"]])
@@ -436,11 +447,12 @@ def _floor_axes(ax: "Axes", c: dict[str, Any], legend: bool) -> None:
     for name, p in c["predictions"].items():
         if p is not None:
             p = np.asarray(p, dtype=np.float64)
+            style: _LineStyle = {"lw": 1.5, **_TOY_STYLES.get(name, {})}
             ax.plot(
                 w,
                 np.where(p > 0, p, np.nan),
                 label=_label(name),
-                **{"lw": 1.5, **_TOY_STYLES.get(name, {})},
+                **style,
             )
     ax.set_ylim(
         max(float(np.min(mean[mean > 0], initial=1.0)) / 20, 1e-7), 1.6 * max(float(np.max(task)), float(np.max(mean)))
@@ -461,14 +473,15 @@ def _floor_axes(ax: "Axes", c: dict[str, Any], legend: bool) -> None:
 
 
 def plot_toy_floors(report: dict[str, Any], path: str | os.PathLike[str] | None = None, *,
-                    n_features: int | None = None, ax: "Axes | Sequence[Axes] | None" = None) -> list["Axes"]:
+                    n_features: int | None = None, ax: Axes | Sequence[Axes] | None = None) -> list[Axes]:
     """Floor vs width, log scale: observed distillation loss (mean ± std over seeds), every
     predictor, d* marked; one panel per configuration (those with ``n_features`` features, if given).
 
     Draws into ``ax`` (one Axes, or a sequence or array holding at least one per configuration;
     the legend then goes into the first) or else a new figure (the legend beside the panels), and
     returns the panels' Axes. ``path`` saves the figure, its format from the suffix (``.png``,
-    ``.pdf``, ``.svg``)."""
+    ``.pdf``, ``.svg``). ValueError where no configuration has ``n_features`` features, ``ax``
+    holds too few Axes, or ``path`` has another suffix."""
     out = figure_path(path)
     configs = [c for c in report["configs"] if n_features is None or c["config"]["n_features"] == n_features]
     if not configs:
@@ -514,7 +527,7 @@ def _values(xs: Sequence[float]) -> str:
 
 
 def plot_toy_summary(report: dict[str, Any], path: str | os.PathLike[str] | None = None, *,
-                     ax: "Sequence[Axes] | None" = None) -> list["Axes"]:
+                     ax: Sequence[Axes] | None = None) -> list[Axes]:
     """Summary of a grid: predicted vs observed (a) for Eq. 2 and the best predictor, coloured
     by sparsity (log–log, diagonal marked), and median accuracy per sparsity per predictor.
 
