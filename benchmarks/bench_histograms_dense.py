@@ -49,7 +49,7 @@ def methods() -> dict[str, Callable[[], Callable[[np.ndarray], object]]]:
     package is missing (asv's skip)."""
 
     def pyfloor(threads: int) -> Callable[[], Callable[[np.ndarray], object]]:
-        return lambda: (lambda x: Histogram().fill(x, threads=threads))
+        return lambda: lambda x: Histogram().fill(x, threads=threads)
 
     def pyfloor_at(level: str) -> Callable[[], Callable[[np.ndarray], object]]:
         def factory() -> Callable[[np.ndarray], object]:
@@ -92,7 +92,7 @@ def methods() -> dict[str, Callable[[], Callable[[np.ndarray], object]]]:
         "pyfloor-1": pyfloor(1),
         "pyfloor-2": pyfloor(2),
         **{f"pyfloor-1@{level}": pyfloor_at(level) for level in SIMD_LEVELS[:-1]},
-        "numpy-index+bincount": lambda: (lambda x: np.bincount(numpy_log_bin_index(x))),
+        "numpy-index+bincount": lambda: lambda x: np.bincount(numpy_log_bin_index(x)),
         "numpy-bincount-only": bincount_only,
         "boost-histogram-1": boost,
         "fast-histogram": fast,

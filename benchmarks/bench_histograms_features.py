@@ -25,8 +25,9 @@ N_PAIRS = 100_000_000
 K = 64
 
 
-def sae_codes(n_features: int, n_pairs: int = N_PAIRS, k: int = K, seed: int = 0,
-              chunk: int = 10_000_000) -> tuple[np.ndarray, np.ndarray]:
+def sae_codes(
+    n_features: int, n_pairs: int = N_PAIRS, k: int = K, seed: int = 0, chunk: int = 10_000_000
+) -> tuple[np.ndarray, np.ndarray]:
     """int32 indices and float32 values [n_pairs // k, k] of SAE-like sparse codes (see above)."""
     rng = np.random.default_rng(seed)
     ids = rng.permutation(n_features).astype(np.int32)
@@ -119,8 +120,11 @@ def main() -> None:
         for threads in SparseFeatureFill.params[1]:
             hist = FeatureHistograms(n_features)
             best = min(_seconds(lambda: hist.fill(indices, values, threads=threads)) for _ in range(args.repeat))
-            print(f"sparse m={n_features:>7,} threads={threads}: {indices.size / best / 1e9:5.3f} G pairs/s "
-                  f"({hist.nbytes / 2**20:,.0f} MiB of counts)", flush=True)
+            print(
+                f"sparse m={n_features:>7,} threads={threads}: {indices.size / best / 1e9:5.3f} G pairs/s "
+                f"({hist.nbytes / 2**20:,.0f} MiB of counts)",
+                flush=True,
+            )
 
 
 def _seconds(run) -> float:

@@ -159,7 +159,9 @@ def check_task(task: dict[str, Any]) -> list[dict[str, Any]]:
     for case in task["cases"]:
         rec = {k: v for k, v in case.items() if k != "options"} | {"options": case.get("options", {})}
         try:
-            sae, x = make_inputs(case["kind"], case["n"], case["d"], case["m"], case["mode"], DTYPES[case["dtype"]], case["seed"], device)
+            sae, x = make_inputs(
+                case["kind"], case["n"], case["d"], case["m"], case["mode"], DTYPES[case["dtype"]], case["seed"], device
+            )
             if case.get("nonfinite"):
                 x[:: max(1, case["n"] // 5), 3] = float("nan")
                 x[1, 0] = float("inf")
@@ -167,14 +169,18 @@ def check_task(task: dict[str, Any]) -> list[dict[str, Any]]:
             runs = []
             for _ in range(2):
                 poison(device, 1 << 28)
-                runs.append(fused_batch_stats(x, sae, case["mode"], k, want_codes=case["codes"], **case.get("options", {})))
+                runs.append(
+                    fused_batch_stats(x, sae, case["mode"], k, want_codes=case["codes"], **case.get("options", {}))
+                )
             if device == "cuda":
                 torch.cuda.synchronize()
             a, b = runs
             repeat = bool(torch.equal(a.fire_count, b.fire_count) and torch.equal(a.act_max, b.act_max))
             repeat &= _err(a.act_sum, b.act_sum) < 1e-12
             if case["codes"]:
-                repeat &= bool(torch.equal(a.codes.indices, b.codes.indices) and torch.equal(a.codes.values, b.codes.values))
+                repeat &= bool(
+                    torch.equal(a.codes.indices, b.codes.indices) and torch.equal(a.codes.values, b.codes.values)
+                )
             ref = reference_batch_stats(x, sae, EncodeSpec.resolve(sae, case["mode"], k), want_codes=case["codes"])
             rec |= compare(a, ref, sae, x, case["mode"], k, exact=case["kind"] == "dyadic")
             rec["repeatable"] = repeat
@@ -256,7 +262,9 @@ def _attempt(fn: Callable[[], float], errors: list[str], what: str) -> float | N
         return None
 
 
-def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: str, args, deadline: float) -> list[dict]:
+def bench_shape(
+    shape: dict[str, int], configs: dict[str, list[dict]], device: str, args, deadline: float
+) -> list[dict]:
     """Fused (every config), eager, reference and bare-matmul times at one shape, bf16."""
     n, d, m, k = shape["n"], shape["d"], shape["m"], shape["k"]
     sae, x = make_inputs("gauss", n, d, m, "relu", torch.bfloat16, int.from_bytes(os.urandom(4), "little"), device)
@@ -270,7 +278,11 @@ def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: s
         fused = {}
         for opts in configs[mode]:
             name = json.dumps(opts, sort_keys=True)
-            t = _attempt(lambda: measure_ms(lambda: fused_batch_stats(x, sae, mode, kk, **opts), device, args.quick), errors, f"{mode} {name}")
+            t = _attempt(
+                lambda: measure_ms(lambda: fused_batch_stats(x, sae, mode, kk, **opts), device, args.quick),
+                errors,
+                f"{mode} {name}",
+            )
             if t is not None:
                 fused[name] = t
         best = min(fused, key=fused.get) if fused else None
@@ -278,7 +290,11 @@ def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: s
         if best is not None and mode == "topk" and not args.quick:
             opts = json.loads(best)
             row["fused_codes_ms"] = _attempt(
-                lambda: measure_ms(lambda: fused_batch_stats(x, sae, mode, kk, want_codes=True, **opts), device, args.quick), errors, "topk codes"
+                lambda: measure_ms(
+                    lambda: fused_batch_stats(x, sae, mode, kk, want_codes=True, **opts), device, args.quick
+                ),
+                errors,
+                "topk codes",
             )
         if best is not None and device == "cuda":  # peak memory of one fused call beyond what is allocated
             torch.cuda.synchronize()
@@ -288,12 +304,18 @@ def bench_shape(shape: dict[str, int], configs: dict[str, list[dict]], device: s
             torch.cuda.synchronize()
             row["fused_peak_extra_MB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             row["dense_pre_MB"] = n * m * 2 / 2**20
-        row["eager_ms"] = _attempt(lambda: measure_ms(lambda: eager_stats(x, sae, mode, kk), device, args.quick, slow=True), errors, f"eager {mode}")
+        row["eager_ms"] = _attempt(
+            lambda: measure_ms(lambda: eager_stats(x, sae, mode, kk), device, args.quick, slow=True),
+            errors,
+            f"eager {mode}",
+        )
         row["reference_ms"] = None  # skipped past the time budget (and at the large shape with --quick)
         if time.time() < deadline and not (args.quick and d > 2048):
             spec = EncodeSpec.resolve(sae, mode, kk)
             row["reference_ms"] = _attempt(
-                lambda: measure_ms(lambda: reference_batch_stats(x, sae, spec), device, args.quick, slow=True), errors, f"reference {mode}"
+                lambda: measure_ms(lambda: reference_batch_stats(x, sae, spec), device, args.quick, slow=True),
+                errors,
+                f"reference {mode}",
             )
         row["fused_TFLOPs"] = flop / row["fused_ms"] / 1e9 if row["fused_ms"] else None
         row["matmul_TFLOPs"] = flop / t_mm / 1e9 if t_mm else None
@@ -312,7 +334,11 @@ def floors(shape: dict[str, int]) -> dict[str, float]:
     n, d, m = shape["n"], shape["d"], shape["m"]
     flop = 2 * n * d * m
     nbytes = 2 * (n * d + d * m) + m * 28
-    return {"flop_ms": flop / 990e12 * 1e3, "bytes_ms_h100": nbytes / 3.35e12 * 1e3, "bytes_ms_h200": nbytes / 4.8e12 * 1e3}
+    return {
+        "flop_ms": flop / 990e12 * 1e3,
+        "bytes_ms_h100": nbytes / 3.35e12 * 1e3,
+        "bytes_ms_h200": nbytes / 4.8e12 * 1e3,
+    }
 
 
 # -- plan --------------------------------------------------------------------------------------
@@ -347,16 +373,50 @@ def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict
                 mode_ks = ks.get(mode, [None])
                 for kind in ("dyadic", "gauss"):
                     for k in mode_ks if i == 0 else mode_ks[:1]:  # every k on the first shape
-                        cases.append(dict(kind=kind, mode=mode, k=k, dtype=dtype, codes=True, seed=seed + len(cases),
-                                          nonfinite=kind == "gauss", **shape))
-            cases.append(dict(kind="dyadic", mode=mode, k=ks.get(mode, [None])[0], dtype=dtype, codes=False, seed=seed + 99, **check_div16))
+                        cases.append(
+                            dict(
+                                kind=kind,
+                                mode=mode,
+                                k=k,
+                                dtype=dtype,
+                                codes=True,
+                                seed=seed + len(cases),
+                                nonfinite=kind == "gauss",
+                                **shape,
+                            )
+                        )
+            cases.append(
+                dict(
+                    kind="dyadic",
+                    mode=mode,
+                    k=ks.get(mode, [None])[0],
+                    dtype=dtype,
+                    codes=False,
+                    seed=seed + 99,
+                    **check_div16,
+                )
+            )
             tasks.append({"device": device, "cases": cases})
     for mode, cfgs in configs.items():  # the timed kernels themselves, at their specialisation
         for cfg in cfgs:
             k = shapes[0]["k"] if mode == "topk" else None
-            cases = [dict(kind=kind, mode=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16) for kind in ("dyadic", "gauss")]
+            cases = [
+                dict(kind=kind, mode=mode, k=k, dtype="bf16", codes=False, seed=seed + 7, options=cfg, **check_div16)
+                for kind in ("dyadic", "gauss")
+            ]
             if mode == "topk" and cfg == cfgs[0]:
-                cases.append(dict(kind="dyadic", mode=mode, k=k, dtype="bf16", codes=True, seed=seed + 8, options=cfg, **check_div16))
+                cases.append(
+                    dict(
+                        kind="dyadic",
+                        mode=mode,
+                        k=k,
+                        dtype="bf16",
+                        codes=True,
+                        seed=seed + 8,
+                        options=cfg,
+                        **check_div16,
+                    )
+                )
             tasks.append({"device": device, "cases": cases})
     return tasks, shapes, configs
 
@@ -364,9 +424,13 @@ def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer configs and repeats; no reference at the large shape")
-    ap.add_argument("--cpu-dry-run", action="store_true", help="toy sizes on CPU in Triton's interpreter (tests this script)")
+    ap.add_argument(
+        "--cpu-dry-run", action="store_true", help="toy sizes on CPU in Triton's interpreter (tests this script)"
+    )
     ap.add_argument("--workers", type=int, default=None, help="check processes (default: min(12, CPUs))")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="skip the slow reference timings after this many seconds")
+    ap.add_argument(
+        "--budget-s", type=float, default=420.0, help="skip the slow reference timings after this many seconds"
+    )
     args = ap.parse_args()
     t0 = time.time()
     device = "cpu" if args.cpu_dry_run else "cuda"
@@ -375,7 +439,11 @@ def main() -> int:
         return 2
     import triton
 
-    info = {"torch": torch.__version__, "triton": triton.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)"}
+    info = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)",
+    }
     print(json.dumps(info), flush=True)
     tasks, shapes, configs = plan(args, device)
 
@@ -388,9 +456,29 @@ def main() -> int:
     failed = [c for c in checks if not c["ok"]]
     for c in checks:
         tag = "ok  " if c["ok"] else "FAIL"
-        keys = ("count_diff", "count_allowed", "sum_err", "sq_err", "max_err", "codes_rows_differing", "codes_val_err", "repeatable")
-        print(tag, c["kind"], c["mode"], c.get("k"), c["dtype"], f"n={c['n']} d={c['d']} m={c['m']}", "codes" if c["codes"] else "stats",
-              c["options"] or "", {k: c[k] for k in keys if k in c}, c.get("error", ""), flush=True)
+        keys = (
+            "count_diff",
+            "count_allowed",
+            "sum_err",
+            "sq_err",
+            "max_err",
+            "codes_rows_differing",
+            "codes_val_err",
+            "repeatable",
+        )
+        print(
+            tag,
+            c["kind"],
+            c["mode"],
+            c.get("k"),
+            c["dtype"],
+            f"n={c['n']} d={c['d']} m={c['m']}",
+            "codes" if c["codes"] else "stats",
+            c["options"] or "",
+            {k: c[k] for k in keys if k in c},
+            c.get("error", ""),
+            flush=True,
+        )
     print(f"checks: {len(checks) - len(failed)}/{len(checks)} passed in {time.time() - t0:.0f} s", flush=True)
     out = os.environ.get("OUT")
     report: dict[str, Any] = {"info": info, "checks": checks, "floors": [floors(s) for s in shapes]}
@@ -416,14 +504,25 @@ def main() -> int:
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b is not None else None
 
-    print("\n" + f"{'shape':<24}{'mode':<8}{'fused ms':>9}{'TFLOP/s':>9}{'matmul ms':>10}{'TFLOP/s':>9}{'eager ms':>9}"
-          f"{'ref ms':>9}{'eager/fused':>12}{'ref/fused':>10}{'fused/mm':>9}{'peak MB':>9}{'N×m MB':>8}")
+    print(
+        "\n" + f"{'shape':<24}{'mode':<8}{'fused ms':>9}{'TFLOP/s':>9}{'matmul ms':>10}{'TFLOP/s':>9}{'eager ms':>9}"
+        f"{'ref ms':>9}{'eager/fused':>12}{'ref/fused':>10}{'fused/mm':>9}{'peak MB':>9}{'N×m MB':>8}"
+    )
     for r in rows:
-        print(f"{r['shape']:<24}{r['mode']:<8}" + cell(r["fused_ms"], 9, ".3f") + cell(r["fused_TFLOPs"], 9, ".1f")
-              + cell(r["matmul_ms"], 10, ".3f") + cell(r["matmul_TFLOPs"], 9, ".1f") + cell(r["eager_ms"], 9, ".2f")
-              + cell(r["reference_ms"], 9, ".1f") + cell(ratio(r["eager_ms"], r["fused_ms"]), 12, ".2f")
-              + cell(ratio(r["reference_ms"], r["fused_ms"]), 10, ".2f") + cell(ratio(r["fused_ms"], r["matmul_ms"]), 9, ".2f")
-              + cell(r.get("fused_peak_extra_MB"), 9, ".0f") + cell(r.get("dense_pre_MB"), 8, ".0f"))
+        print(
+            f"{r['shape']:<24}{r['mode']:<8}"
+            + cell(r["fused_ms"], 9, ".3f")
+            + cell(r["fused_TFLOPs"], 9, ".1f")
+            + cell(r["matmul_ms"], 10, ".3f")
+            + cell(r["matmul_TFLOPs"], 9, ".1f")
+            + cell(r["eager_ms"], 9, ".2f")
+            + cell(r["reference_ms"], 9, ".1f")
+            + cell(ratio(r["eager_ms"], r["fused_ms"]), 12, ".2f")
+            + cell(ratio(r["reference_ms"], r["fused_ms"]), 10, ".2f")
+            + cell(ratio(r["fused_ms"], r["matmul_ms"]), 9, ".2f")
+            + cell(r.get("fused_peak_extra_MB"), 9, ".0f")
+            + cell(r.get("dense_pre_MB"), 8, ".0f")
+        )
     for shape in shapes:
         print("floors", shape, {k: round(v, 3) for k, v in floors(shape).items()})
     print("targets: fused/mm <= 1.3 and ref/fused (and eager/fused) >= 3 at d=1024 m=32768, bf16, both modes")

@@ -28,10 +28,23 @@ from pyfloor.sources import TeacherSource, TokenSequences
 
 #: (GPTNeoXConfig kwargs, hooked layer, SAE latents)
 SIZES = {
-    "tiny": (dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512,
-                  vocab_size=1024), 3, 1024),
-    "pythia-410m": (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                         vocab_size=50304, rotary_pct=0.25), 12, 32768),
+    "tiny": (
+        dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512, vocab_size=1024),
+        3,
+        1024,
+    ),
+    "pythia-410m": (
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            vocab_size=50304,
+            rotary_pct=0.25,
+        ),
+        12,
+        32768,
+    ),
 }
 
 
@@ -107,15 +120,22 @@ def main() -> None:
     seqs = TokenSequences(ids, torch.ones_like(ids), "random tokens")
     loops = {"paper": paper_loop, "pyfloor": pyfloor_loop}
     for fn in loops.values():  # warm-up: kernel compilation, allocator, caches
-        fn(model, layer, TokenSequences(ids[: args.batch_sequences], torch.ones_like(ids[: args.batch_sequences]), "w"),
-           sae, args.batch_sequences)
+        fn(
+            model,
+            layer,
+            TokenSequences(ids[: args.batch_sequences], torch.ones_like(ids[: args.batch_sequences]), "w"),
+            sae,
+            args.batch_sequences,
+        )
     results = {}
     for name, fn in loops.items():
         runs = [timed(fn, model, layer, seqs, sae, args.batch_sequences) for _ in range(args.repeats)]
         best = min(s for s, _ in runs)
         results[name] = {"seconds": best, "tokens": runs[0][1], "tokens_per_second": runs[0][1] / best}
     ratio = results["pyfloor"]["tokens_per_second"] / results["paper"]["tokens_per_second"]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"{args.size} teacher, layer {layer}, SAE {sae.d_in}→{sae.n_latents}, {args.dtype}, {device_name}")
     print(f"{'loop':<10}{'tokens':>10}{'best s':>10}{'tokens/s':>14}")
     for name, r in results.items():

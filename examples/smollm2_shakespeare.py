@@ -55,8 +55,7 @@ def run(
     train = TeacherSource(model, layer, seqs.take(train_tokens), batch_tokens)
     acts = torch.cat(list(train))  # the teacher runs once; the SAE then takes several passes
     minibatches = list(acts[torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(0))].split(512))
-    config = TrainConfig(n_latents=latents, activation="relu", l1_coeff=l1, lr=1e-3,
-                         steps=epochs * len(minibatches))
+    config = TrainConfig(n_latents=latents, activation="relu", l1_coeff=l1, lr=1e-3, steps=epochs * len(minibatches))
     sae, history = train_sae(minibatches, train.d, config)
     if progress:
         last = history[-1]
@@ -78,11 +77,20 @@ def main() -> None:
     p.add_argument("--l1", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=4)
     args = p.parse_args()
-    result = run(args.out, layer=args.layer, train_tokens=args.train_tokens, measure_tokens=args.measure_tokens,
-                 latents=args.latents, l1=args.l1, epochs=args.epochs)
+    result = run(
+        args.out,
+        layer=args.layer,
+        train_tokens=args.train_tokens,
+        measure_tokens=args.measure_tokens,
+        latents=args.latents,
+        l1=args.l1,
+        epochs=args.epochs,
+    )
     m = result.measurement
-    print(f"F = {m.n_features:,}, L0 = {m.mean_l0:.1f}, α = {m.alpha:.5f}, g = {m.capacity:.2f}, "
-          f"d* = {m.critical_width:,.1f} over {result.stats.n_tokens:,} tokens")
+    print(
+        f"F = {m.n_features:,}, L0 = {m.mean_l0:.1f}, α = {m.alpha:.5f}, g = {m.capacity:.2f}, "
+        f"d* = {m.critical_width:,.1f} over {result.stats.n_tokens:,} tokens"
+    )
     print(f"report in {args.out}/")
 
 

@@ -68,9 +68,22 @@ def _finite_rows(x_ptr, rows, N, D, stride_xn, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _pre_tile(
-    x_ptr, w_ptr, b_dec_ptr, bias_ptr, rows, ok, cols, D, M, stride_xn,
-    HALF_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, LATENT_MAJOR: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_dec_ptr,
+    bias_ptr,
+    rows,
+    ok,
+    cols,
+    D,
+    M,
+    stride_xn,
+    HALF_DOT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    LATENT_MAJOR: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Pre-activations of BLOCK_N tokens × BLOCK_M latents in float32.
 
@@ -151,8 +164,17 @@ def _key_entry(key):
 
 @triton.jit
 def _compact(
-    cand_ptr, row_cnt_ptr, row_tau_ptr, slot_base, row_base, cnt, ok,
-    BLOCK_N: tl.constexpr, KP: tl.constexpr, CAP: tl.constexpr, COMPACT_ROWS: tl.constexpr,
+    cand_ptr,
+    row_cnt_ptr,
+    row_tau_ptr,
+    slot_base,
+    row_base,
+    cnt,
+    ok,
+    BLOCK_N: tl.constexpr,
+    KP: tl.constexpr,
+    CAP: tl.constexpr,
+    COMPACT_ROWS: tl.constexpr,
 ):
     """Shrink every row's candidate buffer to its best KP entries, sorted, in slots [0, KP).
 
@@ -196,15 +218,38 @@ def _add_stats(fire_ptr, sum_ptr, sq_ptr, max_ptr, idx, n_fired, z_sum, z_sq, z_
 
 @triton.jit
 def _encode_stats_kernel(
-    x_ptr, w_ptr, b_dec_ptr, bias_ptr, thr_ptr,
-    fire_ptr, sum_ptr, sq_ptr, max_ptr, nonfinite_ptr,
-    row_ptr, code_idx_ptr, code_val_ptr,
-    cand_ptr, row_cnt_ptr, row_tau_ptr,
-    N, D, M, K, stride_xn,
-    MODE: tl.constexpr, STATS: tl.constexpr, CODES: tl.constexpr,
-    HALF_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    KP: tl.constexpr, CAP: tl.constexpr, COMPACT_ROWS: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_dec_ptr,
+    bias_ptr,
+    thr_ptr,
+    fire_ptr,
+    sum_ptr,
+    sq_ptr,
+    max_ptr,
+    nonfinite_ptr,
+    row_ptr,
+    code_idx_ptr,
+    code_val_ptr,
+    cand_ptr,
+    row_cnt_ptr,
+    row_tau_ptr,
+    N,
+    D,
+    M,
+    K,
+    stride_xn,
+    MODE: tl.constexpr,
+    STATS: tl.constexpr,
+    CODES: tl.constexpr,
+    HALF_DOT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    KP: tl.constexpr,
+    CAP: tl.constexpr,
+    COMPACT_ROWS: tl.constexpr,
 ):
     """Persistent program: for each BLOCK_N-token tile it owns, sweep all m latents in BLOCK_M tiles.
 
@@ -243,8 +288,22 @@ def _encode_stats_kernel(
         for m0 in range(0, M, BLOCK_M):
             cols = m0 + tl.arange(0, BLOCK_M)
             pre = _pre_tile(
-                x_ptr, w_ptr, b_dec_ptr, bias_ptr, rows, ok, cols, D, M, stride_xn,
-                HALF_DOT, INPUT_PRECISION, MODE != _TOPK, BLOCK_N, BLOCK_M, BLOCK_K,
+                x_ptr,
+                w_ptr,
+                b_dec_ptr,
+                bias_ptr,
+                rows,
+                ok,
+                cols,
+                D,
+                M,
+                stride_xn,
+                HALF_DOT,
+                INPUT_PRECISION,
+                MODE != _TOPK,
+                BLOCK_N,
+                BLOCK_M,
+                BLOCK_K,
             )
             if MODE == _TOPK:  # pre: [BLOCK_N tokens, BLOCK_M latents]
                 cand = (pre > tau[:, None]) & (cols < M)[None, :]
@@ -253,8 +312,17 @@ def _encode_stats_kernel(
                 cnt += tl.sum(cand.to(tl.int32), axis=1)
                 if tl.max(cnt, axis=0) > CAP - BLOCK_M:  # the next tile could overflow some row
                     cnt, tau = _compact(
-                        cand_ptr, row_cnt_ptr, row_tau_ptr, slot_base, row_base, cnt, ok,
-                        BLOCK_N, KP, CAP, COMPACT_ROWS,
+                        cand_ptr,
+                        row_cnt_ptr,
+                        row_tau_ptr,
+                        slot_base,
+                        row_base,
+                        cnt,
+                        ok,
+                        BLOCK_N,
+                        KP,
+                        CAP,
+                        COMPACT_ROWS,
                     )
             else:  # pre: [BLOCK_M latents, BLOCK_N tokens]
                 if MODE == _JUMPRELU:
@@ -266,19 +334,38 @@ def _encode_stats_kernel(
                 fired = z > 0.0
                 if STATS:  # int32/fp32 partials over the token tile, one atomic per latent
                     _add_stats(
-                        fire_ptr, sum_ptr, sq_ptr, max_ptr, cols, tl.sum(fired.to(tl.int32), axis=1),
-                        tl.sum(z, axis=1), tl.sum(z * z, axis=1), tl.max(z, axis=1), cols < M,
+                        fire_ptr,
+                        sum_ptr,
+                        sq_ptr,
+                        max_ptr,
+                        cols,
+                        tl.sum(fired.to(tl.int32), axis=1),
+                        tl.sum(z, axis=1),
+                        tl.sum(z * z, axis=1),
+                        tl.max(z, axis=1),
+                        cols < M,
                     )
                 if CODES == _WRITE_CODES:
                     pos = start[None, :] + (nnz[None, :] + tl.cumsum(fired.to(tl.int32), axis=0) - 1).to(tl.int64)
-                    tl.store(code_idx_ptr + pos, tl.broadcast_to(cols.to(tl.int64)[:, None], [BLOCK_M, BLOCK_N]), mask=fired)
+                    tl.store(
+                        code_idx_ptr + pos, tl.broadcast_to(cols.to(tl.int64)[:, None], [BLOCK_M, BLOCK_N]), mask=fired
+                    )
                     tl.store(code_val_ptr + pos, z, mask=fired)
                 if CODES != _NO_CODES:
                     nnz += tl.sum(fired.to(tl.int32), axis=0)
         if MODE == _TOPK:
             cnt, _ = _compact(
-                cand_ptr, row_cnt_ptr, row_tau_ptr, slot_base, row_base, cnt, ok,
-                BLOCK_N, KP, CAP, COMPACT_ROWS,
+                cand_ptr,
+                row_cnt_ptr,
+                row_tau_ptr,
+                slot_base,
+                row_base,
+                cnt,
+                ok,
+                BLOCK_N,
+                KP,
+                CAP,
+                COMPACT_ROWS,
             )
             j = tl.arange(0, KP)
             val, idx = _entry_parts(tl.load(cand_ptr + slot_base + local[:, None] * CAP + j[None, :]))
@@ -353,11 +440,11 @@ def _validate(x: Tensor, sae: SAE, activation: Activation, k: int | None) -> int
         if p.device != x.device:
             raise ValueError(f"activations are on {x.device} but the SAE's {name} is on {p.device}")
         if not p.is_contiguous():
-            raise ValueError(f"the kernel needs a contiguous SAE.{name} (strides {p.stride()}); call .contiguous() on it")
+            raise ValueError(
+                f"the kernel needs a contiguous SAE.{name} (strides {p.stride()}); call .contiguous() on it"
+            )
     if x.shape[0] > 1 and x.shape[1] > 1 and x.stride(1) != 1:
-        raise ValueError(
-            f"the kernel needs activations contiguous along d (strides {x.stride()}); pass x.contiguous()"
-        )
+        raise ValueError(f"the kernel needs activations contiguous along d (strides {x.stride()}); pass x.contiguous()")
     if x.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             "the Triton kernels need CUDA tensors; on CPU set TRITON_INTERPRET=1 before pyfloor.kernels is "
@@ -456,14 +543,40 @@ def fused_batch_stats(
 
     def launch(stats: bool, codes: int, row_arg: Tensor, idx_arg: Tensor, val_arg: Tensor) -> None:
         _encode_stats_kernel[(nprog,)](
-            x, sae.W_enc.detach(), sae.b_dec.detach(), bias, thr,
-            fire, s1, s2, mx, nonfinite,
-            row_arg, idx_arg, val_arg,
-            cand, row_cnt, row_tau,
-            n, d, m, k or 0, x.stride(0),
-            MODE=MODES[activation], STATS=stats, CODES=codes, HALF_DOT=half, INPUT_PRECISION=input_precision,
-            BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, KP=kp, CAP=cap, COMPACT_ROWS=rows_per_sort,
-            num_warps=num_warps or (8 if bn * bm >= 128 * 128 else 4), num_stages=num_stages or 3,
+            x,
+            sae.W_enc.detach(),
+            sae.b_dec.detach(),
+            bias,
+            thr,
+            fire,
+            s1,
+            s2,
+            mx,
+            nonfinite,
+            row_arg,
+            idx_arg,
+            val_arg,
+            cand,
+            row_cnt,
+            row_tau,
+            n,
+            d,
+            m,
+            k or 0,
+            x.stride(0),
+            MODE=MODES[activation],
+            STATS=stats,
+            CODES=codes,
+            HALF_DOT=half,
+            INPUT_PRECISION=input_precision,
+            BLOCK_N=bn,
+            BLOCK_M=bm,
+            BLOCK_K=bk,
+            KP=kp,
+            CAP=cap,
+            COMPACT_ROWS=rows_per_sort,
+            num_warps=num_warps or (8 if bn * bm >= 128 * 128 else 4),
+            num_stages=num_stages or 3,
         )
 
     codes_mode = _WRITE_CODES if (want_codes and topk) else (_COUNT_ROWS if want_codes else _NO_CODES)

@@ -54,10 +54,23 @@ _LAZY = {
     "run_experiment": "toy",
 }
 #: Submodules ``pyfloor.<name>`` reaches without an import of its own, whatever was imported before.
-_SUBMODULES = frozenset({
-    "distributed", "encode", "encode_types", "floors", "histograms", "measure", "report", "render", "sae", "sources",
-    "stats", "theory", "toy",
-})
+_SUBMODULES = frozenset(
+    {
+        "distributed",
+        "encode",
+        "encode_types",
+        "floors",
+        "histograms",
+        "measure",
+        "report",
+        "render",
+        "sae",
+        "sources",
+        "stats",
+        "theory",
+        "toy",
+    }
+)
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from . import distributed as distributed

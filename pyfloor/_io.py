@@ -67,8 +67,15 @@ def json_ready(obj: Any) -> Any:
 Framework = Literal["numpy", "pt"]
 
 
-def save_tagged(path: str | os.PathLike[str], tensors: Mapping[str, Any], *, kind: str, version: int,
-                metadata: Mapping[str, str] | None = None, framework: Framework = "numpy") -> None:
+def save_tagged(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Any],
+    *,
+    kind: str,
+    version: int,
+    metadata: Mapping[str, str] | None = None,
+    framework: Framework = "numpy",
+) -> None:
     """Write ``tensors`` atomically to a safetensors file tagged with a format and a version.
 
     ``tensors`` are numpy arrays (``framework="numpy"``) or CPU torch tensors (``"pt"``); the file's
@@ -87,13 +94,16 @@ def save_tagged(path: str | os.PathLike[str], tensors: Mapping[str, Any], *, kin
 
 
 @overload
-def load_tagged(path: str | os.PathLike[str], *, kind: str, version: int, what: str,
-                framework: Literal["numpy"] = "numpy") -> tuple[dict[str, NDArray[Any]], dict[str, str]]: ...
+def load_tagged(
+    path: str | os.PathLike[str], *, kind: str, version: int, what: str, framework: Literal["numpy"] = "numpy"
+) -> tuple[dict[str, NDArray[Any]], dict[str, str]]: ...
 @overload
-def load_tagged(path: str | os.PathLike[str], *, kind: str, version: int, what: str,
-                framework: Literal["pt"]) -> tuple[dict[str, Tensor], dict[str, str]]: ...
-def load_tagged(path: str | os.PathLike[str], *, kind: str, version: int, what: str,
-                framework: Framework = "numpy") -> tuple[dict[str, NDArray[Any]] | dict[str, Tensor], dict[str, str]]:
+def load_tagged(
+    path: str | os.PathLike[str], *, kind: str, version: int, what: str, framework: Literal["pt"]
+) -> tuple[dict[str, Tensor], dict[str, str]]: ...
+def load_tagged(
+    path: str | os.PathLike[str], *, kind: str, version: int, what: str, framework: Framework = "numpy"
+) -> tuple[dict[str, NDArray[Any]] | dict[str, Tensor], dict[str, str]]:
     """Read a file :func:`save_tagged` wrote with this ``kind`` and at most this ``version``.
 
     Parameters

@@ -49,6 +49,7 @@ EPILOG = (
     "2 for a usage error (bad or incompatible arguments, found before any work starts)."
 )
 
+
 class _DemoDefaults(TypedDict):
     n: int
     d_teacher: int
@@ -64,7 +65,13 @@ class _ToyDefaults(TypedDict):
 
 
 # Defaults that belong to the command line, not to a library dataclass.
-_DEMO: _DemoDefaults = {"n": 40, "d_teacher": 10, "alpha": 0.9, "out": "pyfloor-demo", "workers": min(2, os.cpu_count() or 1)}
+_DEMO: _DemoDefaults = {
+    "n": 40,
+    "d_teacher": 10,
+    "alpha": 0.9,
+    "out": "pyfloor-demo",
+    "workers": min(2, os.cpu_count() or 1),
+}
 _TOY: _ToyDefaults = {"out": "pyfloor-toy", "workers": 2, "sae_steps": 400}  # 48 configurations: shorter SAE sweeps
 _SEQ_LEN = 1024
 _BATCH_TOKENS = 65_536
@@ -122,8 +129,13 @@ class _DeprecatedAlias(argparse.Action):
         self.replacement = replacement
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
         print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -185,8 +197,9 @@ def _bar(total: int | None, enabled: bool, desc: str, unit: str) -> _ProgressBar
     """A progress bar on stderr (see :func:`_show_progress` for ``enabled``)."""
     from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # tqdm has no inline types
 
-    bar: _ProgressBar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc,
-                             disable=not enabled)
+    bar: _ProgressBar = tqdm(
+        total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc, disable=not enabled
+    )
     return bar
 
 
@@ -234,8 +247,11 @@ def _add_output_options(p: argparse.ArgumentParser, *, json_help: str, progress:
     p.add_argument("--json", action="store_true", help=json_help)
     if progress:
         g = p.add_mutually_exclusive_group()
-        g.add_argument("--progress", action="store_true",
-                       help="show progress bars even when stderr is not a terminal (by default only on one)")
+        g.add_argument(
+            "--progress",
+            action="store_true",
+            help="show progress bars even when stderr is not a terminal (by default only on one)",
+        )
         g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -360,7 +376,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.features is not None:
         with _usage(args, n_features="--features", alpha="--alpha"):
             measurement = Measurement.from_summary(
-                args.features, mean_l0=args.mean_l0, alpha=args.alpha,
+                args.features,
+                mean_l0=args.mean_l0,
+                alpha=args.alpha,
                 source="--features/--mean-l0" if args.mean_l0 is not None else "--features/--alpha",
             )
     if args.output is not None and args.output.is_dir():
@@ -389,9 +407,10 @@ def _add_predict_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--alpha", type=float, help="sparsity α (with --features)")
     p.add_argument("--widths", type=_widths, help="student widths, comma-separated (default: around d*)")
     p.add_argument(
-        "--alive-threshold", type=_fraction,
+        "--alive-threshold",
+        type=_fraction,
         help=f"firing frequency above which a latent is alive, for a statistics file (default: "
-             f"{DEFAULT_ALIVE_THRESHOLD:g}; a JSON measurement is already thresholded)",
+        f"{DEFAULT_ALIVE_THRESHOLD:g}; a JSON measurement is already thresholded)",
     )
     p.add_argument("-o", "--output", metavar="FILE", type=Path, help="also write the JSON report to this file")
     _add_output_options(p, json_help="print the JSON report instead of a table", progress=False)
@@ -491,24 +510,47 @@ def _add_run_options(p: argparse.ArgumentParser, *, out: str, workers: int, sae_
         default=_default(ToyConfig, "importance"),
         help=f"importance profile: Zipf I_i = 1/i, geometric {_default(ToyConfig, 'ratio'):g}^(i-1), or uniform",
     )
-    p.add_argument("--seeds", type=_positive_int, default=len(_default(ExperimentSettings, "seeds")),
-                   help="seeds 0 … SEEDS-1 per configuration")
-    p.add_argument("--steps", type=_positive_int, default=_default(TrainSettings, "steps"),
-                   help="Adam steps of every teacher and student")
-    p.add_argument("--batch-size", type=_positive_int, default=_default(TrainSettings, "batch_size"),
-                   help="samples per step")
-    p.add_argument("--lr", type=_positive_number, default=_default(TrainSettings, "lr"),
-                   help=f"peak learning rate, cosine decay to {100 * _default(TrainSettings, 'final_lr'):g}%% of it")
-    p.add_argument("--sae-steps", type=_positive_int, default=sae_steps,
-                   help="steps of each SAE of the measurement sweep")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=len(_default(ExperimentSettings, "seeds")),
+        help="seeds 0 … SEEDS-1 per configuration",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=_default(TrainSettings, "steps"),
+        help="Adam steps of every teacher and student",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=_default(TrainSettings, "batch_size"), help="samples per step"
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_number,
+        default=_default(TrainSettings, "lr"),
+        help=f"peak learning rate, cosine decay to {100 * _default(TrainSettings, 'final_lr'):g}%% of it",
+    )
+    p.add_argument(
+        "--sae-steps", type=_positive_int, default=sae_steps, help="steps of each SAE of the measurement sweep"
+    )
     p.add_argument("--no-sae", action="store_true", help="skip the SAE measurement (and the eq2_sae predictor)")
-    p.add_argument("--eval-samples", type=_positive_int, default=_default(ExperimentSettings, "eval_samples"),
-                   help="samples the losses are measured on")
+    p.add_argument(
+        "--eval-samples",
+        type=_positive_int,
+        default=_default(ExperimentSettings, "eval_samples"),
+        help="samples the losses are measured on",
+    )
     p.add_argument("--workers", type=_positive_int, default=workers, help="processes running tasks in parallel")
-    p.add_argument("--threads", type=_positive_int, default=_default(ExperimentSettings, "threads"),
-                   help="torch threads per process")
-    p.add_argument("--out", metavar="DIR", type=Path, default=Path(out),
-                   help="directory for report.json, report.md and PNGs")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=_default(ExperimentSettings, "threads"),
+        help="torch threads per process",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", type=Path, default=Path(out), help="directory for report.json, report.md and PNGs"
+    )
     _add_output_options(p, json_help="print the JSON report instead of tables")
 
 
@@ -533,8 +575,20 @@ def _add_toy_options(p: argparse.ArgumentParser) -> None:
 
 # -- activation sources ----------------------------------------------------------------------------
 # Options that only apply to a --model teacher (their defaults are read from the parser).
-_TEACHER_OPTIONS = ("gguf_file", "layer", "site", "tokens", "bin_dtype", "text", "dataset", "column", "seq_len",
-                    "skip_tokens", "read_tokens", "dtype")
+_TEACHER_OPTIONS = (
+    "gguf_file",
+    "layer",
+    "site",
+    "tokens",
+    "bin_dtype",
+    "text",
+    "dataset",
+    "column",
+    "seq_len",
+    "skip_tokens",
+    "read_tokens",
+    "dtype",
+)
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -548,15 +602,24 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="Hugging Face causal LM: a local directory or a hub id")
     g.add_argument("--gguf-file", help="GGUF checkpoint inside the --model directory")
     g.add_argument("--layer", help="block index (the residual stream after it) or a module name")
-    g.add_argument("--site", choices=get_args(sources.Site), default=_param_default(sources.TeacherSource, "site"),
-                   help="read the block's output or its MLP's")
+    g.add_argument(
+        "--site",
+        choices=get_args(sources.Site),
+        default=_param_default(sources.TeacherSource, "site"),
+        help="read the block's output or its MLP's",
+    )
     g.add_argument("--tokens", type=Path, help="pre-tokenized token file (.npy, or .bin of --bin-dtype)")
-    g.add_argument("--bin-dtype", type=_int_dtype, default=_param_default(sources.token_file_sequences, "bin_dtype"),
-                   help="integer type of a .bin token file")
+    g.add_argument(
+        "--bin-dtype",
+        type=_int_dtype,
+        default=_param_default(sources.token_file_sequences, "bin_dtype"),
+        help="integer type of a .bin token file",
+    )
     g.add_argument("--text", nargs="+", type=Path, help="text files, or directories of .txt/.md files")
     g.add_argument("--dataset", help="a 'datasets' dataset name or path (needs the datasets package)")
-    g.add_argument("--column", default=_param_default(sources.dataset_sequences, "column"),
-                   help="text column of --dataset")
+    g.add_argument(
+        "--column", default=_param_default(sources.dataset_sequences, "column"), help="text column of --dataset"
+    )
     g.add_argument("--seq-len", type=_positive_int, default=_SEQ_LEN, help="tokens per sequence fed to the teacher")
     g.add_argument("--skip-tokens", type=_count, default=0, help="skip this many tokens of the token stream first")
     g.add_argument("--read-tokens", type=_positive_int, help="tokenize at most this many tokens of --text/--dataset")
@@ -564,8 +627,11 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activations-key", help="the tensor to read from --activations safetensors files holding several")
     g.add_argument("--batch-tokens", type=_positive_int, default=_BATCH_TOKENS, help="tokens per batch")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
-    g.add_argument("--dtype", choices=[str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES],
-                   help="the teacher's dtype (default: the checkpoint's)")
+    g.add_argument(
+        "--dtype",
+        choices=[str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES],
+        help="the teacher's dtype (default: the checkpoint's)",
+    )
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -645,22 +711,40 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     if args.k is not None and args.activation not in (None, "topk"):
         raise UsageError(f"--k goes with --activation topk (or a top-k SAE), not with --activation {args.activation}")
     checkpoint: Path = args.checkpoint or args.out / "checkpoint.safetensors"
-    with _usage(args, bootstrap="--bootstrap", seed="--seed", widths="--widths", activation="--activation", k="--k",
-                resume="--resume", overwrite="--overwrite", checkpoint="--checkpoint"):
+    with _usage(
+        args,
+        bootstrap="--bootstrap",
+        seed="--seed",
+        widths="--widths",
+        activation="--activation",
+        k="--k",
+        resume="--resume",
+        overwrite="--overwrite",
+        checkpoint="--checkpoint",
+    ):
         config = MeasureConfig(
-            max_tokens=args.max_tokens, until_stable=args.until_stable, min_tokens=args.min_tokens,
+            max_tokens=args.max_tokens,
+            until_stable=args.until_stable,
+            min_tokens=args.min_tokens,
             checkpoint=checkpoint,
-            checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite,
-            alive_threshold=args.alive_threshold, bootstrap=args.bootstrap, seed=args.seed, widths=args.widths,
-            activation=args.activation, k=args.k, histograms=not args.no_histograms, histogram_every=args.histogram_every,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            alive_threshold=args.alive_threshold,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            widths=args.widths,
+            activation=args.activation,
+            k=args.k,
+            histograms=not args.no_histograms,
+            histogram_every=args.histogram_every,
         )
     device = _device(args)
     sae = load_sae(args.sae, device=device)
     _out_dir(args.out, args)
     _out_dir(checkpoint.parent, args, "--checkpoint's directory")
     if not args.resume:  # fail now, not after loading the teacher; measure() checks again
-        check_replaceable(checkpoint, kind=CHECKPOINT_FORMAT, what="measure checkpoint",
-                          overwrite=args.overwrite)
+        check_replaceable(checkpoint, kind=CHECKPOINT_FORMAT, what="measure checkpoint", overwrite=args.overwrite)
     source = _source_from_args(args, device)
     result = measure(source, sae, config, progress=_show_progress(args))
     if rank_and_world()[0] != 0:
@@ -683,45 +767,101 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         return _default(MeasureConfig, name)
 
     _add_source_args(p)
-    p.add_argument("--sae", type=Path, required=True,
-                   help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory")
-    p.add_argument("--activation", choices=ACTIVATIONS, default=default("activation"),
-                   help="encode with this activation instead (default: the SAE's own)")
-    p.add_argument("--mode", dest="activation", choices=ACTIVATIONS, action=_DeprecatedAlias,
-                   replacement="--activation", help=argparse.SUPPRESS)
-    p.add_argument("--k", type=_positive_int, default=default("k"),
-                   help="k for --activation topk (default: a top-k SAE's own)")
+    p.add_argument(
+        "--sae",
+        type=Path,
+        required=True,
+        help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory",
+    )
+    p.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default=default("activation"),
+        help="encode with this activation instead (default: the SAE's own)",
+    )
+    p.add_argument(
+        "--mode",
+        dest="activation",
+        choices=ACTIVATIONS,
+        action=_DeprecatedAlias,
+        replacement="--activation",
+        help=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--k", type=_positive_int, default=default("k"), help="k for --activation topk (default: a top-k SAE's own)"
+    )
     p.add_argument("--out", metavar="DIR", type=Path, default=Path(_MEASURE_OUT), help="output directory")
-    p.add_argument("--max-tokens", type=_positive_int, default=default("max_tokens"),
-                   help="stop after this many tokens, rounded up to whole batches (default: no limit)")
-    p.add_argument("--until-stable", type=float, metavar="TOL", default=default("until_stable"),
-                   help="stop once d*'s bootstrap interval is narrower than TOL × d*, e.g. 0.01 (default: no such stop)")
-    p.add_argument("--min-tokens", type=_count, default=default("min_tokens"),
-                   help="never stop for stability before this many tokens")
+    p.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=default("max_tokens"),
+        help="stop after this many tokens, rounded up to whole batches (default: no limit)",
+    )
+    p.add_argument(
+        "--until-stable",
+        type=float,
+        metavar="TOL",
+        default=default("until_stable"),
+        help="stop once d*'s bootstrap interval is narrower than TOL × d*, e.g. 0.01 (default: no such stop)",
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=_count,
+        default=default("min_tokens"),
+        help="never stop for stability before this many tokens",
+    )
     p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUT/checkpoint.safetensors)")
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="TOKENS", default=default("checkpoint_every"),
-                   help="tokens between checkpoints")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="TOKENS",
+        default=default("checkpoint_every"),
+        help="tokens between checkpoints",
+    )
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     resume.add_argument("--overwrite", action="store_true", help="start over, replacing an existing checkpoint")
-    p.add_argument("--alive-threshold", type=_fraction, default=default("alive_threshold"),
-                   help="firing frequency above which a latent is alive")
-    p.add_argument("--bootstrap", type=_count, default=default("bootstrap"),
-                   help="bootstrap replicates over batches; 0: no intervals")
+    p.add_argument(
+        "--alive-threshold",
+        type=_fraction,
+        default=default("alive_threshold"),
+        help="firing frequency above which a latent is alive",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_count,
+        default=default("bootstrap"),
+        help="bootstrap replicates over batches; 0: no intervals",
+    )
     p.add_argument("--seed", type=int, default=default("seed"), help="seed of the bootstrap weights")
-    p.add_argument("--widths", type=_widths, default=default("widths"),
-                   help="student widths for the floor table (default: around d*)")
+    p.add_argument(
+        "--widths",
+        type=_widths,
+        default=default("widths"),
+        help="student widths for the floor table (default: around d*)",
+    )
     p.add_argument("--no-histograms", action="store_true", help="skip the per-feature and activation histograms")
-    p.add_argument("--histogram-every", type=_positive_int, default=default("histogram_every"),
-                   help="fill the histograms from every N-th batch")
+    p.add_argument(
+        "--histogram-every",
+        type=_positive_int,
+        default=default("histogram_every"),
+        help="fill the histograms from every N-th batch",
+    )
     _add_output_options(p, json_help="print the JSON report instead of Markdown")
     _finish_source_options(p)
     p.set_defaults(func=_cmd_measure)
 
 
 # -- train-sae -------------------------------------------------------------------------------------
-_TRAIN_NAMES = {"n_latents": "--latents", "l1_coeff": "--l1", "lr": "--lr", "steps": "--steps", "seed": "--seed",
-                "k": "--k", "activation": "--activation"}
+_TRAIN_NAMES = {
+    "n_latents": "--latents",
+    "l1_coeff": "--l1",
+    "lr": "--lr",
+    "steps": "--steps",
+    "seed": "--seed",
+    "k": "--k",
+    "activation": "--activation",
+}
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
@@ -740,25 +880,40 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         if args.k is not None and args.k > args.latents:
             raise UsageError(f"--k ({args.k}) must be at most --latents ({args.latents})")
     with _usage(args, **_TRAIN_NAMES):  # the arguments' own checks, before any file is read
-        TrainConfig(n_latents=args.latents or 1, activation=activation, k=args.k, l1_coeff=args.l1, lr=args.lr,
-                    steps=args.steps, seed=args.seed)
+        TrainConfig(
+            n_latents=args.latents or 1,
+            activation=activation,
+            k=args.k,
+            l1_coeff=args.l1,
+            lr=args.lr,
+            steps=args.steps,
+            seed=args.seed,
+        )
     if args.out.is_dir():
         raise IsADirectoryError(f"-o/--output {args.out} is a directory; give the path of the SAE file")
     check_replaceable(args.out, kind=SAE_FORMAT, what="SAE file", overwrite=args.overwrite)
     device = _device(args)
     if args.init is not None:
         sae, fresh = load_sae(args.init, device=device), False
-        given = {"--latents": (args.latents, sae.n_latents), "--activation": (args.activation, sae.activation),
-                 "--k": (args.k, sae.k)}
+        given = {
+            "--latents": (args.latents, sae.n_latents),
+            "--activation": (args.activation, sae.activation),
+            "--k": (args.k, sae.k),
+        }
         for flag, (asked, has) in given.items():
             if asked is not None and asked != has:
                 raise ValueError(f"{flag} {asked}: the --init SAE has {has}; leave {flag} out to keep it")
     else:
         sae, fresh = None, True
-    config = TrainConfig(n_latents=sae.n_latents if sae is not None else args.latents,
-                         activation=sae.activation if sae is not None else activation,
-                         k=sae.k if sae is not None else args.k, l1_coeff=args.l1, lr=args.lr, steps=args.steps,
-                         seed=args.seed)
+    config = TrainConfig(
+        n_latents=sae.n_latents if sae is not None else args.latents,
+        activation=sae.activation if sae is not None else activation,
+        k=sae.k if sae is not None else args.k,
+        l1_coeff=args.l1,
+        lr=args.lr,
+        steps=args.steps,
+        seed=args.seed,
+    )
     _make_dirs(args.out.parent, args)
     source = _source_from_args(args, device)
     if sae is None:
@@ -782,16 +937,30 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     last = history[-1]
     nonfinite = sum(step.nonfinite for step in history)
     if args.json:
-        _print_json({
-            "sae": str(args.out), "d_in": sae.d_in, "n_latents": sae.n_latents, "activation": sae.activation,
-            "k": sae.k, "steps": len(history), "batch_tokens": batch_tokens, "loss": last.loss, "fvu": last.fvu,
-            "l0": last.l0, "dead": last.dead, "nonfinite_tokens": nonfinite, "checkpoint_every_steps": save_every,
-            "config": dataclasses.asdict(config),
-        })
+        _print_json(
+            {
+                "sae": str(args.out),
+                "d_in": sae.d_in,
+                "n_latents": sae.n_latents,
+                "activation": sae.activation,
+                "k": sae.k,
+                "steps": len(history),
+                "batch_tokens": batch_tokens,
+                "loss": last.loss,
+                "fvu": last.fvu,
+                "l0": last.l0,
+                "dead": last.dead,
+                "nonfinite_tokens": nonfinite,
+                "checkpoint_every_steps": save_every,
+                "config": dataclasses.asdict(config),
+            }
+        )
         return EXIT_OK
     left_out = f"; {nonfinite:,} tokens with NaN or ±Inf activations left out" if nonfinite else ""
-    print(f"trained {sae.d_in}→{sae.n_latents} {sae.activation} SAE for {len(history)} steps: "
-          f"FVU {last.fvu:.4f}, L0 {last.l0:.1f}, dead latents {last.dead}{left_out}\nwrote {args.out}")
+    print(
+        f"trained {sae.d_in}→{sae.n_latents} {sae.activation} SAE for {len(history)} steps: "
+        f"FVU {last.fvu:.4f}, L0 {last.l0:.1f}, dead latents {last.dead}{left_out}\nwrote {args.out}"
+    )
     return EXIT_OK
 
 
@@ -801,21 +970,32 @@ def _add_train_sae_options(p: argparse.ArgumentParser) -> None:
     trainable = tuple(a for a in ACTIVATIONS if a != "jumprelu")  # JumpReLU SAEs are read, not trained here
     _add_source_args(p)
     p.add_argument("--latents", type=_positive_int, help="number of SAE latents (required unless --init)")
-    p.add_argument("--activation", choices=trainable,
-                   help=f"latent activation (default: {_default(TrainConfig, 'activation')}, or the --init SAE's)")
+    p.add_argument(
+        "--activation",
+        choices=trainable,
+        help=f"latent activation (default: {_default(TrainConfig, 'activation')}, or the --init SAE's)",
+    )
     p.add_argument("--k", type=_positive_int, help="k of a top-k SAE (default: the --init SAE's)")
-    p.add_argument("--l1", type=_nonnegative_number, default=_default(TrainConfig, "l1_coeff"),
-                   help="L1 coefficient of a ReLU SAE")
+    p.add_argument(
+        "--l1", type=_nonnegative_number, default=_default(TrainConfig, "l1_coeff"), help="L1 coefficient of a ReLU SAE"
+    )
     p.add_argument("--lr", type=_positive_number, default=_default(TrainConfig, "lr"), help="Adam learning rate")
     p.add_argument("--steps", type=_positive_int, help="training steps (default: one pass over the source)")
     p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"), help="seed of the initialisation")
     p.add_argument("--init", type=Path, help="continue training this SAE")
-    p.add_argument("--checkpoint-every", type=_count, metavar="TOKENS", default=_SAE_CHECKPOINT_EVERY,
-                   help="tokens between saves of the SAE to --output, rounded up to whole batches; 0 saves only at the end")
-    p.add_argument("-o", "--output", dest="out", metavar="FILE", type=Path, default=Path(_SAE_OUT),
-                   help="SAE file to write")
-    p.add_argument("--out", dest="out", type=Path, action=_DeprecatedAlias, replacement="-o/--output",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--checkpoint-every",
+        type=_count,
+        metavar="TOKENS",
+        default=_SAE_CHECKPOINT_EVERY,
+        help="tokens between saves of the SAE to --output, rounded up to whole batches; 0 saves only at the end",
+    )
+    p.add_argument(
+        "-o", "--output", dest="out", metavar="FILE", type=Path, default=Path(_SAE_OUT), help="SAE file to write"
+    )
+    p.add_argument(
+        "--out", dest="out", type=Path, action=_DeprecatedAlias, replacement="-o/--output", help=argparse.SUPPRESS
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing SAE file at --output")
     _add_output_options(p, json_help="print the trained SAE's summary as JSON")
     _finish_source_options(p)
@@ -839,7 +1019,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         text = measurement_markdown(summary)
     except (KeyError, TypeError, IndexError) as exc:
-        raise ValueError(f"{report}: an incomplete or damaged measurement report ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{report}: an incomplete or damaged measurement report ({type(exc).__name__}: {exc})"
+        ) from None
     markdown = report.with_name("report.md")
     markdown.write_text(text)
     if args.json:
@@ -930,8 +1112,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_text, description, add_options) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=description, epilog=EPILOG,
-                           formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=description, epilog=EPILOG, formatter_class=_HelpFormatter)
         if commands is None or name in commands:
             add_options(p)
             p.set_defaults(flag_names=_flag_names(p))

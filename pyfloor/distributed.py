@@ -102,4 +102,3 @@ def all_reduce_arrays(
             all_reduce_([t])
         out[key] = t.numpy()
     return out
-

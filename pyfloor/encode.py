@@ -147,7 +147,12 @@ class StatsAccumulator:
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
         _checks.count(chunk_tokens, "chunk_tokens", minimum=1)
-        self.sae, self.spec, self.backend, self.chunk_tokens = sae, EncodeSpec.resolve(sae, activation, k), backend, chunk_tokens
+        self.sae, self.spec, self.backend, self.chunk_tokens = (
+            sae,
+            EncodeSpec.resolve(sae, activation, k),
+            backend,
+            chunk_tokens,
+        )
         self.kernel_options = KernelOptions(**(kernel_options or {}))
         self._rows = 0
         self._sums: BatchStats | None = None

@@ -16,7 +16,13 @@ from torch import Tensor
 from .sae import SAE, Activation, is_activation
 
 __all__ = [
-    "SUPPORTED_DTYPES", "SparseCodes", "BatchStats", "EncodeSpec", "KernelOptions", "InputPrecision", "check_activations",
+    "SUPPORTED_DTYPES",
+    "SparseCodes",
+    "BatchStats",
+    "EncodeSpec",
+    "KernelOptions",
+    "InputPrecision",
+    "check_activations",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -78,11 +84,18 @@ class BatchStats(NamedTuple):
     @classmethod
     def zeros(cls, m: int, device: torch.device | str) -> BatchStats:
         """Sums of no tokens over ``m`` latents, without codes."""
+
         def z(*shape: int, dtype: torch.dtype) -> Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
 
-        return cls(z(m, dtype=torch.int64), z(m, dtype=torch.float64), z(m, dtype=torch.float64),
-                   z(m, dtype=torch.float32), z(dtype=torch.int64), None)
+        return cls(
+            z(m, dtype=torch.int64),
+            z(m, dtype=torch.float64),
+            z(m, dtype=torch.float64),
+            z(m, dtype=torch.float32),
+            z(dtype=torch.int64),
+            None,
+        )
 
     def __add__(self, other: BatchStats) -> BatchStats:  # type: ignore[override]  # sums, not tuple concatenation
         """The sums of both: counts and sums added, maxima maxed; codes are not carried."""

@@ -94,8 +94,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
         @property
         def n_features(self) -> int: ...
-        def fill_sparse(self, indices: NDArray[Any], values: NDArray[Any], *, bfloat16: bool = False,
-                        threads: int = 1) -> None: ...
+        def fill_sparse(
+            self, indices: NDArray[Any], values: NDArray[Any], *, bfloat16: bool = False, threads: int = 1
+        ) -> None: ...
         def fill_dense(self, values: NDArray[Any], *, bfloat16: bool = False, threads: int = 1) -> None: ...
 
     class _CoreModule(Protocol):
@@ -104,7 +105,9 @@ if TYPE_CHECKING:  # pragma: no cover
         def build_info(self) -> dict[str, int | str]: ...
         def set_simd_level(self, level: str) -> None: ...
         def Histogram(self, mantissa_bits: int, lo: int, hi: int) -> _CoreHistogram: ...
-        def FeatureHistograms(self, n_features: int, mantissa_bits: int, lo: int, hi: int) -> _CoreFeatureHistograms: ...
+        def FeatureHistograms(
+            self, n_features: int, mantissa_bits: int, lo: int, hi: int
+        ) -> _CoreFeatureHistograms: ...
 
     _hist: _CoreModule
 else:
@@ -213,12 +216,8 @@ class Binning(NamedTuple):
         """
         e = self.edges()
         tiny, big = 2.0**self.lo, 2.0**self.hi
-        lower = np.concatenate(
-            [[-np.inf, -np.inf], -e[:0:-1], [-tiny, 0.0, 0.0], e[:-1], [big, np.inf, np.nan]]
-        )
-        upper = np.concatenate(
-            [[-np.inf, -big], -e[-2::-1], [0.0, 0.0, tiny], e[1:], [np.inf, np.inf, np.nan]]
-        )
+        lower = np.concatenate([[-np.inf, -np.inf], -e[:0:-1], [-tiny, 0.0, 0.0], e[:-1], [big, np.inf, np.nan]])
+        upper = np.concatenate([[-np.inf, -big], -e[-2::-1], [0.0, 0.0, tiny], e[1:], [np.inf, np.inf, np.nan]])
         return lower, upper
 
     def bin_values(self) -> NDArray[np.float64]:
@@ -338,8 +337,9 @@ def _display_bins_per_octave(binning: Binning, counts: NDArray[np.int64], bins_p
     return int(min(native, max(1, 2 ** math.floor(math.log2(target))))) if target >= 1 else 1
 
 
-def _plot_magnitudes(ax: Axes, binning: Binning, counts: NDArray[np.int64], label: str,
-                     bins_per_octave: int | None = None) -> None:
+def _plot_magnitudes(
+    ax: Axes, binning: Binning, counts: NDArray[np.int64], label: str, bins_per_octave: int | None = None
+) -> None:
     """Step plot of the density of log10|x| (share of all values per decade), positive and
     negative values apart, at :func:`_display_bins_per_octave`; the x axis spans the occupied bins."""
     group = (1 << binning.mantissa_bits) // _display_bins_per_octave(binning, counts, bins_per_octave)
@@ -468,8 +468,9 @@ class Histogram(_Counts):
 
     _h: _CoreHistogram
 
-    def __init__(self, mantissa_bits: int = DENSE_BINNING.mantissa_bits, lo: int = DENSE_BINNING.lo,
-                 hi: int = DENSE_BINNING.hi) -> None:
+    def __init__(
+        self, mantissa_bits: int = DENSE_BINNING.mantissa_bits, lo: int = DENSE_BINNING.lo, hi: int = DENSE_BINNING.hi
+    ) -> None:
         self._h = _hist.Histogram(mantissa_bits, lo, hi)
 
     @property
@@ -481,8 +482,13 @@ class Histogram(_Counts):
         """The exact counts outside the log bins: zero, NaN, ±inf, under- and overflow."""
         c, b = self._h.counts, self.binning
         return {
-            "-inf": int(c[0]), "-overflow": int(c[1]), "-underflow": int(c[b.zero - 1]), "zero": int(c[b.zero]),
-            "+underflow": int(c[b.zero + 1]), "+overflow": int(c[b.nan - 2]), "+inf": int(c[b.nan - 1]),
+            "-inf": int(c[0]),
+            "-overflow": int(c[1]),
+            "-underflow": int(c[b.zero - 1]),
+            "zero": int(c[b.zero]),
+            "+underflow": int(c[b.zero + 1]),
+            "+overflow": int(c[b.nan - 2]),
+            "+inf": int(c[b.nan - 1]),
             "nan": int(c[b.nan]),
         }
 
@@ -523,8 +529,11 @@ class Histogram(_Counts):
         """The exact counters outside the log bins as a few lines of text: values counted, zero,
         NaN and ±inf always, under- and overflow where any."""
         c = self.counters()
-        lines = [f"{label or 'values'}: {self.total:,}", f"zero: {c['zero']:,}   NaN: {c['nan']:,}",
-                 f"+inf: {c['+inf']:,}   −inf: {c['-inf']:,}"]
+        lines = [
+            f"{label or 'values'}: {self.total:,}",
+            f"zero: {c['zero']:,}   NaN: {c['nan']:,}",
+            f"+inf: {c['+inf']:,}   −inf: {c['-inf']:,}",
+        ]
         b = self.binning
         under, over = c["+underflow"] + c["-underflow"], c["+overflow"] + c["-overflow"]
         if under:
@@ -533,8 +542,15 @@ class Histogram(_Counts):
             lines.append(f"|value| ≥ 2^{b.hi}: {over:,}")
         return "\n".join(lines)
 
-    def plot(self, ax: Axes | None = None, *, label: str = "", title: str | None = None,
-             bins_per_octave: int | None = None, path: str | os.PathLike[str] | None = None) -> Axes:
+    def plot(
+        self,
+        ax: Axes | None = None,
+        *,
+        label: str = "",
+        title: str | None = None,
+        bins_per_octave: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> Axes:
         """Log-log step plot of the density of log10|value| (positive and negative values apart).
 
         Draws into ``ax`` (else a new figure) and returns that Axes. The exact counters (zero, NaN,
@@ -564,8 +580,13 @@ class FeatureHistograms(_Counts):
 
     _h: _CoreFeatureHistograms
 
-    def __init__(self, n_features: int, mantissa_bits: int = FEATURE_BINNING.mantissa_bits,
-                 lo: int = FEATURE_BINNING.lo, hi: int = FEATURE_BINNING.hi) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        mantissa_bits: int = FEATURE_BINNING.mantissa_bits,
+        lo: int = FEATURE_BINNING.lo,
+        hi: int = FEATURE_BINNING.hi,
+    ) -> None:
         self._h = _hist.FeatureHistograms(_checks.count(n_features, "n_features", minimum=1), mantissa_bits, lo, hi)
 
     @property
@@ -584,8 +605,9 @@ class FeatureHistograms(_Counts):
         """Bytes of counters."""
         return int(self._h.counts.nbytes)
 
-    def fill(self, indices: ArrayLike, values: ArrayLike, *, bfloat16: bool = False,
-             threads: int = 1) -> FeatureHistograms:
+    def fill(
+        self, indices: ArrayLike, values: ArrayLike, *, bfloat16: bool = False, threads: int = 1
+    ) -> FeatureHistograms:
         """Count sparse codes: ``values[n, j]`` into feature ``indices[n, j]``; returns self.
 
         ``indices`` is int32/int64 [N, k] with entries in ``[0, n_features)``; ``values`` has the
@@ -639,8 +661,15 @@ class FeatureHistograms(_Counts):
         return cls(counts.shape[0], *binning)
 
     # -- plot -----------------------------------------------------------------------------------
-    def plot(self, features: Sequence[int], ax: Axes | None = None, *, title: str | None = None,
-             bins_per_octave: int | None = None, path: str | os.PathLike[str] | None = None) -> Axes:
+    def plot(
+        self,
+        features: Sequence[int],
+        ax: Axes | None = None,
+        *,
+        title: str | None = None,
+        bins_per_octave: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> Axes:
         """Overlay the value densities of the given features (see :meth:`Histogram.plot`); draws
         into ``ax`` (else a new figure), saves to ``path`` (format from its suffix) if given, and
         returns the Axes."""
@@ -710,8 +739,9 @@ class FiringDensity:
         """Features counted (dead included)."""
         return int(self.counts.sum()) + self.n_dead
 
-    def plot(self, ax: Axes | None = None, *, title: str | None = None,
-             path: str | os.PathLike[str] | None = None) -> Axes:
+    def plot(
+        self, ax: Axes | None = None, *, title: str | None = None, path: str | os.PathLike[str] | None = None
+    ) -> Axes:
         """Bar plot of the features per log10-frequency bin with the alive threshold as a dashed
         line; the feature, token, alive and dead counts head the legend (a ``title``, default
         "Firing frequency of SAE latents", never hides them). Draws into ``ax`` (else a new
@@ -719,13 +749,21 @@ class FiringDensity:
         out = figure_path(path)
         ax, created = new_axes(ax)
         ax.stairs(self.counts, self.edges, fill=True, alpha=0.7, color="C0", label="features per bin")
-        ax.axvline(math.log10(self.alive_threshold), color="k", linestyle="--", linewidth=1,
-                   label=f"alive threshold {self.alive_threshold:g}")
+        ax.axvline(
+            math.log10(self.alive_threshold),
+            color="k",
+            linestyle="--",
+            linewidth=1,
+            label=f"alive threshold {self.alive_threshold:g}",
+        )
         ax.set_xlabel("log10 firing frequency (share of tokens where z > 0)")
         ax.set_ylabel("features per bin")
         ax.set_title("Firing frequency of SAE latents" if title is None else title)
-        _legend(ax, f"{self.n_features:,} features, {self.n_tokens:,} tokens\n"
-                    f"{self.n_alive:,} alive, {self.n_dead:,} dead (never fired, not drawn)")
+        _legend(
+            ax,
+            f"{self.n_features:,} features, {self.n_tokens:,} tokens\n"
+            f"{self.n_alive:,} alive, {self.n_dead:,} dead (never fired, not drawn)",
+        )
         return finish_figure(ax, out, created)
 
 

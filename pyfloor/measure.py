@@ -39,8 +39,15 @@ from .sources import ActivationSource, ArraySource, TeacherSource
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement, estimate
 
 __all__ = [
-    "MeasureConfig", "MeasureResult", "measure", "bootstrap_weights", "SENSITIVITY_THRESHOLDS",
-    "Interval", "FloorInterval", "Intervals", "SensitivityRow",
+    "MeasureConfig",
+    "MeasureResult",
+    "measure",
+    "bootstrap_weights",
+    "SENSITIVITY_THRESHOLDS",
+    "Interval",
+    "FloorInterval",
+    "Intervals",
+    "SensitivityRow",
 ]
 
 CHECKPOINT_FORMAT = "pyfloor.MeasureCheckpoint"
@@ -289,7 +296,9 @@ class _State:
     def tensors(self) -> dict[str, Tensor]:
         """Everything a checkpoint holds, as CPU tensors."""
         out = {k: v.detach().cpu().contiguous() for k, v in self._arrays().items()}
-        out["counters"] = torch.tensor([self.rows, int(self.sums.n_nonfinite), self.next_index, self.n_batches, self.rounds])
+        out["counters"] = torch.tensor(
+            [self.rows, int(self.sums.n_nonfinite), self.next_index, self.n_batches, self.rounds]
+        )
         out["seconds"] = torch.tensor(self.seconds, dtype=torch.float64)
         for name, _ in self._HISTOGRAMS:
             hist = getattr(self, name)
@@ -306,21 +315,32 @@ class _State:
             raise CheckpointError(f"checkpoint lacks {', '.join(missing)}")
         for name, array in mine.items():
             if t[name].shape != array.shape or t[name].dtype != array.dtype:
-                raise CheckpointError(f"checkpoint array {name} is {tuple(t[name].shape)} {t[name].dtype}, "
-                                      f"expected {tuple(array.shape)} {array.dtype}")
+                raise CheckpointError(
+                    f"checkpoint array {name} is {tuple(t[name].shape)} {t[name].dtype}, "
+                    f"expected {tuple(array.shape)} {array.dtype}"
+                )
         counters = t["counters"]
         if counters.shape != (len(self.COUNTERS),) or counters.dtype != torch.int64:
-            raise CheckpointError(f"checkpoint counters must be int64 [{len(self.COUNTERS)}]; got {tuple(counters.shape)}")
+            raise CheckpointError(
+                f"checkpoint counters must be int64 [{len(self.COUNTERS)}]; got {tuple(counters.shape)}"
+            )
         rows, nonfinite, next_index, n_batches, rounds = (int(v) for v in counters)
         if "seconds" in t and (t["seconds"].shape != () or t["seconds"].dtype != torch.float64):
-            raise CheckpointError(f"checkpoint seconds must be a float64 scalar; got {tuple(t['seconds'].shape)} "
-                                  f"{t['seconds'].dtype}")
+            raise CheckpointError(
+                f"checkpoint seconds must be a float64 scalar; got {tuple(t['seconds'].shape)} {t['seconds'].dtype}"
+            )
         seconds = float(t["seconds"]) if "seconds" in t else math.nan
         if not (math.isnan(seconds) or 0 <= seconds < math.inf):
             raise CheckpointError(f"checkpoint seconds must be finite and >= 0 (or NaN: not recorded); got {seconds}")
         try:  # FeatureStats checks counts against tokens, finite non-negative sums
-            FeatureStats(rows - nonfinite, t["fire_count"].numpy(), t["act_sum"].numpy(), t["act_sq_sum"].numpy(),
-                         t["act_max"].double().numpy(), nonfinite)
+            FeatureStats(
+                rows - nonfinite,
+                t["fire_count"].numpy(),
+                t["act_sum"].numpy(),
+                t["act_sq_sum"].numpy(),
+                t["act_max"].double().numpy(),
+                nonfinite,
+            )
         except ValueError as exc:
             raise CheckpointError(f"inconsistent totals ({exc})") from exc
         boots = (t["boot_n"], t["boot_fire"], t["boot_s2"])
@@ -336,8 +356,10 @@ class _State:
             if len(d) != 2:
                 raise CheckpointError(f"checkpoint has no {name} histogram but this run fills one")
             if any(v.dtype != torch.int64 for v in d.values()):
-                raise CheckpointError(f"bad {name} histogram (counts and binning must be int64; got "
-                                      f"{d['counts'].dtype}, {d['binning'].dtype})")
+                raise CheckpointError(
+                    f"bad {name} histogram (counts and binning must be int64; got "
+                    f"{d['counts'].dtype}, {d['binning'].dtype})"
+                )
             try:
                 hists[name] = cls.from_dict({k: v.numpy() for k, v in d.items()})
             except ValueError as exc:
@@ -358,19 +380,31 @@ class _State:
         """A copy holding the sums of every rank (sum; max for act_max), histograms if asked."""
         out = _State.__new__(_State)
         mine = self.sums
-        out.sums = BatchStats(mine.fire_count.clone(), mine.act_sum.clone(), mine.act_sq_sum.clone(),
-                              mine.act_max.clone(), mine.n_nonfinite.clone(), None)
+        out.sums = BatchStats(
+            mine.fire_count.clone(),
+            mine.act_sum.clone(),
+            mine.act_sq_sum.clone(),
+            mine.act_max.clone(),
+            mine.n_nonfinite.clone(),
+            None,
+        )
         for name in self._BOOT:
             setattr(out, name, getattr(self, name).clone())
         counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=out.sums.fire_count.device)
         s = out.sums
-        all_reduce_([s.fire_count, s.act_sum, s.act_sq_sum, s.n_nonfinite, *(getattr(out, n) for n in self._BOOT), counts])
+        all_reduce_(
+            [s.fire_count, s.act_sum, s.act_sq_sum, s.n_nonfinite, *(getattr(out, n) for n in self._BOOT), counts]
+        )
         all_reduce_max_(s.act_max)
         out.rows, out.n_batches = (int(v) for v in counts)
         out.next_index, out.rounds = self.next_index, self.rounds
         for name, cls in self._HISTOGRAMS:
             hist = getattr(self, name) if histograms else None
-            setattr(out, name, None if hist is None else cls.from_dict(all_reduce_arrays(hist.to_dict(), max_keys=("binning",))))
+            setattr(
+                out,
+                name,
+                None if hist is None else cls.from_dict(all_reduce_arrays(hist.to_dict(), max_keys=("binning",))),
+            )
         return out
 
     # -- estimates ----------------------------------------------------------------------------------
@@ -385,8 +419,15 @@ class _State:
         point = self.estimates(thr, widths)
         if point is None:
             return {}
-        return _intervals(self.boot_n.cpu().numpy(), self.boot_fire.cpu().numpy(), self.boot_s2.cpu().numpy(),
-                          thr, widths, confidence, point)
+        return _intervals(
+            self.boot_n.cpu().numpy(),
+            self.boot_fire.cpu().numpy(),
+            self.boot_s2.cpu().numpy(),
+            thr,
+            widths,
+            confidence,
+            point,
+        )
 
     def stats(self) -> FeatureStats:
         """The totals as FeatureStats."""
@@ -409,8 +450,11 @@ def _source_settings(source: ActivationSource) -> dict[str, Any]:
     settings: dict[str, Any] = {"seq_len": None, "leading_bos": None, "teacher_dtype": None, "activation_dtype": None}
     if isinstance(source, TeacherSource):
         param = next(source.model.parameters(), None)
-        settings.update(seq_len=source.sequences.seq_len, leading_bos=source.sequences.leading_bos,
-                        teacher_dtype=None if param is None else str(param.dtype))
+        settings.update(
+            seq_len=source.sequences.seq_len,
+            leading_bos=source.sequences.leading_bos,
+            teacher_dtype=None if param is None else str(param.dtype),
+        )
     if isinstance(source, (TeacherSource, ArraySource)) and source.dtype is not None:
         settings["activation_dtype"] = str(source.dtype)
     return settings
@@ -423,9 +467,16 @@ def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return {
-        "source": source.describe(), "batch_tokens": source.batch_tokens, **_source_settings(source),
-        "sae_sha256": h.hexdigest(), "activation": config.activation, "k": config.k, "bootstrap": config.bootstrap,
-        "seed": config.seed, "rank": rank, "world": world,
+        "source": source.describe(),
+        "batch_tokens": source.batch_tokens,
+        **_source_settings(source),
+        "sae_sha256": h.hexdigest(),
+        "activation": config.activation,
+        "k": config.k,
+        "bootstrap": config.bootstrap,
+        "seed": config.seed,
+        "rank": rank,
+        "world": world,
     }
 
 
@@ -435,15 +486,22 @@ def _rank_path(path: Path, rank: int, world: int) -> Path:
 
 def _save_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     """Write the state atomically: a temporary file renamed over the previous checkpoint."""
-    save_tagged(path, state.tensors(), kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
-                metadata={"fingerprint": json.dumps(fingerprint)}, framework="pt")
+    save_tagged(
+        path,
+        state.tensors(),
+        kind=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_VERSION,
+        metadata={"fingerprint": json.dumps(fingerprint)},
+        framework="pt",
+    )
 
 
 def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
     """Restore ``state`` from ``path``; refuse (leaving the file alone) anything that does not fit,
     including a checkpoint that does not record a setting this run has."""
-    tensors, meta = load_tagged(path, kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
-                                what="measurement checkpoint", framework="pt")
+    tensors, meta = load_tagged(
+        path, kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, what="measurement checkpoint", framework="pt"
+    )
     try:
         theirs = json.loads(meta.get("fingerprint", "{}"))
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -452,9 +510,12 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
         raise CheckpointError(f"{path}: corrupt checkpoint metadata (the fingerprint is not a JSON object)")
     diff = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
     if diff:
-        detail = "; ".join(f"{k}: checkpoint {theirs[k]!r} vs now {fingerprint[k]!r}" if k in theirs
-                           else f"{k}: not recorded in the checkpoint (an older pyfloor) vs now {fingerprint[k]!r}"
-                           for k in diff)
+        detail = "; ".join(
+            f"{k}: checkpoint {theirs[k]!r} vs now {fingerprint[k]!r}"
+            if k in theirs
+            else f"{k}: not recorded in the checkpoint (an older pyfloor) vs now {fingerprint[k]!r}"
+            for k in diff
+        )
         raise CheckpointError(f"{path}: checkpoint belongs to a different run ({detail})")
     try:
         state.load(tensors, int(meta.get("version", 0)))
@@ -463,8 +524,9 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
 
 
 # -- estimates from sums ------------------------------------------------------------------------------
-def _estimates(n: float, fire: NDArray[np.int64], s2: NDArray[np.float64], thr: float,
-               widths: NDArray[np.int64]) -> _Estimates | None:
+def _estimates(
+    n: float, fire: NDArray[np.int64], s2: NDArray[np.float64], thr: float, widths: NDArray[np.int64]
+) -> _Estimates | None:
     """F, L0, α, g, d* and the Eq. 2 floors from (weighted) sums; None where undefined."""
     try:
         est = estimate(n, fire, s2, thr)
@@ -472,15 +534,23 @@ def _estimates(n: float, fire: NDArray[np.int64], s2: NDArray[np.float64], thr: 
         return None
     f = int(est.feature_ids.size)
     return {
-        "n_features": f, "mean_l0": est.mean_l0, "alpha": est.alpha, "capacity": float(theory.capacity(est.alpha)),
+        "n_features": f,
+        "mean_l0": est.mean_l0,
+        "alpha": est.alpha,
+        "capacity": float(theory.capacity(est.alpha)),
         "critical_width": theory.critical_width(f, est.alpha),
         "floors": np.asarray(theory.importance_floor(widths, est.alpha, est.importances), dtype=np.float64),
     }
 
 
 def _intervals(
-    boot_n: NDArray[np.int64], boot_fire: NDArray[np.int64], boot_s2: NDArray[np.float64], thr: float,
-    widths: NDArray[np.int64], confidence: float, point: _Estimates,
+    boot_n: NDArray[np.int64],
+    boot_fire: NDArray[np.int64],
+    boot_s2: NDArray[np.float64],
+    thr: float,
+    widths: NDArray[np.int64],
+    confidence: float,
+    point: _Estimates,
 ) -> Intervals:
     """Bootstrap intervals at level ``confidence`` from the replicates' weighted sums (replicates
     where an estimate is undefined are left out; fewer than 2 usable ones give no intervals).
@@ -502,13 +572,21 @@ def _intervals(
         return out
     for key in _POINT_KEYS:
         values = np.array([r[key] for r in reps], dtype=np.float64)
-        out[key] = {"estimate": float(point[key]), "low": float(np.percentile(values, lo_q)),
-                    "high": float(np.percentile(values, hi_q))}
+        out[key] = {
+            "estimate": float(point[key]),
+            "low": float(np.percentile(values, lo_q)),
+            "high": float(np.percentile(values, hi_q)),
+        }
     floors = np.stack([r["floors"] for r in reps])
     q_lo, q_hi = np.percentile(floors, [lo_q, hi_q], axis=0)
     out["floors"] = [
-        {"width": int(w), "estimate": float(est), "low": max(0.0, float(2 * est - q_hi[i])),
-         "high": max(0.0, float(2 * est - q_lo[i])), "bias": float(floors[:, i].mean() - est)}
+        {
+            "width": int(w),
+            "estimate": float(est),
+            "low": max(0.0, float(2 * est - q_hi[i])),
+            "high": max(0.0, float(2 * est - q_lo[i])),
+            "bias": float(floors[:, i].mean() - est),
+        }
         for i, (w, est) in enumerate(zip(widths, point["floors"]))
     ]
     return out
@@ -519,14 +597,16 @@ def _sensitivity(stats: FeatureStats) -> list[SensitivityRow]:
     rows: list[SensitivityRow] = []
     for thr in SENSITIVITY_THRESHOLDS:
         est = _estimates(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr, np.zeros(0, np.int64))
-        rows.append({
-            "alive_threshold": thr,
-            "n_features": None if est is None else est["n_features"],
-            "alpha": None if est is None else est["alpha"],
-            "critical_width": None if est is None else est["critical_width"],
-            # a latent at exactly this frequency fires ~10 times in 10/thr tokens
-            "resolved": stats.n_tokens >= 10 / thr,
-        })
+        rows.append(
+            {
+                "alive_threshold": thr,
+                "n_features": None if est is None else est["n_features"],
+                "alpha": None if est is None else est["alpha"],
+                "critical_width": None if est is None else est["critical_width"],
+                # a latent at exactly this frequency fires ~10 times in 10/thr tokens
+                "resolved": stats.n_tokens >= 10 / thr,
+            }
+        )
     return rows
 
 
@@ -538,8 +618,9 @@ def _everyone(ok: bool, device: torch.device) -> bool:
     return int(flag) == 0
 
 
-def _prepare_checkpoint(config: MeasureConfig, state: _State, fingerprint: dict[str, Any], path: Path | None,
-                        device: torch.device) -> None:
+def _prepare_checkpoint(
+    config: MeasureConfig, state: _State, fingerprint: dict[str, Any], path: Path | None, device: torch.device
+) -> None:
     """Resume from, or make room for, this rank's checkpoint; every rank fails if any one does."""
     error: CheckpointError | None = None
     try:
@@ -598,11 +679,16 @@ def measure(
         if batch is not None and not at_limit:
             x = batch.acts.to(device)
             if x.ndim != 2 or x.shape[1] != sae.d_in:
-                raise ValueError(f"batch {batch.index}: a source must yield [tokens, {sae.d_in}] activations; "
-                                 f"got shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"batch {batch.index}: a source must yield [tokens, {sae.d_in}] activations; "
+                    f"got shape {tuple(x.shape)}"
+                )
             rows = x.shape[0]
-            weights = (torch.from_numpy(bootstrap_weights(config.seed, batch.index, config.bootstrap)).to(device)
-                       if config.bootstrap else None)
+            weights = (
+                torch.from_numpy(bootstrap_weights(config.seed, batch.index, config.bootstrap)).to(device)
+                if config.bootstrap
+                else None
+            )
             fill = config.histograms and batch.index % config.histogram_every == 0
             batch_stats = acc.batch(x, want_codes=fill)
             state.add(batch_stats, rows, weights)
@@ -652,25 +738,40 @@ def measure(
     merged = state.reduced()
     stats = merged.stats()
     if stats.n_tokens == 0:
-        raise ValueError(f"{source.describe()}: the stream held no usable tokens"
-                         + (f" ({stats.n_nonfinite:,} were non-finite)" if stats.n_nonfinite else ""))
+        raise ValueError(
+            f"{source.describe()}: the stream held no usable tokens"
+            + (f" ({stats.n_nonfinite:,} were non-finite)" if stats.n_nonfinite else "")
+        )
     measurement = Measurement.from_stats(stats, alive_threshold=config.alive_threshold, source=source.describe())
     if config.widths is not None:
         widths = np.asarray(config.widths, dtype=np.int64)
     else:
-
         widths = np.asarray(default_widths(measurement.critical_width), dtype=np.int64)
-    intervals: Intervals = merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
+    intervals: Intervals = (
+        merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
+    )
     cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
     cfg.update(widths=widths.tolist(), world_size=world)
-    return MeasureResult(stats, measurement, intervals, _sensitivity(stats), merged.n_batches, state.seconds, stopped,
-                         source.describe(), cfg, merged.features, merged.acts)
+    return MeasureResult(
+        stats,
+        measurement,
+        intervals,
+        _sensitivity(stats),
+        merged.n_batches,
+        state.seconds,
+        stopped,
+        source.describe(),
+        cfg,
+        merged.features,
+        merged.acts,
+    )
 
 
 def _progress(enabled: bool, total: int | None) -> _ProgressBar:
     """A tqdm bar counting tokens towards ``total`` (unknown if None), hidden unless ``enabled``."""
     from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]  # tqdm has no inline types
 
-    bar: _ProgressBar = tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True,
-                             smoothing=0.1)
+    bar: _ProgressBar = tqdm(
+        total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True, smoothing=0.1
+    )
     return bar

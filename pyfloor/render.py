@@ -37,8 +37,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: s
     align = align or "<" + ">" * (len(headers) - 1)
     cols = list(zip(headers, *rows)) if rows else [(h,) for h in headers]
     widths = [max(len(str(c)) for c in col) for col in cols]
+
     def line(cells: Sequence[str]) -> str:
         return "  ".join(f"{str(c):{a}{wd}}" for c, a, wd in zip(cells, align, widths)).rstrip()
+
     out = [line(headers), line(["-" * wd for wd in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -141,7 +143,7 @@ def source_label(source: str) -> tuple[str, str]:
         names = re.findall(r"<array \([^)]*\)>|[^,\s][^,]*", m["names"])
         more = f" + {len(names) - 1} more" if len(names) > 1 else ""
         if names and names[0].startswith("<array"):
-            return "array", "in-memory array " + names[0][len("<array "):-1] + more
+            return "array", "in-memory array " + names[0][len("<array ") : -1] + more
         return "file", (_basename(names[0].strip()) if names else m["names"]) + more
     if s.startswith("iterable of activations"):
         return "iterable", s

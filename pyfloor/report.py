@@ -98,24 +98,37 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
     m, iv = summary["measurement"], summary.get("intervals") or {}
     conf = iv.get("confidence")
     seconds, rate = _finite(summary["seconds"]), _finite(summary["tokens_per_second"])
-    timing = ("measuring time not recorded (resumed from a checkpoint of an older pyfloor)" if seconds is None
-              else f"{_num(rate, ',.0f')} tokens/s over {seconds:.1f} s")
+    timing = (
+        "measuring time not recorded (resumed from a checkpoint of an older pyfloor)"
+        if seconds is None
+        else f"{_num(rate, ',.0f')} tokens/s over {seconds:.1f} s"
+    )
     lines = [
         "# pyfloor measurement",
         "",
         f"- source: {summary['source']}",
         f"- tokens: {summary['n_tokens']:,} in {summary['n_batches']:,} batches"
-        + (f"; {summary['n_nonfinite']:,} tokens with non-finite activations excluded" if summary["n_nonfinite"] else ""),
+        + (
+            f"; {summary['n_nonfinite']:,} tokens with non-finite activations excluded"
+            if summary["n_nonfinite"]
+            else ""
+        ),
         f"- {timing}; stopped: {summary['stopped']}",
         f"- pyfloor {summary['pyfloor_version']}, torch {summary['torch_version']}",
         "",
     ]
     rows = []
-    for label, key, fmt in (("F (alive features)", "n_features", ",.0f"), ("mean L0", "mean_l0", ".5g"),
-                            ("α", "alpha", ".6f"), ("g(α)", "capacity", ".4f"), ("d* = F / g(α)", "critical_width", ",.1f")):
+    for label, key, fmt in (
+        ("F (alive features)", "n_features", ",.0f"),
+        ("mean L0", "mean_l0", ".5g"),
+        ("α", "alpha", ".6f"),
+        ("g(α)", "capacity", ".4f"),
+        ("d* = F / g(α)", "critical_width", ",.1f"),
+    ):
         rows.append([label, _interval_text(iv[key], fmt) if key in iv else format(m[key], fmt)])
-    lines.append(_md_table(["quantity", f"estimate [{conf:.0%} bootstrap interval]" if "n_features" in iv else "estimate"],
-                           rows))
+    lines.append(
+        _md_table(["quantity", f"estimate [{conf:.0%} bootstrap interval]" if "n_features" in iv else "estimate"], rows)
+    )
     if not m["in_sparse_regime"]:
         lines += ["", "α < 1 − 1/e: outside the sparse regime of g(α); the capacity is clamped to e."]
     floors = summary.get("floors") or [{"width": r["width"], "floor": r["estimate"]} for r in iv.get("floors") or []]
@@ -132,27 +145,50 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
             rows.append(cells)
         lines += ["", "## Predicted floor (Eq. 2) by student width", "", _md_table(headers, rows)]
         if by_width:
-            lines += ["", "Floor intervals are basic bootstrap intervals (2·floor − the replicates' percentiles, "
-                          "at least 0), which correct the low bias that re-sorting noisy importances gives each "
-                          "replicate's floor and the floor alike, so an interval may lie above the floor; "
-                          "the other intervals are percentile intervals."]
+            lines += [
+                "",
+                "Floor intervals are basic bootstrap intervals (2·floor − the replicates' percentiles, "
+                "at least 0), which correct the low bias that re-sorting noisy importances gives each "
+                "replicate's floor and the floor alike, so an interval may lie above the floor; "
+                "the other intervals are percentile intervals.",
+            ]
     sens = summary.get("alive_threshold_sensitivity") or []
     if sens:
         lines += ["", "## Sensitivity to the alive threshold", ""]
-        lines.append(_md_table(
-            ["threshold", "F", "α", "d*", "enough tokens (≥ 10/threshold)"],
-            [[f"{r['alive_threshold']:g}", _num(r["n_features"], ","), _num(r["alpha"], ".6f"),
-              _num(r["critical_width"], ",.1f"), "yes" if r["resolved"] else "no"] for r in sens],
-        ))
+        lines.append(
+            _md_table(
+                ["threshold", "F", "α", "d*", "enough tokens (≥ 10/threshold)"],
+                [
+                    [
+                        f"{r['alive_threshold']:g}",
+                        _num(r["n_features"], ","),
+                        _num(r["alpha"], ".6f"),
+                        _num(r["critical_width"], ",.1f"),
+                        "yes" if r["resolved"] else "no",
+                    ]
+                    for r in sens
+                ],
+            )
+        )
     quantiles = summary.get("top_feature_quantiles") or []
     if quantiles:
         lines += ["", "## Activation quantiles of the most important features", ""]
-        lines.append(_md_table(
-            ["latent", "importance E[z²]", "firing freq.", "median z", "p99 z", "max z"],
-            [[str(q["latent"]), _num(_finite(q["importance"]), ".4g"), _num(_finite(q["frequency"]), ".3g"),
-              _num(_finite(q["median"]), ".4g"), _num(_finite(q["p99"]), ".4g"), _num(_finite(q["max"]), ".4g")]
-             for q in quantiles],
-        ))
+        lines.append(
+            _md_table(
+                ["latent", "importance E[z²]", "firing freq.", "median z", "p99 z", "max z"],
+                [
+                    [
+                        str(q["latent"]),
+                        _num(_finite(q["importance"]), ".4g"),
+                        _num(_finite(q["frequency"]), ".3g"),
+                        _num(_finite(q["median"]), ".4g"),
+                        _num(_finite(q["p99"]), ".4g"),
+                        _num(_finite(q["max"]), ".4g"),
+                    ]
+                    for q in quantiles
+                ],
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,8 +202,14 @@ def top_feature_quantiles(result: MeasureResult, n: int = 10) -> list[dict[str, 
     q = result.feature_histograms.quantile([0.5, 0.99])
     freq = result.stats.frequency
     return [
-        {"latent": int(i), "importance": float(imp), "frequency": float(freq[i]), "median": float(q[0, i]),
-         "p99": float(q[1, i]), "max": float(result.stats.act_max[i])}
+        {
+            "latent": int(i),
+            "importance": float(imp),
+            "frequency": float(freq[i]),
+            "median": float(q[0, i]),
+            "p99": float(q[1, i]),
+            "max": float(result.stats.act_max[i]),
+        }
         for i, imp in zip(ids, importances[:n])
     ]
 
@@ -186,8 +228,9 @@ def _percent(confidence: float) -> str:
     return f"{100 * confidence:.4g} %"
 
 
-def plot_importance_rank(measurement: Measurement, path: str | Path | None = None, *, ax: Axes | None = None,
-                         title: str | None = None) -> Axes:
+def plot_importance_rank(
+    measurement: Measurement, path: str | Path | None = None, *, ax: Axes | None = None, title: str | None = None
+) -> Axes:
     """Importance E[z_i²] of the alive latents against their rank, log-log, the rank F (the last
     alive latent) marked. Draws into ``ax`` (else a new figure) and returns that Axes; ``path``
     saves the figure, its format from the suffix (``.png``, ``.pdf``, ``.svg``). ``title``
@@ -202,8 +245,15 @@ def plot_importance_rank(measurement: Measurement, path: str | Path | None = Non
     shown = imp > 0  # a log axis cannot draw an importance of 0
     ax.loglog(rank[shown], imp[shown], lw=1.4, color="C0", label=f"{int(shown.sum()):,} alive latents")
     if not shown.all():
-        ax.text(0.98, 0.02, f"{int((~shown).sum()):,} importances of 0 not drawn", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=8)
+        ax.text(
+            0.98,
+            0.02,
+            f"{int((~shown).sum()):,} importances of 0 not drawn",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xlabel("rank")
     ax.set_ylabel(IMPORTANCE_LABEL)
     ax.set_title(_title(measurement) if title is None else title, fontsize=10)
@@ -213,13 +263,18 @@ def plot_importance_rank(measurement: Measurement, path: str | Path | None = Non
 
 
 def _title(measurement: Measurement) -> str:
-    return measurement_title(measurement.source, measurement.n_features, measurement.alpha,
-                             measurement.critical_width)
+    return measurement_title(measurement.source, measurement.n_features, measurement.alpha, measurement.critical_width)
 
 
-def plot_floor_curve(measurement: Measurement, intervals: Intervals | None = None,
-                     path: str | Path | None = None, *, ax: Axes | None = None, normalize: bool = False,
-                     title: str | None = None) -> Axes:
+def plot_floor_curve(
+    measurement: Measurement,
+    intervals: Intervals | None = None,
+    path: str | Path | None = None,
+    *,
+    ax: Axes | None = None,
+    normalize: bool = False,
+    title: str | None = None,
+) -> Axes:
     """Predicted floor against student width, log-log: Eq. 2 (importance-weighted) and uniform
     importance, with d* marked.
 
@@ -241,9 +296,14 @@ def plot_floor_curve(measurement: Measurement, intervals: Intervals | None = Non
         raise ValueError("normalize=True needs a measurement with importances whose total is positive")
     scale = 1.0 / total if normalize and total else 1.0
     d_star = measurement.critical_width
-    rows = sorted((r for r in (intervals or {}).get("floors") or []
-                   if r["estimate"] > 0 and all(math.isfinite(r[k]) for k in ("estimate", "low", "high"))),
-                  key=lambda r: r["width"])
+    rows = sorted(
+        (
+            r
+            for r in (intervals or {}).get("floors") or []
+            if r["estimate"] > 0 and all(math.isfinite(r[k]) for k in ("estimate", "low", "high"))
+        ),
+        key=lambda r: r["width"],
+    )
     grid = np.round(np.geomspace(max(1.0, d_star / 64), max(1.5 * d_star, 2.0), 240)).astype(np.int64)
     grid = np.unique(np.concatenate([grid, [r["width"] for r in rows]]).astype(np.int64))
 
@@ -257,8 +317,15 @@ def plot_floor_curve(measurement: Measurement, intervals: Intervals | None = Non
         ax.plot(grid[eq2 > 0], eq2[eq2 > 0], color="C0", lw=1.8, zorder=4, label="Eq. 2 (importance-weighted)")
         drawn.append(eq2[eq2 > 0])
     uniform = np.asarray(measurement.uniform_floor(grid), dtype=np.float64) * scale
-    ax.plot(grid[uniform > 0], uniform[uniform > 0], color="0.45", ls="--", lw=1.2, zorder=3,
-            label="uniform importance" if total is not None else "uniform importance (fraction of features lost)")
+    ax.plot(
+        grid[uniform > 0],
+        uniform[uniform > 0],
+        color="0.45",
+        ls="--",
+        lw=1.2,
+        zorder=3,
+        label="uniform importance" if total is not None else "uniform importance (fraction of features lost)",
+    )
     drawn.append(uniform[uniform > 0])
     if rows and eq2 is not None:
         w = np.array([r["width"] for r in rows], dtype=np.float64)
@@ -271,8 +338,10 @@ def plot_floor_curve(measurement: Measurement, intervals: Intervals | None = Non
     if rows and eq2 is not None:
         conf = (intervals or {}).get("confidence", 0.95)
         rel = float(np.max(np.maximum(high - est, est - low) / est))
-        label = (f"{_percent(conf)} bootstrap interval ({FLOOR_INTERVAL_METHOD})\n"
-                 f"at the marked widths: ≤ {100 * rel:.2g} % from Eq. 2")
+        label = (
+            f"{_percent(conf)} bootstrap interval ({FLOOR_INTERVAL_METHOD})\n"
+            f"at the marked widths: ≤ {100 * rel:.2g} % from Eq. 2"
+        )
         if w.size == 1:  # one width: a narrow band around it
             xs = np.array([w[0] / 1.04, w[0] * 1.04])
             lo_band, hi_band = np.repeat(low, 2), np.repeat(high, 2)
@@ -282,23 +351,48 @@ def plot_floor_curve(measurement: Measurement, intervals: Intervals | None = Non
             lo_band = curve * np.interp(np.log(xs), np.log(w), low / est)
             hi_band = curve * np.interp(np.log(xs), np.log(w), high / est)
         floor_y = ax.get_ylim()[0]
-        ax.fill_between(xs, np.maximum(lo_band, floor_y), np.maximum(hi_band, floor_y), color="C1", alpha=0.25,
-                        lw=0, zorder=2, label=label)
+        ax.fill_between(
+            xs,
+            np.maximum(lo_band, floor_y),
+            np.maximum(hi_band, floor_y),
+            color="C1",
+            alpha=0.25,
+            lw=0,
+            zorder=2,
+            label=label,
+        )
         # the tabulated widths: hollow markers, and the interval as caps that show even where the band is too thin
         ax.plot(w, est, "o", ms=4.5, mfc="white", mec="C0", mew=1.2, zorder=5)
-        ax.errorbar(w, est, yerr=[np.maximum(est - np.maximum(low, floor_y), 0), np.maximum(high - est, 0)],
-                    fmt="none", ecolor="C1", elinewidth=1.4, capsize=4, capthick=1.4, zorder=6)
+        ax.errorbar(
+            w,
+            est,
+            yerr=[np.maximum(est - np.maximum(low, floor_y), 0), np.maximum(high - est, 0)],
+            fmt="none",
+            ecolor="C1",
+            elinewidth=1.4,
+            capsize=4,
+            capthick=1.4,
+            zorder=6,
+        )
     ax.axvline(d_star, color="C3", lw=1.2, zorder=3, label=f"d* = {d_star:,.1f}")
     d_iv = (intervals or {}).get("critical_width")
     if d_iv and math.isfinite(d_iv.get("low", math.nan)) and math.isfinite(d_iv.get("high", math.nan)):
-        ax.axvspan(d_iv["low"], d_iv["high"], color="C3", alpha=0.2, lw=0, zorder=1,
-                   label=f"d*: {_percent((intervals or {}).get('confidence', 0.95))} interval ({D_STAR_INTERVAL_METHOD})")
+        ax.axvspan(
+            d_iv["low"],
+            d_iv["high"],
+            color="C3",
+            alpha=0.2,
+            lw=0,
+            zorder=1,
+            label=f"d*: {_percent((intervals or {}).get('confidence', 0.95))} interval ({D_STAR_INTERVAL_METHOD})",
+        )
     ax.set_xlim(grid[0] / 1.1, grid[-1] * 1.1)
     log_tick_labels(ax, "x", integers=True)
     log_tick_labels(ax, "y")
     ax.set_xlabel(WIDTH_LABEL)
-    ax.set_ylabel(FLOOR_FRACTION_LABEL if normalize else FLOOR_LABEL if total is not None
-                  else "fraction of features lost")
+    ax.set_ylabel(
+        FLOOR_FRACTION_LABEL if normalize else FLOOR_LABEL if total is not None else "fraction of features lost"
+    )
     ax.set_title(_title(measurement) if title is None else title, fontsize=10)
     notes = ["floors of 0 (d_S ≥ d*) not drawn"]
     if not measurement.in_sparse_regime:
@@ -331,8 +425,12 @@ def write_measurement_report(result: MeasureResult, out_dir: str | Path) -> dict
     out.mkdir(parents=True, exist_ok=True)
     summary = result.to_dict()
     summary["top_feature_quantiles"] = top_feature_quantiles(result)
-    paths = {"stats": out / "stats.safetensors", "measurement": out / "measurement.json",
-             "json": out / "report.json", "markdown": out / "report.md"}
+    paths = {
+        "stats": out / "stats.safetensors",
+        "measurement": out / "measurement.json",
+        "json": out / "report.json",
+        "markdown": out / "report.md",
+    }
     result.stats.save(paths["stats"])
     result.measurement.save_json(paths["measurement"])
     paths["json"].write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")

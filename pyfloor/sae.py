@@ -112,8 +112,11 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device))
         self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, dtype=dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
-        self.threshold = (nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device), requires_grad=False)
-                          if activation == "jumprelu" else None)
+        self.threshold = (
+            nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device), requires_grad=False)
+            if activation == "jumprelu"
+            else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -217,8 +220,14 @@ class SAE(nn.Module):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write weights and config to a safetensors file (pyfloor's own SAE format), atomically."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_tagged(path, tensors, kind=SAE_FORMAT, version=SAE_VERSION, metadata={"config": json.dumps(self.config())},
-                    framework="pt")
+        save_tagged(
+            path,
+            tensors,
+            kind=SAE_FORMAT,
+            version=SAE_VERSION,
+            metadata={"config": json.dumps(self.config())},
+            framework="pt",
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None) -> SAE:
@@ -234,8 +243,10 @@ class SAE(nn.Module):
             cfg = json.loads(meta["config"])
             shape = tuple(tensors["W_enc"].shape)
             if shape != (cfg["d_in"], cfg["n_latents"]):  # before allocating an SAE of the config's size
-                raise CheckpointError(f"{path}: W_enc is {shape} but the config says d_in = {cfg['d_in']!r}, "
-                                      f"n_latents = {cfg['n_latents']!r}")
+                raise CheckpointError(
+                    f"{path}: W_enc is {shape} but the config says d_in = {cfg['d_in']!r}, "
+                    f"n_latents = {cfg['n_latents']!r}"
+                )
             sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
             sae.load_state_dict(tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # ValueError: a config out of range (k = inf, …)
@@ -312,7 +323,12 @@ def _check_weights(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, t
 
 
 def _from_tensors(
-    activation: Activation, k: int | None, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+    activation: Activation,
+    k: int | None,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
     threshold: Tensor | None = None,
 ) -> SAE:
     """An SAE (eval mode, W_enc's dtype) holding copies of these weights; ValueError if they do not fit."""
@@ -337,7 +353,9 @@ def _from_saelens(path: Path) -> SAE:
         raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (supported: {', '.join(kinds)})")
     norm = cfg.get("normalize_activations", "none")
     if norm not in ("none", None):
-        raise ValueError(f"{path}: SAELens normalize_activations={norm!r} is not supported; fold it into the weights first")
+        raise ValueError(
+            f"{path}: SAELens normalize_activations={norm!r} is not supported; fold it into the weights first"
+        )
     W_enc, b_enc, W_dec, b_dec = (t[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
     threshold = t["threshold"] if "threshold" in t else (t["log_threshold"].exp() if "log_threshold" in t else None)
     threshold = threshold if arch == "jumprelu" else None  # only a JumpReLU SAE has one
@@ -479,8 +497,13 @@ def train_sae(
 
 
 def _train(
-    batches: Iterable[Tensor], d_in: int, config: TrainConfig, sae: SAE | None, init_pre_bias: bool | None,
-    device: torch.device | str | None, on_step: Callable[[TrainStep], None] | None,
+    batches: Iterable[Tensor],
+    d_in: int,
+    config: TrainConfig,
+    sae: SAE | None,
+    init_pre_bias: bool | None,
+    device: torch.device | str | None,
+    on_step: Callable[[TrainStep], None] | None,
 ) -> tuple[SAE, list[TrainStep]]:
     """The body of :func:`train_sae`."""
     if sae is None:
@@ -530,8 +553,7 @@ def _train(
         loss.backward()  # type: ignore[no-untyped-call,unused-ignore]  # torch leaves Tensor.backward unannotated (flagged under --strict only)
         opt.step()
         sae.normalize_decoder_()
-        rec = TrainStep(step, loss_value, mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()),
-                        nonfinite)
+        rec = TrainStep(step, loss_value, mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()), nonfinite)
         history.append(rec)
         if on_step is not None:
             on_step(rec)

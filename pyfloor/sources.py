@@ -138,7 +138,9 @@ class ArraySource(ActivationSource):
                 self._names.append(f"<array {tuple(a.shape)}>")
                 arr = a
             if arr.ndim != 2:
-                raise ValueError(f"{self._names[-1]}: activations must be 2-D [tokens, d]; got shape {tuple(arr.shape)}")
+                raise ValueError(
+                    f"{self._names[-1]}: activations must be 2-D [tokens, d]; got shape {tuple(arr.shape)}"
+                )
             self._arrays.append(arr)
         widths = {int(a.shape[1]) for a in self._arrays}
         if len(widths) != 1:
@@ -189,7 +191,7 @@ class IterableSource(ActivationSource):
         self._used = False
 
     def describe(self) -> str:
-        """"iterable of activations" and the width."""
+        """ "iterable of activations" and the width."""
         return f"iterable of activations (d={self.d})"
 
     def _rechunked(self) -> Iterator[Tensor]:
@@ -240,19 +242,32 @@ class TokenSequences:
     def __init__(self, ids: Tensor, mask: Tensor, description: str, leading_bos: bool = False) -> None:
         if ids.ndim != 2 or ids.shape != mask.shape:
             raise ValueError(f"ids and mask must both be [n_seq, seq_len]; got {tuple(ids.shape)}, {tuple(mask.shape)}")
-        self._init(lambda i0, i1: (ids[i0:i1].long(), mask[i0:i1].long()), int(ids.shape[0]), int(ids.shape[1]),
-                   description, leading_bos)
+        self._init(
+            lambda i0, i1: (ids[i0:i1].long(), mask[i0:i1].long()),
+            int(ids.shape[0]),
+            int(ids.shape[1]),
+            description,
+            leading_bos,
+        )
 
-    def _init(self, read: Callable[[int, int], tuple[Tensor, Tensor]], n: int, seq_len: int, description: str,
-              leading_bos: bool, start: int = 0) -> None:
+    def _init(
+        self,
+        read: Callable[[int, int], tuple[Tensor, Tensor]],
+        n: int,
+        seq_len: int,
+        description: str,
+        leading_bos: bool,
+        start: int = 0,
+    ) -> None:
         if n - start <= 0:
             raise ValueError(f"{description}: no token sequences (the input is empty)")
         self._read, self._n, self._start = read, n, start
         self.seq_len, self.description, self.leading_bos = seq_len, description, leading_bos
 
     @classmethod
-    def packed(cls, stream: NDArray[np.integer[Any]], seq_len: int, description: str, *, bos: int | None = None,
-               pad: int = 0) -> TokenSequences:
+    def packed(
+        cls, stream: NDArray[np.integer[Any]], seq_len: int, description: str, *, bos: int | None = None, pad: int = 0
+    ) -> TokenSequences:
         """A 1-D token stream (any integer array, e.g. a memmap) cut into sequences of ``seq_len``,
         each led by ``bos`` when given; the last sequence is padded and its padding masked."""
         _checks.count(seq_len, "seq_len", minimum=2)
@@ -567,8 +582,10 @@ class TeacherSource(ActivationSource):
         if self._vocab is not None and ids.numel():
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= self._vocab:
-                raise ValueError(f"{self.sequences.description}: token id {low if low < 0 else high} is outside "
-                                 f"the teacher's vocabulary [0, {self._vocab})")
+                raise ValueError(
+                    f"{self.sequences.description}: token id {low if low < 0 else high} is outside "
+                    f"the teacher's vocabulary [0, {self._vocab})"
+                )
         captured: list[Tensor] = []
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:

@@ -195,10 +195,7 @@ class FeatureStats:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return (
-            f"FeatureStats(n_latents={self.n_latents}, n_tokens={self.n_tokens:,}, "
-            f"n_nonfinite={self.n_nonfinite:,})"
-        )
+        return f"FeatureStats(n_latents={self.n_latents}, n_tokens={self.n_tokens:,}, n_nonfinite={self.n_nonfinite:,})"
 
     # -- derived per-latent quantities ---------------------------------------------------------
     def _per_token(self, values: NDArray[Any]) -> NDArray[np.float64]:
@@ -237,9 +234,14 @@ class FeatureStats:
         counters = np.asarray(d["counters"]).ravel()
         if counters.size != 2:
             raise ValueError(f"FeatureStats 'counters' must hold [n_tokens, n_nonfinite]; got {counters.size} values")
-        if not np.issubdtype(counters.dtype, np.integer) or counters.min() < 0 or (
-                counters.max() > np.iinfo(np.int64).max):
-            raise ValueError(f"FeatureStats 'counters' must be non-negative int64 [n_tokens, n_nonfinite]; got {counters}")
+        if (
+            not np.issubdtype(counters.dtype, np.integer)
+            or counters.min() < 0
+            or (counters.max() > np.iinfo(np.int64).max)
+        ):
+            raise ValueError(
+                f"FeatureStats 'counters' must be non-negative int64 [n_tokens, n_nonfinite]; got {counters}"
+            )
         arrays = {k: np.asarray(d[k]) for k in _ARRAYS}
         return cls(int(counters[0]), n_nonfinite=int(counters[1]), **arrays)
 
@@ -265,7 +267,7 @@ class FeatureStats:
             stats = cls.from_dict(data)
         except ValueError as exc:
             raise CheckpointError(f"{path}: inconsistent statistics ({exc})") from exc
-        user = {k[len("user."):]: v for k, v in meta.items() if k.startswith("user.")}
+        user = {k[len("user.") :]: v for k, v in meta.items() if k.startswith("user.")}
         return stats, user
 
 
@@ -348,23 +350,25 @@ class Measurement:
             raise ValueError(
                 f"inconsistent measurement: α = {self.alpha!r} but 1 − L0/F = 1 − {self.mean_l0!r}/{self.n_features}"
             )
-        if self.feature_ids is not None and self.importances is not None and (
-            np.asarray(self.feature_ids).shape != np.asarray(self.importances).shape
+        if (
+            self.feature_ids is not None
+            and self.importances is not None
+            and (np.asarray(self.feature_ids).shape != np.asarray(self.importances).shape)
         ):
             raise ValueError(
                 f"feature_ids has {np.asarray(self.feature_ids).size} entries for {np.asarray(self.importances).size} importances"
             )
         if self.feature_ids is not None and np.asarray(self.feature_ids).shape != (self.n_features,):
-            raise ValueError(f"feature_ids has shape {np.asarray(self.feature_ids).shape}; expected one id per "
-                             f"feature ({self.n_features},)")
+            raise ValueError(
+                f"feature_ids has shape {np.asarray(self.feature_ids).shape}; expected one id per "
+                f"feature ({self.n_features},)"
+            )
         if self.importances is not None:
             tails = theory.tail_sums(self.importances)
             object.__setattr__(self, "importances", np.asarray(self.importances, dtype=np.float64))
             object.__setattr__(self, "_tails", tails)
             if tails.size - 1 != self.n_features:
-                raise ValueError(
-                    f"importances has {tails.size - 1} entries but n_features is {self.n_features}"
-                )
+                raise ValueError(f"importances has {tails.size - 1} entries but n_features is {self.n_features}")
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
@@ -463,7 +467,8 @@ class Measurement:
         Returns an int for a scalar width, else an int64 array of the widths' shape.
         """
         kept: int | NDArray[np.int64] = theory._scalar_or_array(
-            theory.feature_budget(np.asarray(widths, dtype=np.float64), self.alpha, self.n_features, a=a, b=b))
+            theory.feature_budget(np.asarray(widths, dtype=np.float64), self.alpha, self.n_features, a=a, b=b)
+        )
         return kept
 
     @overload
@@ -499,7 +504,8 @@ class Measurement:
         without importances. A float for a scalar width, else an array."""
         total = 1.0 if self._tails is None else float(self._tails[0])
         floors: float | NDArray[np.float64] = theory._scalar_or_array(
-            theory.uniform_floor(np.asarray(widths, dtype=np.float64), self.alpha, self.n_features, total))
+            theory.uniform_floor(np.asarray(widths, dtype=np.float64), self.alpha, self.n_features, total)
+        )
         return floors
 
     # -- serialisation ------------------------------------------------------------------------
@@ -563,8 +569,11 @@ def _dict_number(d: Mapping[str, Any], key: str, kind: type, *, optional: bool =
         if optional:
             return None
         raise ValueError(f"Measurement dict lacks {key}" if key not in d else f"Measurement {key} is null")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or (
-            not (math.isfinite(value) if isinstance(value, (float, np.floating)) else abs(int(value)) < 2**63)):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or (not (math.isfinite(value) if isinstance(value, (float, np.floating)) else abs(int(value)) < 2**63))
+    ):
         raise ValueError(f"Measurement {key} must be a finite number; got {value!r}")
     if kind is int:
         if value != int(value) or not 0 <= value < 2**63:
@@ -580,8 +589,10 @@ def _dict_array(d: Mapping[str, Any], key: str, dtype: type) -> NDArray[Any] | N
         return None
     try:
         arr = np.asarray(value)
-        ok = arr.ndim == 1 and (arr.size == 0 or (np.issubdtype(arr.dtype, np.integer) if dtype is np.int64
-                                                  else np.issubdtype(arr.dtype, np.number)))
+        ok = arr.ndim == 1 and (
+            arr.size == 0
+            or (np.issubdtype(arr.dtype, np.integer) if dtype is np.int64 else np.issubdtype(arr.dtype, np.number))
+        )
     except (TypeError, ValueError):  # ragged or odd nesting
         ok = False
     if not ok:
@@ -601,9 +612,7 @@ def _l0_and_alpha(n_features: int, mean_l0: float | None, alpha: float | None) -
         if not math.isfinite(l0) or l0 <= 0:
             raise ValueError(f"mean_l0 must be a finite number > 0; got {mean_l0!r}")
         if l0 >= n_features:
-            raise ValueError(
-                f"mean_l0 ({l0:g}) must be below n_features ({n_features}): α = 1 − L0/F would be ≤ 0"
-            )
+            raise ValueError(f"mean_l0 ({l0:g}) must be below n_features ({n_features}): α = 1 − L0/F would be ≤ 0")
         return l0, 1.0 - l0 / n_features
     a = float(theory._check_alpha(np.asarray(alpha, dtype=np.float64)))
     return (1.0 - a) * n_features, a
@@ -627,8 +636,11 @@ def _number(d: Mapping[str, Any], key: str, source: str) -> float | None:
     value = d.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023):  # ints beyond float64
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023)
+    ):  # ints beyond float64
         raise ValueError(f"{source}: {key} must be a finite number; got {value!r}")
     return float(value)
 
@@ -716,8 +728,11 @@ def load_measurement(path: str | os.PathLike[str], *, alive_threshold: float | N
         return Measurement.from_stats(FeatureStats.load(path), alive_threshold=threshold, source=str(path))
     measurement = _load_measurement_json(path)
     if alive_threshold is not None and alive_threshold != measurement.alive_threshold:
-        made = "at an unrecorded threshold" if measurement.alive_threshold is None else (
-            f"at {measurement.alive_threshold:g}")
+        made = (
+            "at an unrecorded threshold"
+            if measurement.alive_threshold is None
+            else (f"at {measurement.alive_threshold:g}")
+        )
         raise ValueError(
             f"{path}: a JSON measurement counts its alive latents once, {made}; a different alive threshold "
             "needs the statistics file (stats.safetensors)"

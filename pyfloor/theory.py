@@ -230,9 +230,7 @@ def tail_sums(importances: ArrayLike) -> NDArray[np.float64]:
 def uniform_floor(width: Scalar, alpha: float, n_features: int, total: float = 1.0) -> float: ...
 @overload
 def uniform_floor(width: Array, alpha: float, n_features: int, total: float = 1.0) -> NDArray[np.float64]: ...
-def uniform_floor(
-    width: ArrayLike, alpha: float, n_features: int, total: float = 1.0
-) -> float | NDArray[np.float64]:
+def uniform_floor(width: ArrayLike, alpha: float, n_features: int, total: float = 1.0) -> float | NDArray[np.float64]:
     """Floor when every feature matters equally ("naive" predictor).
 
     L(d_S) = ε∞ · max(0, 1 − d_S · g(α) / F)
@@ -316,7 +314,9 @@ def continuous_floor(budget: ArrayLike, importances: ArrayLike) -> float | NDArr
     n = tails.size - 1
     k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
     i = np.floor(k).astype(np.int64)
-    result: float | NDArray[np.float64] = _scalar_or_array(tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)]))
+    result: float | NDArray[np.float64] = _scalar_or_array(
+        tails[i] - (k - i) * (tails[i] - tails[np.minimum(i + 1, n)])
+    )
     return result
 
 
@@ -339,7 +339,9 @@ class Calibration(NamedTuple):
         return result
 
 
-def _finite_pairs(x: ArrayLike, y: ArrayLike, names: tuple[str, str]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _finite_pairs(
+    x: ArrayLike, y: ArrayLike, names: tuple[str, str]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     xa = np.asarray(x, dtype=np.float64).ravel()
     ya = np.asarray(y, dtype=np.float64).ravel()
     if xa.shape != ya.shape:
@@ -403,7 +405,8 @@ class PackingLaw(NamedTuple):
         """The continuous budget a · d^c · g(α)^b (c = 1 for the paper-style law)."""
         w = _check_widths(width)
         result: float | NDArray[np.float64] = _scalar_or_array(
-            self.a * w ** (1.0 if self.c is None else self.c) * capacity(float(alpha)) ** self.b)
+            self.a * w ** (1.0 if self.c is None else self.c) * capacity(float(alpha)) ** self.b
+        )
         return result
 
     @overload
@@ -423,8 +426,13 @@ class PackingLaw(NamedTuple):
 
 
 def fit_budget_law(
-    widths: ArrayLike, alphas: ArrayLike, budgets: ArrayLike, *, n_features: ArrayLike | None = None,
-    width_aware: bool = False, b: float | None = None,
+    widths: ArrayLike,
+    alphas: ArrayLike,
+    budgets: ArrayLike,
+    *,
+    n_features: ArrayLike | None = None,
+    width_aware: bool = False,
+    b: float | None = None,
 ) -> PackingLaw:
     """Fit a :class:`PackingLaw` to the budgets k_i (features kept) of students of width d_i at α_i.
 
@@ -438,7 +446,9 @@ def fit_budget_law(
     al = _check_alpha(alphas).ravel()
     k = np.asarray(budgets, dtype=np.float64).ravel()
     if not (w.size == al.size == k.size):
-        raise ValueError(f"widths, alphas and budgets must have one entry per student; got {w.size}, {al.size}, {k.size}")
+        raise ValueError(
+            f"widths, alphas and budgets must have one entry per student; got {w.size}, {al.size}, {k.size}"
+        )
     if width_aware and b is not None:
         raise ValueError("b can be fixed for the paper-style law only")
     use = (w > 0) & (k > 0) & np.isfinite(k)
@@ -467,8 +477,13 @@ def fit_budget_law(
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     if coef[1] <= 0 and not width_aware:
         raise ValueError(f"fitted exponent b = {coef[1]:.3g} is not positive; the data do not follow a packing law")
-    return PackingLaw(float(math.exp(coef[0])), float(coef[1]), _r_squared(y, X @ coef), int(y.size),
-                      float(coef[2]) if width_aware else None)
+    return PackingLaw(
+        float(math.exp(coef[0])),
+        float(coef[1]),
+        _r_squared(y, X @ coef),
+        int(y.size),
+        float(coef[2]) if width_aware else None,
+    )
 
 
 def fit_packing_law(

@@ -54,7 +54,9 @@ def ambiguous_decisions(x: torch.Tensor, sae: SAE, activation: str, k: int | Non
     return int((boundary | near_zero).sum())
 
 
-def clear_inputs(sae: SAE, shape: tuple[int, ...], activation: str, k: int | None = None, tries: int = 50) -> torch.Tensor:
+def clear_inputs(
+    sae: SAE, shape: tuple[int, ...], activation: str, k: int | None = None, tries: int = 50
+) -> torch.Tensor:
     """Fresh standard-normal activations of ``shape`` with no decision within float32 rounding of its threshold."""
     for _ in range(tries):
         x = torch.randn(shape)

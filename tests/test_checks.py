@@ -45,7 +45,11 @@ def test_alive_threshold_zero_is_allowed_everywhere_and_one_nowhere():
     assert MeasureConfig(alive_threshold=0).alive_threshold == 0
     assert Measurement.from_stats(stats, alive_threshold=0).n_features == 2
     assert firing_density(stats, alive_threshold=0).n_alive == 2
-    for make in (lambda: MeasureConfig(alive_threshold=1.0), lambda: Measurement.from_stats(stats, alive_threshold=1.0),
-                 lambda: firing_density(stats, alive_threshold=1.0), lambda: SAESettings(alive_threshold=1.0)):
+    for make in (
+        lambda: MeasureConfig(alive_threshold=1.0),
+        lambda: Measurement.from_stats(stats, alive_threshold=1.0),
+        lambda: firing_density(stats, alive_threshold=1.0),
+        lambda: SAESettings(alive_threshold=1.0),
+    ):
         with pytest.raises(ValueError, match=r"alive_threshold must be a finite number in \[0, 1\); got 1.0"):
             make()

@@ -60,6 +60,8 @@ def test_bad_widths_are_an_argument_error(capsys):
 def test_console_entry_point_runs_as_module():
     out = subprocess.run(
         [sys.executable, "-m", "pyfloor", "predict", "--features", "100", "--alpha", "0.95", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out)["measurement"]["n_features"] == 100

@@ -53,13 +53,37 @@ def sae_file(tmp_path_factory):
 
 
 def measure_args(acts, sae_file, out, *extra):
-    return ["measure", "--activations", str(acts), "--sae", str(sae_file), "--out", str(out), "--batch-tokens",
-            "500", "--bootstrap", "4", *extra]
+    return [
+        "measure",
+        "--activations",
+        str(acts),
+        "--sae",
+        str(sae_file),
+        "--out",
+        str(out),
+        "--batch-tokens",
+        "500",
+        "--bootstrap",
+        "4",
+        *extra,
+    ]
 
 
 def train_args(acts, out, *extra):
-    return ["train-sae", "--activations", str(acts), "--latents", "8", "--batch-tokens", "250", "--steps", "4",
-            "-o", str(out), *extra]
+    return [
+        "train-sae",
+        "--activations",
+        str(acts),
+        "--latents",
+        "8",
+        "--batch-tokens",
+        "250",
+        "--steps",
+        "4",
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 def subparsers():
@@ -91,15 +115,23 @@ def option_help(command, monkeypatch, capsys):
 
 
 # -- 1. errors name the flag --------------------------------------------------------------------------
-@pytest.mark.parametrize("argv, fragments", [
-    (["predict", "--features", "10", "--mean-l0", "20"], ["--mean-l0 (20) must be below --features (10)"]),
-    (["predict", "--features", "10", "--alpha", "1.5"], ["--alpha must"]),
-    (["demo", "--alpha", "1.5"], ["--alpha must"]),
-    (["measure", "--activations", "a.npy", "--sae", "s", "--until-stable", "2"], ["--until-stable "]),
-    (["measure", "--activations", "a.npy", "--sae", "s", "--until-stable", "0.01", "--bootstrap", "0"],
-     ["--until-stable ", "--bootstrap"]),
-    (["train-sae", "--activations", "a.npy", "--latents", "8", "--activation", "topk"], ["--activation topk needs --k"]),
-])
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["predict", "--features", "10", "--mean-l0", "20"], ["--mean-l0 (20) must be below --features (10)"]),
+        (["predict", "--features", "10", "--alpha", "1.5"], ["--alpha must"]),
+        (["demo", "--alpha", "1.5"], ["--alpha must"]),
+        (["measure", "--activations", "a.npy", "--sae", "s", "--until-stable", "2"], ["--until-stable "]),
+        (
+            ["measure", "--activations", "a.npy", "--sae", "s", "--until-stable", "0.01", "--bootstrap", "0"],
+            ["--until-stable ", "--bootstrap"],
+        ),
+        (
+            ["train-sae", "--activations", "a.npy", "--latents", "8", "--activation", "topk"],
+            ["--activation topk needs --k"],
+        ),
+    ],
+)
 def test_library_errors_name_the_flag_not_the_parameter(argv, fragments, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -112,16 +144,19 @@ def test_library_errors_name_the_flag_not_the_parameter(argv, fragments, capsys,
 def test_renaming_replaces_whole_words_only():
     names = {"k": "--k", "n_features": "--features", "mean_l0": "--mean-l0"}
     assert cli._name_flags("k must be <= n_features for top-k; got k=3", names) == (
-        "--k must be <= --features for top-k; got --k=3")
+        "--k must be <= --features for top-k; got --k=3"
+    )
     assert cli._name_flags("mean_l0s and --k and n_features_x", names) == "mean_l0s and --k and n_features_x"
 
 
 # -- 2. exit status: 0 success, 1 the run failed, 2 usage --------------------------------------------
 def test_argument_errors_exit_2(acts, sae_file, tmp_path, capsys):
-    for argv in (measure_args(acts, sae_file, tmp_path / "m", "--batch-tokens", "0"),
-                 measure_args(acts, sae_file, tmp_path / "m", "--resume", "--overwrite"),
-                 measure_args(acts, sae_file, tmp_path / "m", "--progress", "--quiet"),
-                 ["predict", "--features", "ten"]):
+    for argv in (
+        measure_args(acts, sae_file, tmp_path / "m", "--batch-tokens", "0"),
+        measure_args(acts, sae_file, tmp_path / "m", "--resume", "--overwrite"),
+        measure_args(acts, sae_file, tmp_path / "m", "--progress", "--quiet"),
+        ["predict", "--features", "ten"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
@@ -129,17 +164,22 @@ def test_argument_errors_exit_2(acts, sae_file, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["predict", "--features", "10", "--alpha", "0.9", "--alive-threshold", "0.1"], "--alive-threshold goes with"),
-    (["predict", "f.json", "--features", "10"], "not both"),
-    (["measure", "--activations", "a.npy", "--sae", "s", "--activation", "relu", "--k", "3"], "--k goes with"),
-    (["measure", "--activations", "a.npy", "--sae", "s", "--seq-len", "64"], "--seq-len: only for a --model"),
-    (["measure", "--model", "m", "--layer", "1", "--sae", "s"], "exactly one token input"),
-    (["train-sae", "--activations", "a.npy", "--latents", "8", "--k", "2"], "--k goes with --activation topk"),
-    (["train-sae", "--activations", "a.npy", "--latents", "8", "--activation", "topk", "--k", "9"],
-     "--k (9) must be at most --latents (8)"),
-    (["train-sae", "--activations", "a.npy"], "--latents is required"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "--features", "10", "--alpha", "0.9", "--alive-threshold", "0.1"], "--alive-threshold goes with"),
+        (["predict", "f.json", "--features", "10"], "not both"),
+        (["measure", "--activations", "a.npy", "--sae", "s", "--activation", "relu", "--k", "3"], "--k goes with"),
+        (["measure", "--activations", "a.npy", "--sae", "s", "--seq-len", "64"], "--seq-len: only for a --model"),
+        (["measure", "--model", "m", "--layer", "1", "--sae", "s"], "exactly one token input"),
+        (["train-sae", "--activations", "a.npy", "--latents", "8", "--k", "2"], "--k goes with --activation topk"),
+        (
+            ["train-sae", "--activations", "a.npy", "--latents", "8", "--activation", "topk", "--k", "9"],
+            "--k (9) must be at most --latents (8)",
+        ),
+        (["train-sae", "--activations", "a.npy"], "--latents is required"),
+    ],
+)
 def test_incompatible_flags_exit_2_before_reading_any_file(argv, message, capsys):
     assert main(argv) == 2  # none of the files named exists: the arguments are checked first
     assert message in capsys.readouterr().err
@@ -179,8 +219,10 @@ def test_the_console_command_returns_the_status():
 
 
 def test_predict_and_report_do_not_import_torch():
-    code = ("import sys; from pyfloor.cli import main; main(['predict', '--features', '100', '--alpha', '0.95']); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from pyfloor.cli import main; main(['predict', '--features', '100', '--alpha', '0.95']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -208,10 +250,19 @@ def test_every_default_is_shown_once(monkeypatch, capsys):
 def test_measure_defaults_are_measure_config_defaults(monkeypatch, capsys):
     args = build_parser().parse_args(["measure", "--activations", "a.npy", "--sae", "s"])
     lines = option_help("measure", monkeypatch, capsys)
-    flags = {"max_tokens": "--max-tokens", "until_stable": "--until-stable", "min_tokens": "--min-tokens",
-             "checkpoint_every": "--checkpoint-every", "alive_threshold": "--alive-threshold",
-             "bootstrap": "--bootstrap", "seed": "--seed", "widths": "--widths", "activation": "--activation",
-             "k": "--k", "histogram_every": "--histogram-every"}
+    flags = {
+        "max_tokens": "--max-tokens",
+        "until_stable": "--until-stable",
+        "min_tokens": "--min-tokens",
+        "checkpoint_every": "--checkpoint-every",
+        "alive_threshold": "--alive-threshold",
+        "bootstrap": "--bootstrap",
+        "seed": "--seed",
+        "widths": "--widths",
+        "activation": "--activation",
+        "k": "--k",
+        "histogram_every": "--histogram-every",
+    }
     for field, flag in flags.items():
         value = default(MeasureConfig, field)
         assert getattr(args, field) == value, field
@@ -238,9 +289,12 @@ def test_toy_defaults_are_the_settings_defaults(command, monkeypatch, capsys):
     args = build_parser().parse_args([command])
     lines = option_help(command, monkeypatch, capsys)
     expected = {
-        "--steps": default(TrainSettings, "steps"), "--batch-size": default(TrainSettings, "batch_size"),
-        "--lr": default(TrainSettings, "lr"), "--eval-samples": default(ExperimentSettings, "eval_samples"),
-        "--threads": default(ExperimentSettings, "threads"), "--seeds": len(default(ExperimentSettings, "seeds")),
+        "--steps": default(TrainSettings, "steps"),
+        "--batch-size": default(TrainSettings, "batch_size"),
+        "--lr": default(TrainSettings, "lr"),
+        "--eval-samples": default(ExperimentSettings, "eval_samples"),
+        "--threads": default(ExperimentSettings, "threads"),
+        "--seeds": len(default(ExperimentSettings, "seeds")),
         "--importance": default(ToyConfig, "importance"),
     }
     if command == "demo":
@@ -264,8 +318,22 @@ def test_checkpoint_every_counts_tokens_in_both_commands(acts, tmp_path, capsys,
     original = SAE.save
     monkeypatch.setattr(SAE, "save", lambda self, path: (saves.append(path), original(self, path))[1])
     out = tmp_path / "sae.safetensors"
-    argv = ["train-sae", "--activations", str(acts), "--latents", "8", "--batch-tokens", "100", "--steps", "10",
-            "--checkpoint-every", "250", "-o", str(out), "--json"]
+    argv = [
+        "train-sae",
+        "--activations",
+        str(acts),
+        "--latents",
+        "8",
+        "--batch-tokens",
+        "100",
+        "--steps",
+        "10",
+        "--checkpoint-every",
+        "250",
+        "-o",
+        str(out),
+        "--json",
+    ]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["checkpoint_every_steps"] == 3  # ⌈250 / 100⌉
@@ -331,13 +399,32 @@ def test_json_output_parses(acts, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["measurement"]["n_features"] == measured["measurement"]["n_features"]
 
 
-@pytest.mark.parametrize("command, extra", [
-    ("demo", ["--n", "5", "--d-teacher", "2", "--sae-steps", "10"]),
-    ("toy", ["--n", "5", "--d-teacher", "2", "--alpha", "0.9", "--no-sae"]),
-])
+@pytest.mark.parametrize(
+    "command, extra",
+    [
+        ("demo", ["--n", "5", "--d-teacher", "2", "--sae-steps", "10"]),
+        ("toy", ["--n", "5", "--d-teacher", "2", "--alpha", "0.9", "--no-sae"]),
+    ],
+)
 def test_toy_json_output_parses(command, extra, tmp_path, capsys):
-    argv = [command, *extra, "--steps", "20", "--batch-size", "64", "--seeds", "1", "--eval-samples", "256",
-            "--workers", "1", "--quiet", "--json", "--out", str(tmp_path / "run")]
+    argv = [
+        command,
+        *extra,
+        "--steps",
+        "20",
+        "--batch-size",
+        "64",
+        "--seeds",
+        "1",
+        "--eval-samples",
+        "256",
+        "--workers",
+        "1",
+        "--quiet",
+        "--json",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "run" / "report.json").read_text())

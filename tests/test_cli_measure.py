@@ -34,8 +34,26 @@ def acts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_sae(acts, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae") / "sae.safetensors"
-    code = main(["train-sae", "--activations", str(acts), "--latents", "64", "--l1", "3e-3", "--lr", "3e-3",
-                 "--batch-tokens", "512", "--steps", "150", "--output", str(out), "--quiet"])
+    code = main(
+        [
+            "train-sae",
+            "--activations",
+            str(acts),
+            "--latents",
+            "64",
+            "--l1",
+            "3e-3",
+            "--lr",
+            "3e-3",
+            "--batch-tokens",
+            "512",
+            "--steps",
+            "150",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out
 
@@ -47,16 +65,38 @@ def test_train_sae_writes_a_loadable_sae(trained_sae):
 
 def test_measure_writes_the_report(acts, trained_sae, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["measure", "--activations", str(acts), "--sae", str(trained_sae), "--batch-tokens", "1000",
-                 "--bootstrap", "8", "--widths", "1,2,4,8", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "measure",
+            "--activations",
+            str(acts),
+            "--sae",
+            str(trained_sae),
+            "--batch-tokens",
+            "1000",
+            "--bootstrap",
+            "8",
+            "--widths",
+            "1,2,4,8",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "critical width" in printed or "d*" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["n_tokens"] == 20_000 and report["measurement"]["n_features"] > 0
     assert [r["width"] for r in report["intervals"]["floors"]] == [1, 2, 4, 8]
-    for name in ("stats.safetensors", "measurement.json", "report.md", "floor_curve.png", "importance_rank.png",
-                 "firing_density.png"):
+    for name in (
+        "stats.safetensors",
+        "measurement.json",
+        "report.md",
+        "floor_curve.png",
+        "importance_rank.png",
+        "firing_density.png",
+    ):
         assert (out / name).is_file(), name
     stats = FeatureStats.load(out / "stats.safetensors")
     assert stats.n_tokens == 20_000
@@ -70,16 +110,30 @@ def test_measure_writes_the_report(acts, trained_sae, tmp_path, capsys):
 
 def test_measure_refuses_to_clobber_and_names_bad_input(acts, trained_sae, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["measure", "--activations", str(acts), "--sae", str(trained_sae), "--out", str(out), "--quiet",
-            "--max-tokens", "2000", "--batch-tokens", "1000"]
+    args = [
+        "measure",
+        "--activations",
+        str(acts),
+        "--sae",
+        str(trained_sae),
+        "--out",
+        str(out),
+        "--quiet",
+        "--max-tokens",
+        "2000",
+        "--batch-tokens",
+        "1000",
+    ]
     assert main(args) == 0
     assert main(args) == 1  # the checkpoint on disk, not the arguments, is in the way
     assert "already exists" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
     assert main(["measure", "--sae", str(trained_sae), "--out", str(out)]) == 2
     assert "activation source" in capsys.readouterr().err
-    assert main(["measure", "--activations", str(acts), "--sae", str(tmp_path / "none.safetensors"),
-                 "--out", str(out)]) == 1
+    assert (
+        main(["measure", "--activations", str(acts), "--sae", str(tmp_path / "none.safetensors"), "--out", str(out)])
+        == 1
+    )
     assert "no such" in capsys.readouterr().err
 
 
@@ -87,8 +141,23 @@ def test_measure_refuses_to_clobber_and_names_bad_input(acts, trained_sae, tmp_p
 def test_resume_after_kill_is_bit_identical(tmp_path, trained_sae):
     big = tmp_path / "big.npy"
     np.save(big, sparse_activations(300_000, seed=1))
-    base = [sys.executable, "-m", "pyfloor", "measure", "--activations", str(big), "--sae", str(trained_sae),
-            "--batch-tokens", "500", "--checkpoint-every", "2000", "--bootstrap", "4", "--quiet"]
+    base = [
+        sys.executable,
+        "-m",
+        "pyfloor",
+        "measure",
+        "--activations",
+        str(big),
+        "--sae",
+        str(trained_sae),
+        "--batch-tokens",
+        "500",
+        "--checkpoint-every",
+        "2000",
+        "--bootstrap",
+        "4",
+        "--quiet",
+    ]
     whole = tmp_path / "whole"
     subprocess.run(base + ["--out", str(whole)], check=True, capture_output=True)
 
@@ -107,8 +176,14 @@ def test_resume_after_kill_is_bit_identical(tmp_path, trained_sae):
 
 def test_measure_a_teacher_from_a_local_directory(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPTNeoXConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=97, max_position_embeddings=64)
+    cfg = transformers.GPTNeoXConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model_dir = tmp_path / "neox"
     transformers.GPTNeoXForCausalLM(cfg).save_pretrained(model_dir)
@@ -119,20 +194,81 @@ def test_measure_a_teacher_from_a_local_directory(tmp_path, capsys):
         sae.W_enc.mul_(40.0)
         sae.b_enc.fill_(-0.8)
     sae.save(tmp_path / "sae.safetensors")
-    code = main(["measure", "--model", str(model_dir), "--layer", "1", "--tokens", str(tokens), "--seq-len", "32",
-                 "--batch-tokens", "512", "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "m"),
-                 "--bootstrap", "4", "--quiet", "--json"])
+    code = main(
+        [
+            "measure",
+            "--model",
+            str(model_dir),
+            "--layer",
+            "1",
+            "--tokens",
+            str(tokens),
+            "--seq-len",
+            "32",
+            "--batch-tokens",
+            "512",
+            "--sae",
+            str(tmp_path / "sae.safetensors"),
+            "--out",
+            str(tmp_path / "m"),
+            "--bootstrap",
+            "4",
+            "--quiet",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_tokens"] == 4000 and "gpt_neox.layers.1" in report["source"]
     # few tokens and replicates: bias-corrected floor intervals that exclude their estimate are plotted too
-    assert main(["measure", "--model", str(model_dir), "--layer", "1", "--tokens", str(tokens), "--seq-len", "32",
-                 "--batch-tokens", "512", "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "short"),
-                 "--bootstrap", "4", "--max-tokens", "1000", "--quiet", "--json"]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--model",
+                str(model_dir),
+                "--layer",
+                "1",
+                "--tokens",
+                str(tokens),
+                "--seq-len",
+                "32",
+                "--batch-tokens",
+                "512",
+                "--sae",
+                str(tmp_path / "sae.safetensors"),
+                "--out",
+                str(tmp_path / "short"),
+                "--bootstrap",
+                "4",
+                "--max-tokens",
+                "1000",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
     short = json.loads(capsys.readouterr().out)
     assert any(not f["low"] <= f["estimate"] <= f["high"] for f in short["intervals"]["floors"])
     assert (tmp_path / "short" / "floor_curve.png").is_file()
-    assert main(["measure", "--model", str(model_dir), "--layer", "7", "--tokens", str(tokens),
-                 "--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "m2")]) == 1
+    assert (
+        main(
+            [
+                "measure",
+                "--model",
+                str(model_dir),
+                "--layer",
+                "7",
+                "--tokens",
+                str(tokens),
+                "--sae",
+                str(tmp_path / "sae.safetensors"),
+                "--out",
+                str(tmp_path / "m2"),
+            ]
+        )
+        == 1
+    )
     assert "blocks 0 … 2" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists()  # the failed run leaves no empty output folder

@@ -134,7 +134,11 @@ def test_empty_accumulator_and_batch():
     "call, exc, match",
     [
         (lambda s: encode_stats(torch.randn(4, 11), s), ValueError, "d_in = 12"),
-        (lambda s: encode_stats(torch.randn(4, 12, dtype=torch.float64), s), ValueError, "float32, float16 or bfloat16"),
+        (
+            lambda s: encode_stats(torch.randn(4, 12, dtype=torch.float64), s),
+            ValueError,
+            "float32, float16 or bfloat16",
+        ),
         (lambda s: encode_stats(torch.randn(4, 12), s, activation="topk", k=41), ValueError, "k <= n_latents"),
         (lambda s: encode_stats(torch.randn(4, 12), s, activation="topk"), ValueError, "k <= n_latents"),
         (lambda s: encode_stats(torch.randn(4, 12), s, k=3), ValueError, "only meaningful for the top-k"),

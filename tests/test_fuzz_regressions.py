@@ -57,8 +57,7 @@ def _stats_dict(counters):
     return s
 
 
-@pytest.mark.parametrize("counters", [np.array([2**64 - 1, 0], np.uint64), np.array([5.5, 0]),
-                                      np.array([np.inf, 0])])
+@pytest.mark.parametrize("counters", [np.array([2**64 - 1, 0], np.uint64), np.array([5.5, 0]), np.array([np.inf, 0])])
 def test_feature_stats_counters_must_be_non_negative_int64(counters, tmp_path):
     # uint64 2^64-1 used to give n_tokens = 18446744073709551615, 5.5 was truncated, inf: OverflowError
     with pytest.raises(ValueError, match="counters|n_tokens"):
@@ -86,22 +85,27 @@ def test_deeply_nested_json_is_a_value_error(tmp_path):
 GOOD = {"format": "pyfloor.Measurement", "n_features": 2, "mean_l0": 1.0, "alpha": 0.5}
 
 
-@pytest.mark.parametrize("change", [
-    {"n_features": None},            # TypeError
-    {"n_features": 0, "mean_l0": 0.0},  # ZeroDivisionError
-    {"version": [1]},                # TypeError
-    {"alive_threshold": [1]},        # TypeError when asked for another threshold
-    {"n_tokens": "abc"},             # silently kept as a str
-    {"n_latents": -3},               # silently kept
-    {"n_latents": 1e300},            # read as a 301-digit int that to_dict -> from_dict then refused
-    {"importances": [2, 1], "feature_ids": [1.7, 0]},  # silently truncated to 1
-    {"importances": [2, 1], "feature_ids": [2**70, 0]},  # OverflowError
-    {"feature_ids": []},             # no id per feature, silently kept
-    {"notes": 5},                    # TypeError
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n_features": None},  # TypeError
+        {"n_features": 0, "mean_l0": 0.0},  # ZeroDivisionError
+        {"version": [1]},  # TypeError
+        {"alive_threshold": [1]},  # TypeError when asked for another threshold
+        {"n_tokens": "abc"},  # silently kept as a str
+        {"n_latents": -3},  # silently kept
+        {"n_latents": 1e300},  # read as a 301-digit int that to_dict -> from_dict then refused
+        {"importances": [2, 1], "feature_ids": [1.7, 0]},  # silently truncated to 1
+        {"importances": [2, 1], "feature_ids": [2**70, 0]},  # OverflowError
+        {"feature_ids": []},  # no id per feature, silently kept
+        {"notes": 5},  # TypeError
+    ],
+)
 def test_measurement_json_fields_are_checked(tmp_path, change):
     with pytest.raises(ValueError):
-        load_measurement(_json(tmp_path, {**GOOD, **change}), alive_threshold=1e-6 if "alive_threshold" in change else None)
+        load_measurement(
+            _json(tmp_path, {**GOOD, **change}), alive_threshold=1e-6 if "alive_threshold" in change else None
+        )
 
 
 def test_measurement_json_without_a_required_key(tmp_path):
@@ -130,16 +134,22 @@ def test_published_json_with_an_integer_beyond_float64(tmp_path, field):
 def _pyfloor_sae(tmp_path, config: str):
     sae = SAE(4, 8)
     path = tmp_path / "sae.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, str(path),
-              metadata={"format": "pyfloor.SAE", "version": "1", "config": config})
+    save_file(
+        {k: v.detach().contiguous() for k, v in sae.state_dict().items()},
+        str(path),
+        metadata={"format": "pyfloor.SAE", "version": "1", "config": config},
+    )
     return path
 
 
-@pytest.mark.parametrize("config", [
-    '{"d_in": 1e400, "n_latents": 8, "activation": "relu", "k": null}',      # OverflowError
-    '{"d_in": 1000000, "n_latents": 1000000, "activation": "relu", "k": null}',  # tried to allocate 4 TB
-    '{"d_in": 4.0, "n_latents": 8.5, "activation": "relu", "k": null}',
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        '{"d_in": 1e400, "n_latents": 8, "activation": "relu", "k": null}',  # OverflowError
+        '{"d_in": 1000000, "n_latents": 1000000, "activation": "relu", "k": null}',  # tried to allocate 4 TB
+        '{"d_in": 4.0, "n_latents": 8.5, "activation": "relu", "k": null}',
+    ],
+)
 def test_pyfloor_sae_config_is_checked_against_the_weights(tmp_path, config):
     with pytest.raises(CheckpointError, match="W_enc"):
         load_sae(_pyfloor_sae(tmp_path, config))
@@ -195,12 +205,15 @@ def test_saelens_standard_sae_with_a_threshold_tensor_loads(tmp_path):
     assert sae.activation == "relu" and sae.threshold is None
 
 
-@pytest.mark.parametrize("change", [
-    {"b_dec": torch.zeros(0)},            # RuntimeError in b_dec @ W_enc
-    {"W_enc": torch.zeros(2, 4, 8)},      # "too many values to unpack"
-    {"W_enc": torch.zeros(4, 8, dtype=torch.int64)},  # RuntimeError: only floating tensors require grad
-    {"threshold": torch.zeros(3)},        # RuntimeError: size mismatch
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"b_dec": torch.zeros(0)},  # RuntimeError in b_dec @ W_enc
+        {"W_enc": torch.zeros(2, 4, 8)},  # "too many values to unpack"
+        {"W_enc": torch.zeros(4, 8, dtype=torch.int64)},  # RuntimeError: only floating tensors require grad
+        {"threshold": torch.zeros(3)},  # RuntimeError: size mismatch
+    ],
+)
 def test_saelens_inconsistent_weights_are_value_errors(tmp_path, change):
     cfg = {"apply_b_dec_to_input": False, "architecture": "jumprelu" if "threshold" in change else "standard"}
     t = {**_weights(), "threshold": torch.zeros(8), **change}
@@ -216,7 +229,12 @@ def test_saelens_mixed_dtypes_load(tmp_path):
 
 def test_sparsify_checks(tmp_path):
     t = _weights()
-    sp = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    sp = {
+        "encoder.weight": t["W_enc"].T.contiguous(),
+        "encoder.bias": t["b_enc"],
+        "W_dec": t["W_dec"],
+        "b_dec": t["b_dec"],
+    }
     with pytest.raises(CheckpointError, match="'k'"):  # was KeyError
         load_sae(_saelens(tmp_path, {}, sp, "sae.safetensors"))
     with pytest.raises(ValueError, match="encoder.weight"):  # was "not enough values to unpack"
@@ -231,9 +249,15 @@ def _checkpoint(tmp_path, change=None, fingerprint=None):
     state = measure._State(3, 2, torch.device("cpu"), histograms=True)
     tensors = {**state.tensors(), **(change or {})}
     path = tmp_path / "ckpt.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"format": measure.CHECKPOINT_FORMAT, "version": str(measure.CHECKPOINT_VERSION),
-                        "fingerprint": json.dumps(fp if fingerprint is None else fingerprint)})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(path),
+        metadata={
+            "format": measure.CHECKPOINT_FORMAT,
+            "version": str(measure.CHECKPOINT_VERSION),
+            "fingerprint": json.dumps(fp if fingerprint is None else fingerprint),
+        },
+    )
     fresh = measure._State(3, 2, torch.device("cpu"), histograms=True)
     return lambda: measure._load_checkpoint(path, fresh, fp)
 

@@ -166,7 +166,14 @@ def test_layout_names():
     b = Binning(2, -1, 1)
     h = Histogram(*b).fill(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-3, -1e-3, 5.0, -5.0, 1.5], np.float32))
     assert h.counters() == {
-        "-inf": 1, "-overflow": 1, "-underflow": 1, "zero": 2, "+underflow": 1, "+overflow": 1, "+inf": 1, "nan": 1
+        "-inf": 1,
+        "-overflow": 1,
+        "-underflow": 1,
+        "zero": 2,
+        "+underflow": 1,
+        "+overflow": 1,
+        "+inf": 1,
+        "nan": 1,
     }
     assert h.counts[b.positive].sum() == 1 and h.counts[b.negative].sum() == 0
     assert h.total == 10
@@ -319,8 +326,9 @@ def test_large_sparse_fills_count_past_one_byte_exactly(threads, n_features):
 
 
 @settings(max_examples=60, deadline=None)
-@given(binnings(max_bits=4), st.integers(1, 40), st.integers(0, 30), st.sampled_from([np.float32, np.float16]),
-       st.data())
+@given(
+    binnings(max_bits=4), st.integers(1, 40), st.integers(0, 30), st.sampled_from([np.float32, np.float16]), st.data()
+)
 def test_dense_feature_fill_matches_reference(binning, m, n, dtype, data):
     values = data.draw(hnp.arrays(dtype, (n, m), elements=st.floats(width=32 if dtype == np.float32 else 16)))
     f = FeatureHistograms(m, *binning).fill_dense(values)
@@ -339,7 +347,9 @@ def test_large_feature_fills_on_threads(threads):
     np.testing.assert_array_equal(f.counts, reference_feature_counts(indices, values, m, binning))
     dense = heavy_tailed(300 * m, seed=5).reshape(300, m)
     g = FeatureHistograms(m).fill_dense(dense, threads=threads)
-    np.testing.assert_array_equal(g.counts, reference_feature_counts(np.broadcast_to(np.arange(m), dense.shape), dense, m, binning))
+    np.testing.assert_array_equal(
+        g.counts, reference_feature_counts(np.broadcast_to(np.arange(m), dense.shape), dense, m, binning)
+    )
     bits = (values.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 by truncation
     as_float32 = (bits.astype(np.uint32) << 16).view(np.float32)
     assert FeatureHistograms(m).fill(indices, bits, bfloat16=True, threads=threads) == FeatureHistograms(m).fill(

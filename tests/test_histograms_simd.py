@@ -83,8 +83,9 @@ def test_a_level_above_the_cpu_is_refused():
 
 def _import_with(level: str) -> subprocess.CompletedProcess:
     code = "import pyfloor.histograms as h; print(h.simd_level())"
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYFLOOR_SIMD": level},
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYFLOOR_SIMD": level}, capture_output=True, text=True
+    )
 
 
 def test_the_environment_variable_picks_the_level():

@@ -141,8 +141,18 @@ def _error(capsys, code, status=2):
 
 def test_train_sae_never_overwrites_what_is_not_its_sae(acts, tmp_path, capsys):
     before = acts.read_bytes()
-    base = ["train-sae", "--activations", str(acts), "--latents", "16", "--steps", "2", "--batch-tokens", "250",
-            "--quiet"]
+    base = [
+        "train-sae",
+        "--activations",
+        str(acts),
+        "--latents",
+        "16",
+        "--steps",
+        "2",
+        "--batch-tokens",
+        "250",
+        "--quiet",
+    ]
     assert "is not a pyfloor file" in _error(capsys, main(base + ["--out", str(acts), "--overwrite"]), 1)
     assert acts.read_bytes() == before
     sae = tmp_path / "sae.safetensors"
@@ -156,8 +166,20 @@ def test_train_sae_never_overwrites_what_is_not_its_sae(acts, tmp_path, capsys):
 def test_train_sae_init_keeps_its_shape(acts, tmp_path, capsys):
     init = tmp_path / "init.safetensors"
     SAE(8, 16, "relu").save(init)
-    base = ["train-sae", "--activations", str(acts), "--init", str(init), "--steps", "2", "--batch-tokens", "250",
-            "--quiet", "--out", str(tmp_path / "more.safetensors")]
+    base = [
+        "train-sae",
+        "--activations",
+        str(acts),
+        "--init",
+        str(init),
+        "--steps",
+        "2",
+        "--batch-tokens",
+        "250",
+        "--quiet",
+        "--out",
+        str(tmp_path / "more.safetensors"),
+    ]
     assert "--latents 32: the --init SAE has 16" in _error(capsys, main(base + ["--latents", "32"]), 1)
     assert "--activation topk: the --init SAE has relu" in _error(capsys, main(base + ["--activation", "topk"]), 1)
     assert main(base) == 0
@@ -166,8 +188,24 @@ def test_train_sae_init_keeps_its_shape(acts, tmp_path, capsys):
 
 
 def test_teacher_options_are_refused_with_activations(acts, tmp_path, capsys):
-    err = _error(capsys, main(["train-sae", "--activations", str(acts), "--latents", "8", "--seq-len", "64",
-                               "--layer", "3", "--out", str(tmp_path / "s.safetensors")]))
+    err = _error(
+        capsys,
+        main(
+            [
+                "train-sae",
+                "--activations",
+                str(acts),
+                "--latents",
+                "8",
+                "--seq-len",
+                "64",
+                "--layer",
+                "3",
+                "--out",
+                str(tmp_path / "s.safetensors"),
+            ]
+        ),
+    )
     assert "--layer, --seq-len: only for a --model teacher" in err
 
 

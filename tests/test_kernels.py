@@ -97,7 +97,9 @@ def test_mixed_dtypes_are_upcast(x_dtype, w_dtype):
     sae = make_sae(dtype=w_dtype)
     x = make_x(dtype=x_dtype)
     for activation, k in [("relu", None), ("topk", 9)]:
-        assert_batch_equal(fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS), reference(x, sae, activation, k))
+        assert_batch_equal(
+            fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS), reference(x, sae, activation, k)
+        )
 
 
 @pytest.mark.parametrize("activation, k", MODES)

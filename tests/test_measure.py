@@ -33,7 +33,11 @@ def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
 def tiny_neox():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPTNeoXConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=97,
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
@@ -86,7 +90,9 @@ def test_teacher_end_to_end_equals_numpy_by_hand(tiny_neox):
 
 def test_forward_stops_after_the_hooked_layer(tiny_neox):
     calls = []
-    handles = [blk.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, blk in enumerate(tiny_neox.gpt_neox.layers)]
+    handles = [
+        blk.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, blk in enumerate(tiny_neox.gpt_neox.layers)
+    ]
     handles.append(tiny_neox.get_output_embeddings().register_forward_hook(lambda *a: calls.append("lm_head")))
     try:
         src = TeacherSource(tiny_neox, 1, token_sequences(), batch_tokens=64)
@@ -173,10 +179,13 @@ def test_histograms_count_every_active_latent_and_activation():
     med = r.feature_histograms.quantile(0.5)
     alive = r.stats.fire_count > 0
     assert np.all(med[alive] <= r.stats.act_max[alive] * (1 + 2**-3))
-    every3 = measure(ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0, histogram_every=3),
-                     progress=False)
+    every3 = measure(
+        ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0, histogram_every=3), progress=False
+    )
     assert every3.activation_histogram.total == 128 * 8 * 2  # batches 0 and 3 of 6
-    off = measure(ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0, histograms=False), progress=False)
+    off = measure(
+        ArraySource([x], 128), sparse_sae(8, 20), MeasureConfig(bootstrap=0, histograms=False), progress=False
+    )
     assert off.feature_histograms is None and off.stats == r.stats
 
 
@@ -229,8 +238,10 @@ def test_floor_intervals_are_basic_bootstrap_intervals(tmp_path):
     cfg = MeasureConfig(bootstrap=32, widths=widths, checkpoint=ckpt, histograms=False)
     r = measure(ArraySource([x], 2000), sae, cfg, progress=False)  # 50 batches
     t = load_file(str(ckpt))  # the replicates' weighted sums
-    reps = [_estimates(float(t["boot_n"][i]), t["boot_fire"][i].numpy(), t["boot_s2"][i].numpy(), 1e-5, widths)
-            for i in range(32)]
+    reps = [
+        _estimates(float(t["boot_n"][i]), t["boot_fire"][i].numpy(), t["boot_s2"][i].numpy(), 1e-5, widths)
+        for i in range(32)
+    ]
     floors = np.stack([rep["floors"] for rep in reps])
     below = []
     for i, iv in enumerate(r.intervals["floors"]):
@@ -268,8 +279,9 @@ def test_resume_is_bit_identical(tmp_path):
     ckpt = tmp_path / "run.ckpt.safetensors"
     part = MeasureConfig(bootstrap=8, max_tokens=700, checkpoint=ckpt, checkpoint_every=200)
     measure(ArraySource([x], 100), sae, part, progress=False)
-    resumed = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=8, checkpoint=ckpt, resume=True),
-                      progress=False)
+    resumed = measure(
+        ArraySource([x], 100), sae, MeasureConfig(bootstrap=8, checkpoint=ckpt, resume=True), progress=False
+    )
     assert resumed.stats == full.stats  # bit-identical sums, counts and maxima
     assert resumed.intervals == full.intervals
     assert resumed.feature_histograms == full.feature_histograms
@@ -284,8 +296,12 @@ def test_resumed_until_stable_run_stops_where_the_uninterrupted_one_does(tmp_pat
     cfg = dict(until_stable=0.05, check_every=4, bootstrap=16)
     full = measure(ArraySource([x], 200), sae, MeasureConfig(**cfg), progress=False)
     ckpt = tmp_path / "c.safetensors"
-    measure(ArraySource([x], 200), sae, MeasureConfig(**cfg, max_tokens=600, checkpoint=ckpt, checkpoint_every=1),
-            progress=False)
+    measure(
+        ArraySource([x], 200),
+        sae,
+        MeasureConfig(**cfg, max_tokens=600, checkpoint=ckpt, checkpoint_every=1),
+        progress=False,
+    )
     resumed = measure(ArraySource([x], 200), sae, MeasureConfig(**cfg, checkpoint=ckpt, resume=True), progress=False)
     assert full.n_batches == 4 and full.stopped.startswith("d* stable")  # the interruption comes before it
     assert resumed.stats == full.stats and resumed.stopped == full.stopped
@@ -346,8 +362,9 @@ def test_resume_with_other_sequences_or_teacher_dtype_is_refused(tiny_neox, tmp_
     with pytest.raises(CheckpointError, match="different run.*leading_bos: checkpoint False vs now True"):
         measure(source(16, bos=5), sae, resume, progress=False)
     wide = copy.deepcopy(tiny_neox).double()
-    with pytest.raises(CheckpointError, match="different run.*teacher_dtype: checkpoint 'torch.float32' vs now "
-                                              "'torch.float64'"):
+    with pytest.raises(
+        CheckpointError, match="different run.*teacher_dtype: checkpoint 'torch.float32' vs now 'torch.float64'"
+    ):
         measure(source(16, model=wide, dtype=torch.float32), sae, resume, progress=False)
     assert ckpt.read_bytes() == good
     assert measure(source(16), sae, resume, progress=False).stats.n_tokens == 600
@@ -364,8 +381,9 @@ def test_measuring_time_adds_up_over_resumed_runs(tmp_path, monkeypatch):
     x = np.random.default_rng(12).normal(size=(1000, 8)).astype(np.float32)
     sae = sparse_sae(8, 20)
     ckpt = tmp_path / "c.safetensors"
-    first = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=0, checkpoint=ckpt, max_tokens=400),
-                    progress=False)
+    first = measure(
+        ArraySource([x], 100), sae, MeasureConfig(bootstrap=0, checkpoint=ckpt, max_tokens=400), progress=False
+    )
     assert first.seconds == 10.0 and first.tokens_per_second == 40.0
     resume = MeasureConfig(bootstrap=0, checkpoint=ckpt, resume=True)
     rest = measure(ArraySource([x], 100), sae, resume, progress=False)
@@ -438,15 +456,21 @@ def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(tmp_path):
 
     FeatureStats.empty(3).save(tmp_path / "stats.safetensors")
     with pytest.raises(CheckpointError, match="not a pyfloor measurement checkpoint"):
-        measure(ArraySource([x], 100), sae,
-                MeasureConfig(bootstrap=4, checkpoint=tmp_path / "stats.safetensors", resume=True), progress=False)
+        measure(
+            ArraySource([x], 100),
+            sae,
+            MeasureConfig(bootstrap=4, checkpoint=tmp_path / "stats.safetensors", resume=True),
+            progress=False,
+        )
 
 
 # -- distributed ----------------------------------------------------------------------------------------
 def _rank_main(rank, world, init_file, out_dir, x):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        cfg = MeasureConfig(bootstrap=8, widths=[1, 2], check_every=2, checkpoint=os.path.join(out_dir, "c.safetensors"))
+        cfg = MeasureConfig(
+            bootstrap=8, widths=[1, 2], check_every=2, checkpoint=os.path.join(out_dir, "c.safetensors")
+        )
         r = measure(ArraySource([x], 64), sparse_sae(8, 30), cfg, progress=True)
         stable = MeasureConfig(bootstrap=8, until_stable=0.5, check_every=3)
         s = measure(ArraySource([x], 64), sparse_sae(8, 30), stable, progress=True)
@@ -472,8 +496,11 @@ def test_two_gloo_processes_equal_one(tmp_path):
         np.testing.assert_array_equal(two.act_max, one.stats.act_max)
         np.testing.assert_allclose(two.act_sq_sum, one.stats.act_sq_sum, rtol=1e-13)
         a = Measurement.from_stats(two)
-        assert (a.n_features, a.mean_l0, a.alpha) == (one.measurement.n_features, one.measurement.mean_l0,
-                                                       one.measurement.alpha)
+        assert (a.n_features, a.mean_l0, a.alpha) == (
+            one.measurement.n_features,
+            one.measurement.mean_l0,
+            one.measurement.alpha,
+        )
         np.testing.assert_array_equal(np.load(tmp_path / f"hist{rank}.npy"), one.feature_histograms.counts)
         iv = json.loads((tmp_path / f"intervals{rank}.json").read_text())
         assert iv["n_features"] == one.intervals["n_features"]

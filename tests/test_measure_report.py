@@ -16,6 +16,7 @@ from pyfloor.sources import ArraySource
 
 def strict_json(text):
     """Parse ``text`` as standard JSON: NaN and ±Infinity are not JSON."""
+
     def refuse(constant):
         raise AssertionError(f"report.json holds the non-JSON constant {constant}")
 
@@ -73,8 +74,10 @@ def test_floor_table_carries_the_intervals_and_says_how_they_are_made(tmp_path):
     assert all(iv[f["width"]]["estimate"] == pytest.approx(f["floor"], rel=1e-12) for f in report["floors"])
     markdown = measurement_markdown(report)
     b = iv[2]
-    assert f"| 2 | {report['floors'][1]['kept']} | {report['floors'][1]['dropped']} | {b['estimate']:.6g} | " \
-           f"[{b['low']:.6g}, {b['high']:.6g}] | {b['bias']:+.3g} |" in markdown
+    assert (
+        f"| 2 | {report['floors'][1]['kept']} | {report['floors'][1]['dropped']} | {b['estimate']:.6g} | "
+        f"[{b['low']:.6g}, {b['high']:.6g}] | {b['bias']:+.3g} |" in markdown
+    )
     assert "basic bootstrap intervals" in markdown and "percentile intervals" in markdown
 
 

@@ -23,7 +23,9 @@ from pyfloor.stats import FeatureStats
 sys.path.insert(0, str(Path(__file__).parent))
 from test_measure_report import small_run
 
-FIXTURE = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "pythia-410m-layer12-sae-measurements.json"
+FIXTURE = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "pythia-410m-layer12-sae-measurements.json"
+)
 MAGIC = {".png": b"\x89PNG", ".pdf": b"%PDF"}
 
 
@@ -42,10 +44,15 @@ def intervals_for(m, widths=(1, 2, 4), rel=0.05):
     est = [float(f) for f in m.floor(list(widths))]
     return {
         "confidence": 0.95,
-        "floors": [{"width": w, "estimate": e, "low": (1 - rel) * e, "high": (1 + rel) * e, "bias": 0.0}
-                   for w, e in zip(widths, est)],
-        "critical_width": {"estimate": m.critical_width, "low": 0.95 * m.critical_width,
-                           "high": 1.05 * m.critical_width},
+        "floors": [
+            {"width": w, "estimate": e, "low": (1 - rel) * e, "high": (1 + rel) * e, "bias": 0.0}
+            for w, e in zip(widths, est)
+        ],
+        "critical_width": {
+            "estimate": m.critical_width,
+            "low": 0.95 * m.critical_width,
+            "high": 1.05 * m.critical_width,
+        },
     }
 
 
@@ -75,8 +82,14 @@ def _plots(run):
     }
 
 
-PLOTS = ["floor_curve", "floor_curve_normalized", "importance_rank", "histogram", "feature_histograms",
-         "firing_density"]
+PLOTS = [
+    "floor_curve",
+    "floor_curve_normalized",
+    "importance_rank",
+    "histogram",
+    "feature_histograms",
+    "firing_density",
+]
 
 
 @pytest.mark.parametrize("name", PLOTS)
@@ -175,12 +188,20 @@ def test_titles_name_source_f_alpha_and_d_star():
 
 
 def test_title_helpers():
-    assert measurement_title("teacher EleutherAI/pythia-410m at gpt_neox.layers.12 over x.npy", 28_665, 0.992385,
-                             1064.7) == "EleutherAI/pythia-410m, gpt_neox.layers.12\nF = 28,665, α = 0.99238, d* = 1,064.7"
-    assert measurement_title("pythia-l12", 28_665, 0.992385, 1064.7) == "pythia-l12 — F = 28,665, α = 0.99238, d* = 1,064.7"
+    assert (
+        measurement_title("teacher EleutherAI/pythia-410m at gpt_neox.layers.12 over x.npy", 28_665, 0.992385, 1064.7)
+        == "EleutherAI/pythia-410m, gpt_neox.layers.12\nF = 28,665, α = 0.99238, d* = 1,064.7"
+    )
+    assert (
+        measurement_title("pythia-l12", 28_665, 0.992385, 1064.7)
+        == "pythia-l12 — F = 28,665, α = 0.99238, d* = 1,064.7"
+    )
     assert measurement_title("", 5, 0.9, 2.0) == "F = 5, α = 0.90000, d* = 2.0"
     assert format_alpha(0.99999901) == "0.999999010"
-    assert source_label("teacher /tmp/m/neox at gpt_neox.layers.1 over t.npy [0:10]") == ("teacher", "neox, gpt_neox.layers.1")
+    assert source_label("teacher /tmp/m/neox at gpt_neox.layers.1 over t.npy [0:10]") == (
+        "teacher",
+        "neox, gpt_neox.layers.1",
+    )
     assert source_label("activations /d/a.npy, /d/b.npy (1,000 tokens, d=16)") == ("file", "a.npy + 1 more")
     assert source_label("activations <array (800, 16)> (800 tokens, d=16)") == ("array", "in-memory array (800, 16)")
 
@@ -209,7 +230,10 @@ def test_report_titles_the_activation_histogram_by_source_kind(tmp_path, run):
     from pyfloor.report import _activation_title
 
     assert _activation_title(run.source)[0] == "Activations: in-memory array (800, 16)"
-    assert _activation_title("teacher gpt2 at transformer.h.3 over t.npy")[0] == "Teacher activations: gpt2, transformer.h.3"
+    assert (
+        _activation_title("teacher gpt2 at transformer.h.3 over t.npy")[0]
+        == "Teacher activations: gpt2, transformer.h.3"
+    )
     assert _activation_title("activations /x/acts.npy (10 tokens, d=4)")[0] == "Activations from file acts.npy"
     paths = write_measurement_report(run, tmp_path)
     for key in ("floor_plot", "importance_plot", "density_plot", "activation_plot"):

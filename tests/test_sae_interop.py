@@ -20,14 +20,24 @@ def rand(*shape, seed):
 
 def write_saelens(path, arch, d=10, m=30, k=None, apply_b_dec=True, rescale=False, extra=None):
     path.mkdir()
-    t = {"W_enc": rand(d, m, seed=1), "b_enc": rand(m, seed=2) * 0.1, "W_dec": rand(m, d, seed=3),
-         "b_dec": rand(d, seed=4) * 0.1}
+    t = {
+        "W_enc": rand(d, m, seed=1),
+        "b_enc": rand(m, seed=2) * 0.1,
+        "W_dec": rand(m, d, seed=3),
+        "b_dec": rand(d, seed=4) * 0.1,
+    }
     if arch == "jumprelu":
         t["threshold"] = rand(m, seed=5).abs() * 0.3
     save_file(t, str(path / "sae_weights.safetensors"))
-    cfg = {"architecture": arch, "d_in": d, "d_sae": m, "apply_b_dec_to_input": apply_b_dec,
-           "normalize_activations": "none", **({"k": k, "rescale_acts_by_decoder_norm": rescale} if k else {}),
-           **(extra or {})}
+    cfg = {
+        "architecture": arch,
+        "d_in": d,
+        "d_sae": m,
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": "none",
+        **({"k": k, "rescale_acts_by_decoder_norm": rescale} if k else {}),
+        **(extra or {}),
+    }
     (path / "cfg.json").write_text(json.dumps(cfg))
     return t
 
@@ -47,8 +57,13 @@ def saelens_encode(t, arch, x, k=None, apply_b_dec=True, rescale=False):
 
 @pytest.mark.parametrize(
     "arch, k, apply_b_dec, rescale",
-    [("standard", None, True, False), ("standard", None, False, False), ("jumprelu", None, True, False),
-     ("topk", 4, True, False), ("topk", 4, True, True)],
+    [
+        ("standard", None, True, False),
+        ("standard", None, False, False),
+        ("jumprelu", None, True, False),
+        ("topk", 4, True, False),
+        ("topk", 4, True, True),
+    ],
 )
 def test_saelens_layout(tmp_path, arch, k, apply_b_dec, rescale):
     t = write_saelens(tmp_path / "sae", arch, k=k, apply_b_dec=apply_b_dec, rescale=rescale)
@@ -66,8 +81,12 @@ def test_saelens_unsupported_architecture_is_named(tmp_path):
 def test_sparsify_layout(tmp_path):
     d, m, k = 10, 30, 5
     (tmp_path / "sae").mkdir()
-    t = {"encoder.weight": rand(m, d, seed=1), "encoder.bias": rand(m, seed=2), "W_dec": rand(m, d, seed=3),
-         "b_dec": rand(d, seed=4)}
+    t = {
+        "encoder.weight": rand(m, d, seed=1),
+        "encoder.bias": rand(m, seed=2),
+        "W_dec": rand(m, d, seed=3),
+        "b_dec": rand(d, seed=4),
+    }
     save_file(t, str(tmp_path / "sae" / "sae.safetensors"))
     (tmp_path / "sae" / "cfg.json").write_text(json.dumps({"activation": "topk", "k": k, "num_latents": m, "d_in": d}))
     sae = load_sae(tmp_path / "sae")

@@ -27,8 +27,9 @@ def example():
 
 
 def test_smollm2_measured_on_shakespeare(example, tmp_path):
-    result = example.run(tmp_path, layer=6, train_tokens=60_000, measure_tokens=20_000, latents=2304, epochs=3,
-                         progress=False)
+    result = example.run(
+        tmp_path, layer=6, train_tokens=60_000, measure_tokens=20_000, latents=2304, epochs=3, progress=False
+    )
     m = result.measurement
     assert result.stats.n_tokens >= 20_000 and result.stats.n_nonfinite == 0
     assert 0 < m.n_features <= 2304 and 0.5 < m.alpha < 1

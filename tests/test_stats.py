@@ -104,8 +104,9 @@ def test_counts_stay_exact_beyond_float32_range():
     ],
 )
 def test_inconsistent_stats_are_rejected(kwargs, match):
-    base = dict(n_tokens=2, fire_count=np.zeros(2, np.int64), act_sum=np.zeros(2), act_sq_sum=np.zeros(2),
-                act_max=np.zeros(2))
+    base = dict(
+        n_tokens=2, fire_count=np.zeros(2, np.int64), act_sum=np.zeros(2), act_sq_sum=np.zeros(2), act_max=np.zeros(2)
+    )
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
         FeatureStats(**base)

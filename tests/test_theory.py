@@ -169,7 +169,7 @@ def test_importance_floor_exact_for_huge_f(n):
     widths = np.array([1, 10, 100, 1000, int(critical_width(n, 0.99)) - 1])
     floors = importance_floor(widths, 0.99, imp)
     for w, f in zip(widths, floors):
-        exact = math.fsum(imp[feature_budget(w, 0.99, n):])
+        exact = math.fsum(imp[feature_budget(w, 0.99, n) :])
         assert f == pytest.approx(exact, rel=1e-12)
 
 
@@ -227,8 +227,9 @@ def test_width_aware_budget_law_recovers_its_exponents():
     with pytest.raises(ValueError, match="one width"):
         fit_budget_law([2, 2, 2], [0.9, 0.95, 0.99], [3.0, 4.0, 5.0], width_aware=True)
     # students that kept every feature they could are left out, and do not move the law
-    more = fit_budget_law(np.r_[d, 5.0], np.r_[alphas, 0.9], np.r_[k, 10.0], n_features=np.r_[np.full(8, 100.0), 10.0],
-                          width_aware=True)
+    more = fit_budget_law(
+        np.r_[d, 5.0], np.r_[alphas, 0.9], np.r_[k, 10.0], n_features=np.r_[np.full(8, 100.0), 10.0], width_aware=True
+    )
     assert (more.a, more.b, more.c, more.n_points) == pytest.approx((1.2, 0.3, 1.1, 8))
 
 

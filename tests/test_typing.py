@@ -8,8 +8,18 @@ from conftest import REPO
 
 def test_a_client_of_the_documented_api_is_strict_clean(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), "--no-incremental",
-         str(REPO / "tests" / "typing" / "client.py")],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-incremental",
+            str(REPO / "tests" / "typing" / "client.py"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout + run.stderr

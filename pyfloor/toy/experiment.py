@@ -252,12 +252,20 @@ def _run_unit(
     eval_seed = stable_seed("eval", task)
     tasks, teacher_index = [task] * len(plan.students), [s.teacher for s in plan.students]
     losses = tuple(
-        evaluate_losses(models, tasks, teachers=teachers, teacher_index=teacher_index,
-                        n_samples=settings.eval_samples, seed=eval_seed)
+        evaluate_losses(
+            models,
+            tasks,
+            teachers=teachers,
+            teacher_index=teacher_index,
+            n_samples=settings.eval_samples,
+            seed=eval_seed,
+        )
         for models in (distilled, task_trained)
     )
     kept = (distilled.kept_features(), task_trained.kept_features())
-    teacher_loss = evaluate_losses(teachers, [task] * len(teachers), n_samples=settings.eval_samples, seed=eval_seed).task
+    teacher_loss = evaluate_losses(
+        teachers, [task] * len(teachers), n_samples=settings.eval_samples, seed=eval_seed
+    ).task
     weights = output_variance(teachers, task, n_samples=settings.eval_samples, seed=eval_seed) * task.importances
     teacher_kept = teachers.kept_features()
     results, offset = [], 0
@@ -289,7 +297,9 @@ def _run_unit(
             )
         )
     training_seconds = (time.perf_counter() - start) / len(results)
-    measured = [_run_sweep(job, on_step) for job in jobs] if sweeps is None else [sweeps.result(h) for h in pending or ()]
+    measured = (
+        [_run_sweep(job, on_step) for job in jobs] if sweeps is None else [sweeps.result(h) for h in pending or ()]
+    )
     for i, r in enumerate(results):
         r.sae, seconds = measured[i] if measured else (None, 0.0)
         r.seconds = training_seconds + seconds
@@ -493,4 +503,3 @@ def _drain(q: Any, progress: Callable[[int], None] | None) -> None:
 def total_steps(configs: Sequence[ToyConfig], settings: ExperimentSettings) -> int:
     """Optimisation steps :func:`run_experiment` will take (the length of its progress bar)."""
     return sum(_unit_steps(u, settings) for u in _units(list(configs)))
-

@@ -80,7 +80,6 @@ PREDICTORS: dict[str, str] = {
 }
 
 
-
 # -- scores ------------------------------------------------------------------------------------
 #: Student width relative to the critical width d*: (label, lower bound, upper bound), half-open [lo, hi).
 WIDTH_STRATA: tuple[tuple[str, float, float], ...] = (
@@ -246,8 +245,9 @@ def _budget_points(r: ConfigResult) -> _BudgetPoints:
         budgets.append(k)
         n_features.append(np.full(k.size, float(imp.size)))
     w = np.concatenate(widths) if widths else np.zeros(0)
-    return _BudgetPoints(w, np.full(w.size, r.config.alpha), *(np.concatenate(c) if c else np.zeros(0)
-                                                               for c in (budgets, n_features)))
+    return _BudgetPoints(
+        w, np.full(w.size, r.config.alpha), *(np.concatenate(c) if c else np.zeros(0) for c in (budgets, n_features))
+    )
 
 
 def fit_pooled_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> theory.PackingLaw | None:
@@ -331,7 +331,9 @@ def _required(prediction: NDArray[np.float64] | None) -> NDArray[np.float64]:
     return prediction
 
 
-def predict_with_fits(results: Sequence[ConfigResult]) -> tuple[list[dict[str, NDArray[np.float64] | None]], list[LocoFits]]:
+def predict_with_fits(
+    results: Sequence[ConfigResult],
+) -> tuple[list[dict[str, NDArray[np.float64] | None]], list[LocoFits]]:
     """:func:`predict_floors`, and the laws fitted for each configuration on the others."""
     own = [_own_predictors(r) for r in results]
     eq2 = [_required(o["eq2"]) for o in own]  # Eq. 2 from the truth exists for every configuration
@@ -368,7 +370,9 @@ def _pooled(
     return np.concatenate(p), np.concatenate(o), alphas, strata, cfg
 
 
-def summarize_scores(results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray[np.float64] | None]]) -> dict[str, Any]:
+def summarize_scores(
+    results: Sequence[ConfigResult], preds: Sequence[dict[str, NDArray[np.float64] | None]]
+) -> dict[str, Any]:
     """Per predictor and target: pooled scores, by sparsity, by d/d* stratum, and per-configuration r
     (JSON-ready; ``"best"``: the best predictor on (a)). ``preds``: :func:`predict_floors` of ``results``."""
     out: dict[str, Any] = {}

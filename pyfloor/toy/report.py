@@ -461,8 +461,15 @@ def _floor_axes(ax: Axes, c: dict[str, Any], legend: bool) -> None:
     ax.axvline(d_star, color="0.4", lw=1, ls=":")
     lo, hi = ax.get_xlim()
     right = (d_star - lo) / (hi - lo) > 0.75  # near the right edge: the label goes left of the line
-    ax.text(d_star, 0.97, f"d* = {d_star:,.2f} " if right else f" d* = {d_star:,.2f}",
-            transform=ax.get_xaxis_transform(), va="top", ha="right" if right else "left", fontsize=8)
+    ax.text(
+        d_star,
+        0.97,
+        f"d* = {d_star:,.2f} " if right else f" d* = {d_star:,.2f}",
+        transform=ax.get_xaxis_transform(),
+        va="top",
+        ha="right" if right else "left",
+        fontsize=8,
+    )
     ax.set_yscale("log")
     ax.set_xlabel("student width d_S")
     ax.set_ylabel("loss (importance-weighted MSE)")
@@ -472,8 +479,13 @@ def _floor_axes(ax: Axes, c: dict[str, Any], legend: bool) -> None:
         ax.legend(fontsize=7, loc="best", title="predicted floors of 0 are not drawn", title_fontsize=7)
 
 
-def plot_toy_floors(report: dict[str, Any], path: str | os.PathLike[str] | None = None, *,
-                    n_features: int | None = None, ax: Axes | Sequence[Axes] | None = None) -> list[Axes]:
+def plot_toy_floors(
+    report: dict[str, Any],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    n_features: int | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+) -> list[Axes]:
     """Floor vs width, log scale: observed distillation loss (mean ± std over seeds), every
     predictor, d* marked; one panel per configuration (those with ``n_features`` features, if given).
 
@@ -497,8 +509,11 @@ def plot_toy_floors(report: dict[str, Any], path: str | os.PathLike[str] | None 
     cols = min(len(configs), 4)
     rows = math.ceil(len(configs) / cols)
     fig, grid = plt.subplots(
-        rows, cols, figsize=(6.0 + 2.4 if cols == 1 else 4.2 * cols + 2.4, 4.6 if rows == 1 else 3.4 * rows),
-        squeeze=False, layout="constrained",
+        rows,
+        cols,
+        figsize=(6.0 + 2.4 if cols == 1 else 4.2 * cols + 2.4, 4.6 if rows == 1 else 3.4 * rows),
+        squeeze=False,
+        layout="constrained",
     )
     axes = [grid[i // cols][i % cols] for i in range(len(configs))]
     for a, c in zip(axes, configs):
@@ -506,11 +521,18 @@ def plot_toy_floors(report: dict[str, Any], path: str | os.PathLike[str] | None 
     for j in range(len(configs), rows * cols):
         grid[j // cols][j % cols].axis("off")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize=8, title="predicted floors of 0\nare not drawn",
-               title_fontsize=8)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside right center",
+        fontsize=8,
+        title="predicted floors of 0\nare not drawn",
+        title_fontsize=8,
+    )
     fig.suptitle(
         f"Toy model: distillation floor vs student width (seeds {', '.join(map(str, s['seeds']))}; "
-        f"{s['train']['steps']:,} steps)", fontsize=11
+        f"{s['train']['steps']:,} steps)",
+        fontsize=11,
     )
     finish_figure(axes[0], out, True)
     return axes
@@ -526,8 +548,9 @@ def _values(xs: Sequence[float]) -> str:
     return "{" + ", ".join(f"{x:g}" for x in xs) + "}"
 
 
-def plot_toy_summary(report: dict[str, Any], path: str | os.PathLike[str] | None = None, *,
-                     ax: Sequence[Axes] | None = None) -> list[Axes]:
+def plot_toy_summary(
+    report: dict[str, Any], path: str | os.PathLike[str] | None = None, *, ax: Sequence[Axes] | None = None
+) -> list[Axes]:
     """Summary of a grid: predicted vs observed (a) for Eq. 2 and the best predictor, coloured
     by sparsity (log–log, diagonal marked), and median accuracy per sparsity per predictor.
 
@@ -562,7 +585,12 @@ def plot_toy_summary(report: dict[str, Any], path: str | os.PathLike[str] | None
                     obs += [s["distilled"]["distill"]["mean"] for s in c["students"]]
                     pred += c["predictions"][name]
             a_x.scatter(
-                np.clip(obs, lo, hi), np.clip(pred, lo, hi), s=14, color=colour[a], label=f"α = {a:g}", alpha=0.85,
+                np.clip(obs, lo, hi),
+                np.clip(pred, lo, hi),
+                s=14,
+                color=colour[a],
+                label=f"α = {a:g}",
+                alpha=0.85,
                 edgecolors="none",
             )
         a_x.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="prediction = observation")

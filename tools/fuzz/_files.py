@@ -8,12 +8,23 @@ import struct
 import numpy as np
 
 DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "U64", "U8", "BOOL"]
-NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "U64": "<u8",
-      "U8": "u1", "BOOL": "?", "BF16": "<u2"}
+NP = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "U64": "<u8",
+    "U8": "u1",
+    "BOOL": "?",
+    "BF16": "<u2",
+}
 
 
-def safetensors_bytes(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], metadata: dict | None,
-                      header_extra: bytes = b"") -> bytes:
+def safetensors_bytes(
+    tensors: dict[str, tuple[str, tuple[int, ...], bytes]], metadata: dict | None, header_extra: bytes = b""
+) -> bytes:
     """A safetensors file written by hand, so that any dtype/shape/offset combination can be made."""
     header: dict = {}
     if metadata is not None:
@@ -43,7 +54,7 @@ def fuzzed_tensor(fdp, like: np.ndarray | None) -> tuple[str, tuple[int, ...], b
         data = like.tobytes()
     elif like is not None and choice == 1 and like.nbytes == n and like.size:  # one element changed
         arr = like.copy().reshape(-1)
-        specials = [0, -1, 1, np.nan, np.inf, -np.inf, 1e-310, 1e308, 2**62, -2**63]
+        specials = [0, -1, 1, np.nan, np.inf, -np.inf, 1e-310, 1e308, 2**62, -(2**63)]
         v = fdp.PickValueInList(specials)
         try:
             with np.errstate(all="ignore"):
@@ -63,8 +74,9 @@ def fuzzed_metadata(fdp, base: dict[str, str]) -> dict[str, str] | None:
     meta = dict(base)
     for _ in range(fdp.ConsumeIntInRange(0, 2)):
         key = fdp.PickValueInList([*base, "version", "format", "config", "fingerprint", "user.x"])
-        meta[key] = fdp.PickValueInList(["", "0", "1", "2", "-1", "x", "{}", "[]", "null", "1e999", "9" * 40,
-                                         fdp.ConsumeUnicodeNoSurrogates(24)])
+        meta[key] = fdp.PickValueInList(
+            ["", "0", "1", "2", "-1", "x", "{}", "[]", "null", "1e999", "9" * 40, fdp.ConsumeUnicodeNoSurrogates(24)]
+        )
     if fdp.ConsumeIntInRange(0, 15) == 0:
         return None
     return meta
@@ -91,9 +103,34 @@ def fuzzed_tensor_same(arr: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
 def fuzzed_json(fdp, base: object, depth: int = 0) -> object:
     """``base`` with some values replaced by other JSON values of any type."""
     if fdp.ConsumeIntInRange(0, 5) == 0:
-        return fdp.PickValueInList([None, True, False, 0, -1, 1, 2.5, -0.0, 1e308, 2**64, 10**400, "", "x",
-                                    [], {}, [1, "a"], [[1], [2, 3]], float("nan"), float("inf"), 0.5, 1e-300,
-                                    fdp.ConsumeInt(4), fdp.ConsumeFloat(), fdp.ConsumeUnicodeNoSurrogates(6)])
+        return fdp.PickValueInList(
+            [
+                None,
+                True,
+                False,
+                0,
+                -1,
+                1,
+                2.5,
+                -0.0,
+                1e308,
+                2**64,
+                10**400,
+                "",
+                "x",
+                [],
+                {},
+                [1, "a"],
+                [[1], [2, 3]],
+                float("nan"),
+                float("inf"),
+                0.5,
+                1e-300,
+                fdp.ConsumeInt(4),
+                fdp.ConsumeFloat(),
+                fdp.ConsumeUnicodeNoSurrogates(6),
+            ]
+        )
     if isinstance(base, dict) and depth < 3:
         out = {k: fuzzed_json(fdp, v, depth + 1) for k, v in base.items() if fdp.ConsumeIntInRange(0, 9)}
         return out

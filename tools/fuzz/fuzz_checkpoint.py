@@ -31,8 +31,17 @@ with atheris.instrument_imports():  # pyfloor only: instrumenting torch and nump
 torch.set_num_threads(1)
 DIR = shm_dir("checkpoint")
 M, REPLICATES = 3, 2
-FINGERPRINT = {"source": "fuzz", "batch_tokens": 4, "sae_sha256": "0" * 64, "mode": "dense", "k": None,
-               "bootstrap": REPLICATES, "seed": 0, "rank": 0, "world": 1}
+FINGERPRINT = {
+    "source": "fuzz",
+    "batch_tokens": 4,
+    "sae_sha256": "0" * 64,
+    "mode": "dense",
+    "k": None,
+    "bootstrap": REPLICATES,
+    "seed": 0,
+    "rank": 0,
+    "world": 1,
+}
 
 
 def good_state() -> measure._State:
@@ -50,8 +59,11 @@ def good_state() -> measure._State:
 
 
 GOOD = {k: v.numpy() for k, v in good_state().tensors().items()}
-GOOD_META = {"format": measure.CHECKPOINT_FORMAT, "version": str(measure.CHECKPOINT_VERSION),
-             "fingerprint": json.dumps(FINGERPRINT)}
+GOOD_META = {
+    "format": measure.CHECKPOINT_FORMAT,
+    "version": str(measure.CHECKPOINT_VERSION),
+    "fingerprint": json.dumps(FINGERPRINT),
+}
 
 
 def snapshot(s: measure._State) -> dict[str, np.ndarray]:

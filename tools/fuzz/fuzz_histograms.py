@@ -178,15 +178,23 @@ def fuzz_features(fdp: atheris.FuzzedDataProvider) -> None:
         threads = fdp.PickValueInList([1, 1, 2, 0])
         if fdp.ConsumeBool():  # sparse
             idx_kind = fdp.PickValueInList(["int32", "int64", "int64", "int16", "uint32", "float32", "list"])
-            ints = [fdp.ConsumeIntInRange(-2, m + 1) if fdp.ConsumeIntInRange(0, 9) else fdp.ConsumeInt(8)
-                    for _ in range(rows * k)]
+            ints = [
+                fdp.ConsumeIntInRange(-2, m + 1) if fdp.ConsumeIntInRange(0, 9) else fdp.ConsumeInt(8)
+                for _ in range(rows * k)
+            ]
             ishape = fdp.PickValueInList([(rows, k), (rows, k), (rows * k,), (rows, k, 1)])
             if idx_kind == "list":
                 idx = np.array(ints, dtype=object).reshape(ishape).tolist()
             else:
-                idx = np.array(ints).astype(idx_kind).reshape(ishape) if idx_kind != "int64" else (
-                    np.array(ints, dtype=object).astype(np.int64, casting="unsafe").reshape(ishape)
-                    if all(-2**63 <= v < 2**63 for v in ints) else np.zeros(ishape, np.int64))
+                idx = (
+                    np.array(ints).astype(idx_kind).reshape(ishape)
+                    if idx_kind != "int64"
+                    else (
+                        np.array(ints, dtype=object).astype(np.int64, casting="unsafe").reshape(ishape)
+                        if all(-(2**63) <= v < 2**63 for v in ints)
+                        else np.zeros(ishape, np.int64)
+                    )
+                )
             vshape = fdp.PickValueInList([(rows, k), (rows, k), (rows, k + 1), (k, rows)])
             arr, bf16 = values(fdp, int(np.prod(vshape)), vshape)
             try:
@@ -231,7 +239,7 @@ def random_array(fdp: atheris.FuzzedDataProvider):
     n = fdp.ConsumeIntInRange(0, 3)
     shape = tuple(fdp.PickValueInList([0, 1, 2, 8, 10, 40, 56, 328, 1000000, 10**7, 10**12]) for _ in range(n))
     if kind == 0:
-        return fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 4), -2**63, 2**64 - 1)
+        return fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 4), -(2**63), 2**64 - 1)
     if kind == 1:
         return fdp.ConsumeUnicodeNoSurrogates(8)
     if kind == 2:

@@ -36,14 +36,25 @@ W_DEC = _g.standard_normal((M, D)).astype(np.float32)
 B_ENC, B_DEC = np.zeros(M, np.float32), np.full(D, 0.5, np.float32)
 LAYOUTS = {
     "pyfloor": ({"W_enc": W_ENC, "b_enc": B_ENC, "W_dec": W_DEC, "b_dec": B_DEC}, None),
-    "saelens": ({"W_enc": W_ENC, "b_enc": B_ENC, "W_dec": W_DEC, "b_dec": B_DEC, "threshold": np.full(M, 0.1, np.float32)},
-                {"architecture": "jumprelu", "k": 2, "apply_b_dec_to_input": False, "normalize_activations": "none",
-                 "rescale_acts_by_decoder_norm": False}),
-    "sparsify": ({"encoder.weight": np.ascontiguousarray(W_ENC.T), "encoder.bias": B_ENC, "W_dec": W_DEC,
-                  "b_dec": B_DEC}, {"k": 2, "activation": "topk", "transcode": False}),
+    "saelens": (
+        {"W_enc": W_ENC, "b_enc": B_ENC, "W_dec": W_DEC, "b_dec": B_DEC, "threshold": np.full(M, 0.1, np.float32)},
+        {
+            "architecture": "jumprelu",
+            "k": 2,
+            "apply_b_dec_to_input": False,
+            "normalize_activations": "none",
+            "rescale_acts_by_decoder_norm": False,
+        },
+    ),
+    "sparsify": (
+        {"encoder.weight": np.ascontiguousarray(W_ENC.T), "encoder.bias": B_ENC, "W_dec": W_DEC, "b_dec": B_DEC},
+        {"k": 2, "activation": "topk", "transcode": False},
+    ),
 }
-CONFIGS = [{"d_in": D, "n_latents": M, "activation": "relu", "k": None},
-           {"d_in": D, "n_latents": M, "activation": "topk", "k": 2}]
+CONFIGS = [
+    {"d_in": D, "n_latents": M, "activation": "relu", "k": None},
+    {"d_in": D, "n_latents": M, "activation": "topk", "k": 2},
+]
 
 
 def check_sae(sae: SAE) -> None:
@@ -74,7 +85,10 @@ def TestOneInput(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(rest)
     if raw:
         n = int.from_bytes(rest[:2], "little") if layout != "pyfloor" else 0
-        cfg_text, weights = rest[2 : 2 + n] if layout != "pyfloor" else b"", rest[2 + n :] if layout != "pyfloor" else rest
+        cfg_text, weights = (
+            rest[2 : 2 + n] if layout != "pyfloor" else b"",
+            rest[2 + n :] if layout != "pyfloor" else rest,
+        )
     else:
         if layout == "pyfloor":
             config = dump_json(fuzzed_json(fdp, fdp.PickValueInList(CONFIGS)))

@@ -27,8 +27,14 @@ with atheris.instrument_imports():  # pyfloor only: instrumenting numpy is slow
 
 DIR = shm_dir("stats")
 I64_MAX = np.iinfo(np.int64).max
-GOOD_STATS = FeatureStats(10, np.array([3, 0, 10, 1], np.int64), np.array([1.5, 0, 7, 0.25]),
-                          np.array([2.0, 0, 9, 0.0625]), np.array([1.0, 0, 2, 0.25]), 2)
+GOOD_STATS = FeatureStats(
+    10,
+    np.array([3, 0, 10, 1], np.int64),
+    np.array([1.5, 0, 7, 0.25]),
+    np.array([2.0, 0, 9, 0.0625]),
+    np.array([1.0, 0, 2, 0.25]),
+    2,
+)
 GOOD_TENSORS = {k: np.ascontiguousarray(v) for k, v in GOOD_STATS.to_dict().items()}
 GOOD_META = {"format": "pyfloor.FeatureStats", "version": "1", "user.note": "seed"}
 GOOD_MEASUREMENT = Measurement.from_importances([4.0, 2.0, 1.0, 0.5], mean_l0=0.5, feature_ids=[7, 1, 3, 0]).to_dict()

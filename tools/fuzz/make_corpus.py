@@ -1,6 +1,6 @@
 """Write the seed corpus of every fuzz target to tools/fuzz/corpus/<target>/ (a few KB each).
 
-    python tools/fuzz/make_corpus.py
+python tools/fuzz/make_corpus.py
 """
 
 from __future__ import annotations
@@ -41,14 +41,23 @@ def main() -> None:
         for seed in range(4):
             rng = np.random.default_rng([op, seed])
             write("histograms", bytes([op]) + rng.integers(0, 256, 48, dtype=np.uint8).tobytes())
-    write("histograms", bytes([0, 2, 0, 0]) + np.array([np.nan, np.inf, -np.inf, 1e-40, 3e38, -0.0, 1.5], np.float32).tobytes())
+    write(
+        "histograms",
+        bytes([0, 2, 0, 0]) + np.array([np.nan, np.inf, -np.inf, 1e-40, 3e38, -0.0, 1.5], np.float32).tobytes(),
+    )
 
     from pyfloor import FeatureStats, Measurement
     from pyfloor.sae import SAE
 
     tmp = Path(tempfile.mkdtemp())
-    stats = FeatureStats(10, np.array([3, 0, 10, 1], np.int64), np.array([1.5, 0, 7, 0.25]),
-                         np.array([2.0, 0, 9, 0.0625]), np.array([1.0, 0, 2, 0.25]), 2)
+    stats = FeatureStats(
+        10,
+        np.array([3, 0, 10, 1], np.int64),
+        np.array([1.5, 0, 7, 0.25]),
+        np.array([2.0, 0, 9, 0.0625]),
+        np.array([1.0, 0, 2, 0.25]),
+        2,
+    )
     stats.save(tmp / "s.safetensors", metadata={"note": "seed"})
     write("stats", b"\0" + (tmp / "s.safetensors").read_bytes())
     m = Measurement.from_importances([4.0, 2.0, 1.0, 0.5], mean_l0=0.5, feature_ids=[7, 1, 3, 0])
@@ -67,12 +76,20 @@ def main() -> None:
         write("sae", b"\0" + (tmp / "sae.safetensors").read_bytes())
     t = {k: v.detach() for k, v in SAE(3, 5).state_dict().items()}
     lens = {**t, "threshold": torch.full((5,), 0.1)}
-    for cfg in ({"architecture": "jumprelu"}, {"architecture": "topk", "k": 2, "rescale_acts_by_decoder_norm": True},
-                {"apply_b_dec_to_input": False}):
+    for cfg in (
+        {"architecture": "jumprelu"},
+        {"architecture": "topk", "k": 2, "rescale_acts_by_decoder_norm": True},
+        {"apply_b_dec_to_input": False},
+    ):
         save_file(lens, str(tmp / "w.safetensors"))
         c = json.dumps(cfg).encode()
         write("sae", b"\1" + len(c).to_bytes(2, "little") + c + (tmp / "w.safetensors").read_bytes())
-    sp = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    sp = {
+        "encoder.weight": t["W_enc"].T.contiguous(),
+        "encoder.bias": t["b_enc"],
+        "W_dec": t["W_dec"],
+        "b_dec": t["b_dec"],
+    }
     save_file(sp, str(tmp / "w.safetensors"))
     c = json.dumps({"k": 2}).encode()
     write("sae", b"\2" + len(c).to_bytes(2, "little") + c + (tmp / "w.safetensors").read_bytes())
