@@ -47,11 +47,11 @@ FINGERPRINT = {
 def good_state() -> measure._State:
     s = measure._State(M, REPLICATES, torch.device("cpu"), histograms=True)
     s.rows, s.next_index, s.n_batches, s.rounds, s.seconds = 8, 2, 2, 2, 1.5
-    s.nonfinite.fill_(1)
-    s.fire.copy_(torch.tensor([3, 0, 7]))
-    s.s1.copy_(torch.tensor([1.0, 0, 2]))
-    s.s2.copy_(torch.tensor([2.0, 0, 4]))
-    s.mx.copy_(torch.tensor([1.0, 0, 1.5]))
+    s.sums.n_nonfinite.fill_(1)
+    s.sums.fire_count.copy_(torch.tensor([3, 0, 7]))
+    s.sums.act_sum.copy_(torch.tensor([1.0, 0, 2]))
+    s.sums.act_sq_sum.copy_(torch.tensor([2.0, 0, 4]))
+    s.sums.act_max.copy_(torch.tensor([1.0, 0, 1.5]))
     s.boot_n.copy_(torch.tensor([7, 5]))
     s.features = FeatureHistograms(M).fill(np.array([[0], [2]], np.int32), np.array([[0.5], [1.5]], np.float32))
     s.acts = Histogram().fill(np.array([0.25, -1, 3], np.float32))
@@ -91,7 +91,7 @@ def TestOneInput(data: bytes) -> None:
         assert same(snapshot(state), before), "a refused checkpoint changed the state"
         return
     stats = state.stats()  # consistent totals
-    assert stats.n_tokens == state.rows - int(state.nonfinite) >= 0
+    assert stats.n_tokens == state.rows - int(state.sums.n_nonfinite) >= 0
     assert state.features.counts.shape == FeatureHistograms(M).counts.shape, "histograms of another shape"
     assert state.acts.binning == Histogram().binning
     assert 0 <= state.n_batches <= state.next_index
