@@ -195,7 +195,7 @@ class _ProgressBar(Protocol):
 
 def _bar(total: int | None, enabled: bool, desc: str, unit: str) -> _ProgressBar:
     """A progress bar on stderr (see :func:`_show_progress` for ``enabled``)."""
-    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # tqdm has no inline types
+    from tqdm import tqdm
 
     bar: _ProgressBar = tqdm(
         total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, desc=desc, disable=not enabled

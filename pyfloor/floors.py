@@ -28,7 +28,14 @@ def default_widths(critical_width: float) -> list[int]:
 
 def floor_table(measurement: Measurement, widths: ArrayLike) -> list[dict[str, Any]]:
     """One row per width: features kept and dropped, the Eq. 2 floor (where importances are
-    known), that floor as a fraction of the total importance, and the uniform-importance floor."""
+    known), that floor as a fraction of the total importance, and the uniform-importance floor.
+
+    Returns
+    -------
+    list of dict
+        Per width: ``width``, ``kept``, ``dropped``, ``floor`` (SAE units², None without importances),
+        ``floor_fraction`` and ``uniform_floor``.
+    """
     w = np.asarray(widths)
     kept = np.atleast_1d(measurement.budget(w))
     uniform = np.atleast_1d(measurement.uniform_floor(w))
@@ -49,7 +56,14 @@ def floor_table(measurement: Measurement, widths: ArrayLike) -> list[dict[str, A
 
 
 def prediction_summary(measurement: Measurement, widths: ArrayLike | None = None) -> dict[str, Any]:
-    """The measurement's scalar quantities and its floor table, ready for JSON."""
+    """The measurement's scalar quantities and its floor table, ready for JSON.
+
+    Returns
+    -------
+    dict
+        ``pyfloor_version``, ``measurement`` (its scalar fields and notes) and ``floors``
+        (:func:`floor_table` at ``widths``, by default :func:`default_widths` around d*).
+    """
     if widths is None:
         widths = default_widths(measurement.critical_width)
     m = measurement.to_dict()

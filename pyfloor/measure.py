@@ -769,7 +769,7 @@ def measure(
 
 def _progress(enabled: bool, total: int | None) -> _ProgressBar:
     """A tqdm bar counting tokens towards ``total`` (unknown if None), hidden unless ``enabled``."""
-    from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]  # tqdm has no inline types
+    from tqdm.auto import tqdm
 
     bar: _ProgressBar = tqdm(
         total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True, smoothing=0.1

@@ -456,7 +456,7 @@ def dataset_sequences(
     """A ``datasets`` dataset (an object, or a name/path for ``datasets.load_dataset``) of texts."""
     if isinstance(dataset, (str, os.PathLike)):
         try:
-            import datasets  # type: ignore[import-not-found,unused-ignore]  # optional, often absent
+            import datasets  # optional (pyproject: mypy ignores it, installed or not)
         except ImportError as exc:
             raise ImportError("reading a dataset by name needs the 'datasets' package: pip install datasets") from exc
         dataset = datasets.load_dataset(str(dataset), split=split)

@@ -123,6 +123,11 @@ class FeatureStats:
 
         Latents must be non-negative (outputs of ReLU, JumpReLU or top-k). Tokens whose row holds
         NaN or ±Inf are counted in ``n_nonfinite`` and left out of every sum.
+
+        Raises
+        ------
+        ValueError
+            If ``z`` is a scalar, not numeric, or holds negative values.
         """
         arr = np.asarray(z)
         if arr.ndim == 0:
@@ -151,7 +156,15 @@ class FeatureStats:
         return int(self.fire_count.size)
 
     def merge(self, *others: FeatureStats) -> FeatureStats:
-        """Statistics of the union of the token streams: counts and sums add, maxima take the max."""
+        """Statistics of the union of the token streams: counts and sums add, maxima take the max.
+
+        Raises
+        ------
+        TypeError
+            If an argument is not a FeatureStats.
+        ValueError
+            If the statistics hold different numbers of latents.
+        """
         out = self.copy()
         for other in others:
             if not isinstance(other, FeatureStats):
@@ -256,7 +269,15 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FeatureStats:
-        """Read a file written by :meth:`save`; anything else raises :class:`CheckpointError`."""
+        """Read a file written by :meth:`save`; anything else raises :class:`CheckpointError`.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no such file.
+        CheckpointError
+            For a file that is not a pyfloor FeatureStats file, is from a newer pyfloor, or is corrupt.
+        """
         return cls.load_with_metadata(path)[0]
 
     @classmethod
@@ -396,6 +417,16 @@ class Measurement:
 
         F is the number of importances. Published measurements such as the paper's layer-12
         summary come in this form.
+
+        Returns
+        -------
+        Measurement
+            With F = the number of importances, sorted descending.
+
+        Raises
+        ------
+        ValueError
+            For an empty or non-1-D importance array, negative or non-finite importances, or a bad L0 or α.
         """
         imp = np.asarray(importances, dtype=np.float64)
         if imp.ndim != 1 or imp.size == 0:
@@ -419,7 +450,18 @@ class Measurement:
     def from_stats(
         cls, stats: FeatureStats, *, alive_threshold: float = DEFAULT_ALIVE_THRESHOLD, source: str = ""
     ) -> Measurement:
-        """The paper's measurement from accumulated statistics (definitions in the module docstring)."""
+        """The paper's measurement from accumulated statistics (definitions in the module docstring).
+
+        Returns
+        -------
+        Measurement
+            F alive latents, their importances E[z²] (SAE units²) sorted descending with their latent ids, L0 and α.
+
+        Raises
+        ------
+        ValueError
+            If the statistics hold no tokens, no latent is alive, or ``alive_threshold`` lies outside [0, 1).
+        """
         thr = _checks.fraction(alive_threshold, "alive_threshold")
         if stats.n_tokens == 0:
             raise ValueError("the statistics hold no tokens; nothing to measure")
@@ -719,6 +761,17 @@ def load_measurement(path: str | os.PathLike[str], *, alive_threshold: float | N
     ``alive_threshold``, default :data:`DEFAULT_ALIVE_THRESHOLD`), a pyfloor Measurement JSON, or a
     published measurement JSON with ``F_alive``, ``avg_active`` and ``sorted_importance``. A JSON
     measurement is already thresholded: asking it for another threshold is a ValueError.
+
+    Returns
+    -------
+    Measurement
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        For a file that is none of the three kinds, a bad field (named), or a threshold asked of a JSON measurement.
     """
     path = Path(path)
     if not path.is_file():

@@ -113,6 +113,16 @@ def capacity(alpha: ArrayLike, *, dense: DenseMode = "clamp") -> float | NDArray
         Sparsity in the open interval (0, 1); a scalar or an array.
     dense:
         What to do below α = 1 − 1/e: ``"clamp"`` (g = e) or ``"raise"``.
+
+    Returns
+    -------
+    float or ndarray of float64
+        g(α) features per hidden dimension: a float for a scalar α, else an array of α's shape.
+
+    Raises
+    ------
+    ValueError
+        If α lies outside (0, 1), or below 1 − 1/e with ``dense="raise"``.
     """
     a = _check_alpha(alpha)
     if dense not in ("clamp", "raise"):
@@ -137,6 +147,16 @@ def sparsity_for_capacity(g: float) -> float:
 
     ``g`` must be at least e, the smallest capacity; the result lies in [1 − 1/e, 1). Used to read
     α from a published capacity or critical width.
+
+    Returns
+    -------
+    float
+        α in [1 − 1/e, 1).
+
+    Raises
+    ------
+    ValueError
+        If ``g`` is not finite or below e.
     """
     gv = float(g)
     if not math.isfinite(gv) or gv < MIN_CAPACITY:
@@ -175,6 +195,27 @@ def feature_budget(
     F_S = min(⌊d_S · ĝ(α)⌋, F),  ĝ(α) = a · g(α)^b   (a = b = 1: the paper's budget d_S·g(α))
 
     Vectorized over ``width``; returns int64.
+
+    Parameters
+    ----------
+    width:
+        Student hidden width(s) d_S ≥ 0.
+    alpha:
+        Sparsity in (0, 1).
+    n_features:
+        F, the teacher's feature count.
+    a, b:
+        Packing-law parameters (> 0).
+
+    Returns
+    -------
+    int or ndarray of int64
+        F_S, features kept: an int for a scalar width, else an array of the widths' shape.
+
+    Raises
+    ------
+    ValueError
+        For a negative or non-finite width, α outside (0, 1), a negative F, or a, b ≤ 0.
     """
     w = _check_widths(width)
     f = _checks.count(n_features, "n_features")
@@ -187,6 +228,16 @@ def critical_width(n_features: int, alpha: float, *, a: float = 1.0, b: float = 
     """Smallest student width that can hold every feature: d* = F / ĝ(α) (a = b = 1: F / g(α)).
 
     Below d* some features must be dropped, so the distillation floor is non-zero.
+
+    Returns
+    -------
+    float
+        d*, in hidden dimensions (not rounded).
+
+    Raises
+    ------
+    ValueError
+        For a negative F, α outside (0, 1), or a, b ≤ 0.
     """
     f = _checks.count(n_features, "n_features")
     return f / float(_effective_capacity(alpha, a, b))
@@ -219,6 +270,16 @@ def tail_sums(importances: ArrayLike) -> NDArray[np.float64]:
     """Suffix sums of descending importances: ``S[k] = Σ_{i ≥ k} I_i`` for k = 0 … F (``S[F] = 0``).
 
     Summed from the smallest value up, so the floors of long, steep tails keep full float64 accuracy.
+
+    Returns
+    -------
+    ndarray of float64, shape (F + 1,)
+        S[k] = Σ_{i ≥ k} I_i (0-based), with S[F] = 0.
+
+    Raises
+    ------
+    ValueError
+        If the importances are not a finite, non-negative, descending 1-D array.
     """
     imp = check_importances(importances)
     out = np.zeros(imp.size + 1, dtype=np.float64)
@@ -237,6 +298,16 @@ def uniform_floor(width: ArrayLike, alpha: float, n_features: int, total: float 
 
     ``total`` is ε∞, the loss with no feature kept (the summed importance of all F features);
     with the default 1 the result is the fraction of features lost.
+
+    Returns
+    -------
+    float or ndarray of float64
+        The floor in the units of ``total``: a float for a scalar width, else an array.
+
+    Raises
+    ------
+    ValueError
+        For F = 0, a negative or non-finite ``total``, or a bad width or α.
     """
     w = _check_widths(width)
     f = _checks.count(n_features, "n_features")
@@ -268,6 +339,16 @@ def importance_floor(
     With a = b = 1 this is the paper's Eq. 2; other (a, b) give the packing-law predictor
     (see :func:`fit_packing_law`). ``importances`` are the per-feature loss contributions sorted
     descending (for an SAE measurement E[z_i²]; for the toy model I_i · E[x_i²]); F is their count.
+
+    Returns
+    -------
+    float or ndarray of float64
+        L*(d_S) in the units of the importances: a float for a scalar width, else an array.
+
+    Raises
+    ------
+    ValueError
+        For importances that are not finite, non-negative and descending, or a bad width, α, a or b.
     """
     tails = tail_sums(importances)
     budget = np.asarray(feature_budget(np.asarray(width, dtype=np.float64), alpha, tails.size - 1, a=a, b=b))
@@ -309,7 +390,13 @@ def continuous_floor(budget: Scalar, importances: ArrayLike) -> float: ...
 def continuous_floor(budget: Array, importances: ArrayLike) -> NDArray[np.float64]: ...
 def continuous_floor(budget: ArrayLike, importances: ArrayLike) -> float | NDArray[np.float64]:
     """Σ of descending importances beyond a continuous budget k, the partly kept feature pro rata:
-    S[⌊k⌋] − (k − ⌊k⌋) · I_⌊k⌋ (k clipped to [0, F]). The inverse of :func:`effective_budget`."""
+    S[⌊k⌋] − (k − ⌊k⌋) · I_⌊k⌋ (k clipped to [0, F]). The inverse of :func:`effective_budget`.
+
+    Returns
+    -------
+    float or ndarray of float64
+        The floor in the units of the importances, shaped like ``budget``.
+    """
     tails = tail_sums(importances)
     n = tails.size - 1
     k = np.clip(np.asarray(budget, dtype=np.float64), 0.0, n)
@@ -364,6 +451,16 @@ def fit_calibration(predicted: ArrayLike, observed: ArrayLike) -> Calibration:
 
     C scales the geometric term; B is the width-independent architectural baseline. The paper
     reports R² = 0.993 for this fit on Pythia-410M students.
+
+    Returns
+    -------
+    Calibration
+        slope C, intercept B, R² of the fit and the number of points.
+
+    Raises
+    ------
+    ValueError
+        For inputs of different lengths, non-finite values, fewer than two points or no spread in ``predicted``.
     """
     p, o = _finite_pairs(predicted, observed, ("predicted", "observed"))
     if p.size < 2:
@@ -441,6 +538,16 @@ def fit_budget_law(
     only). Students with k ≤ 0 or d ≤ 0, and with ``n_features`` (the features each student could
     keep) those with k ≥ n_features, carry no information and are left out; raises ValueError
     when the rest cannot determine the law (too few, one capacity only, or b ≤ 0).
+
+    Returns
+    -------
+    PackingLaw
+        a, b (and c for the width-aware law), R² in log space, and the number of students used.
+
+    Raises
+    ------
+    ValueError
+        If too few informative students remain, the sparsities (or widths) do not vary, or b ≤ 0.
     """
     w = _check_widths(widths, "widths").ravel()
     al = _check_alpha(alphas).ravel()
@@ -503,6 +610,16 @@ def fit_packing_law(
 
     ``importances`` is one descending array shared by all students or a sequence with one per
     student. Pass ``b`` to fix the exponent and fit only ``a`` (needed when all α are equal).
+
+    Returns
+    -------
+    PackingLaw
+        The paper-style law (``c`` None) fitted on the students that kept some but not all features.
+
+    Raises
+    ------
+    ValueError
+        As :func:`fit_budget_law`, or for importance arrays that do not match the students.
     """
     obs = np.asarray(observed, dtype=np.float64).ravel()
     if not isinstance(importances, (list, tuple)) or np.ndim(importances[0]) == 0:  # one array for all
