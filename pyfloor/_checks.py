@@ -60,7 +60,10 @@ def number(
     high_open: bool = False,
 ) -> float:
     """``value`` as a finite float in the interval given by ``low``/``high`` (closed unless ``*_open``)."""
-    v = float(value) if _is_real(value) else math.nan  # type: ignore[arg-type]
+    try:
+        v = float(value) if _is_real(value) else math.nan  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond float64
+        v = math.inf
     ok = math.isfinite(v)
     ok = ok and (low is None or v > low or (not low_open and v == low))
     ok = ok and (high is None or v < high or (not high_open and v == high))

@@ -604,24 +604,20 @@ class Measurement:
 
 
 def _dict_number(d: Mapping[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
-    """``d[key]`` of a Measurement dict as a finite float or a non-negative int (None where ``optional``
+    """``d[key]`` of a Measurement dict as a finite float or a non-negative int64 (None where ``optional``
     and absent or null); ValueError naming the key for anything else."""
     value = d.get(key)
     if value is None:
         if optional:
             return None
         raise ValueError(f"Measurement dict lacks {key}" if key not in d else f"Measurement {key} is null")
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, (int, float, np.integer, np.floating))
-        or (not (math.isfinite(value) if isinstance(value, (float, np.floating)) else abs(int(value)) < 2**63))
-    ):
-        raise ValueError(f"Measurement {key} must be a finite number; got {value!r}")
-    if kind is int:
-        if value != int(value) or not 0 <= value < 2**63:
-            raise ValueError(f"Measurement {key} must be a non-negative integer; got {value!r}")
-        return int(value)
-    return float(value)
+    name = f"Measurement {key}"
+    if kind is not int:
+        return _checks.number(value, name)
+    n = _checks.count(value, name)
+    if n >= 2**63:
+        raise ValueError(f"{name} must be a non-negative int64; got {value!r}")
+    return n
 
 
 def _dict_array(d: Mapping[str, Any], key: str, dtype: type) -> NDArray[Any] | None:
@@ -675,16 +671,9 @@ def _half_unit(value: float) -> float:
 
 
 def _number(d: Mapping[str, Any], key: str, source: str) -> float | None:
+    """``d[key]`` of a published file as a finite float, or None where absent."""
     value = d.get(key)
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023)
-    ):  # ints beyond float64
-        raise ValueError(f"{source}: {key} must be a finite number; got {value!r}")
-    return float(value)
+    return None if value is None else _checks.number(value, f"{source}: {key}")
 
 
 def _alpha_readings(d: Mapping[str, Any], n_features: int, source: str) -> list[AlphaReading]:

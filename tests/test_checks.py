@@ -53,3 +53,8 @@ def test_alive_threshold_zero_is_allowed_everywhere_and_one_nowhere():
     ):
         with pytest.raises(ValueError, match=r"alive_threshold must be a finite number in \[0, 1\); got 1.0"):
             make()
+
+
+def test_an_integer_beyond_float64_is_not_a_finite_number():
+    with pytest.raises(ValueError, match="x must be a finite number; got 1000"):
+        _checks.number(10**400, "x")
