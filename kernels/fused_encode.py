@@ -3,8 +3,9 @@
 For activations x [N, d] and an SAE (W_enc [d, m], b_enc [m], b_dec [d], threshold [m]) the kernel
 computes z = act((x − b_dec) @ W_enc + b_enc) tile by tile and folds each tile straight into
 
-* per-latent statistics: fire count (z > 0), Σz, Σz², max z — int32/fp32 partials over a token
-  tile, added atomically into int64/float64 (max: float32) totals;
+* per-latent statistics: fire count (z > 0), Σz, Σz², max z and, for ReLU/JumpReLU, the count of
+  active values within the latent's margin band (z ≤ ``SAE.margins()``) — int32/fp32 partials
+  over a token tile, added atomically into int64/float64 (max: float32) totals;
 * optionally the sparse codes: top-k indices/values [N, k], or ReLU/JumpReLU codes in CSR form.
 
 The dense N × m pre-activation matrix is never written. Top-k keeps, per token, a candidate buffer
@@ -227,6 +228,8 @@ def _encode_stats_kernel(
     sum_ptr,
     sq_ptr,
     max_ptr,
+    margin_ptr,
+    margin_count_ptr,
     nonfinite_ptr,
     row_ptr,
     code_idx_ptr,
@@ -333,6 +336,14 @@ def _encode_stats_kernel(
                 z = tl.where((cols < M)[:, None] & ok[None, :], z, 0.0)
                 fired = z > 0.0
                 if STATS:  # int32/fp32 partials over the token tile, one atomic per latent
+                    margin = tl.load(margin_ptr + cols, mask=cols < M, other=0.0).to(tl.float32)
+                    in_band = fired & (z <= margin[:, None])
+                    tl.atomic_add(
+                        margin_count_ptr + cols,
+                        tl.sum(in_band.to(tl.int32), axis=1).to(tl.int64),
+                        mask=cols < M,
+                        sem="relaxed",
+                    )
                     _add_stats(
                         fire_ptr,
                         sum_ptr,
@@ -474,7 +485,7 @@ def fused_batch_stats(
 
     ``activation`` is 'relu', 'jumprelu' or 'topk' (with 1 <= k <= min(m, 128)). Returns the
     :class:`pyfloor.encode.BatchStats` that the torch reference returns: int64 fire counts, float64
-    Σz and Σz², float32 max, the number of non-finite rows, and with ``want_codes`` the codes
+    Σz and Σz², float32 max, int64 margin-band counts (zeros for top-k), the number of non-finite rows, and with ``want_codes`` the codes
     (top-k: k per token; ReLU/JumpReLU: CSR, found by a counting launch and a writing launch).
 
     Tuning knobs (defaults suit an H100; blocks are clamped to the problem): ``block_n`` tokens ×
@@ -502,12 +513,12 @@ def fused_batch_stats(
     n, d = x.shape
     m, dev = sae.n_latents, x.device
     interp = _interpreting()
-    fire, s1, s2, mx, nonfinite, _ = BatchStats.zeros(m, dev)
+    fire, s1, s2, mx, margin_count, nonfinite, _ = BatchStats.zeros(m, dev)
     topk = activation == "topk"
     if n == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=dev)
         codes = SparseCodes(empty, empty.float(), torch.zeros(1, dtype=torch.int64, device=dev)) if want_codes else None
-        return BatchStats(fire, s1, s2, mx, nonfinite, codes)
+        return BatchStats(fire, s1, s2, mx, margin_count, nonfinite, codes)
 
     bn = _check_pow2("block_n", block_n or (64 if interp else 128))
     bm = _check_pow2("block_m", block_m or 128)
@@ -524,6 +535,8 @@ def fused_batch_stats(
     half = x.dtype == sae.W_enc.dtype and x.dtype in _HALF and not (interp and x.dtype == torch.bfloat16)
     bias = _folded_bias(sae) if half else sae.b_enc.detach()
     thr = sae.jumprelu_threshold().detach() if activation == "jumprelu" else bias
+    margins = sae.margins(activation)
+    margin = bias if margins is None else margins.contiguous()  # top-k: unused
     if topk:
         if nprog * bn * cap >= 2**31:
             raise ValueError(f"top-k scratch of {nprog} programs × {bn} rows × {cap} slots overflows int32 offsets")
@@ -552,6 +565,8 @@ def fused_batch_stats(
             s1,
             s2,
             mx,
+            margin,
+            margin_count,
             nonfinite,
             row_arg,
             idx_arg,
@@ -593,4 +608,4 @@ def fused_batch_stats(
         if nnz:
             launch(False, _WRITE_CODES.value, offsets, code_idx, code_val)
         codes = SparseCodes(code_idx, code_val, offsets)
-    return BatchStats(fire, s1, s2, mx, nonfinite, codes)
+    return BatchStats(fire, s1, s2, mx, margin_count, nonfinite, codes)

@@ -56,11 +56,13 @@ def reference_batch_stats(
     Returns
     -------
     BatchStats
-        int64 fire counts, float64 Σz and Σz², float32 max z [m] over the finite rows, the number
-        of non-finite rows, and the codes if asked (None otherwise).
+        int64 fire counts, float64 Σz and Σz², float32 max z, int64 margin-band counts
+        (:meth:`pyfloor.sae.SAE.margins`; zeros for top-k) [m] over the finite rows, the number of
+        non-finite rows, and the codes if asked (None otherwise).
     """
     m, device = sae.n_latents, x.device
-    fire, s1, s2, mx, nonfinite, _ = BatchStats.zeros(m, device)
+    fire, s1, s2, mx, margin_count, nonfinite, _ = BatchStats.zeros(m, device)
+    margins = sae.margins(spec.activation)
     idx_parts: list[Tensor] = []
     val_parts: list[Tensor] = []
     count_parts: list[Tensor] = []
@@ -80,6 +82,8 @@ def reference_batch_stats(
                 z = torch.relu(pre)
             z = z * ok[:, None]
             fire += (z > 0).sum(0)
+            if margins is not None:
+                margin_count += ((z > 0) & (z <= margins)).sum(0)
             z64 = z.double()
             s1 += z64.sum(0)
             s2 += z64.square().sum(0)
@@ -108,7 +112,7 @@ def reference_batch_stats(
             torch.cat(val_parts) if val_parts else empty_i.float(),
             offsets,
         )
-    return BatchStats(fire, s1, s2, mx, nonfinite, codes)
+    return BatchStats(fire, s1, s2, mx, margin_count, nonfinite, codes)
 
 
 class StatsAccumulator:
@@ -204,6 +208,7 @@ class StatsAccumulator:
             act_sq_sum=s.act_sq_sum.cpu().numpy().astype(np.float64),
             act_max=s.act_max.cpu().numpy().astype(np.float64),
             n_nonfinite=nonfinite,
+            margin_count=s.margin_count.cpu().numpy().astype(np.int64),
         )
 
 

@@ -78,6 +78,7 @@ class BatchStats(NamedTuple):
     act_sum: Tensor  # float64 [m]
     act_sq_sum: Tensor  # float64 [m]
     act_max: Tensor  # float32 [m]
+    margin_count: Tensor  # int64 [m] tokens active within the margin band (SAE.margins; 0 for top-k)
     n_nonfinite: Tensor  # int64 [] tokens excluded
     codes: SparseCodes | None
 
@@ -93,6 +94,7 @@ class BatchStats(NamedTuple):
             z(m, dtype=torch.float64),
             z(m, dtype=torch.float64),
             z(m, dtype=torch.float32),
+            z(m, dtype=torch.int64),
             z(dtype=torch.int64),
             None,
         )
@@ -104,6 +106,7 @@ class BatchStats(NamedTuple):
             self.act_sum + other.act_sum,
             self.act_sq_sum + other.act_sq_sum,
             torch.maximum(self.act_max, other.act_max),
+            self.margin_count + other.margin_count,
             self.n_nonfinite + other.n_nonfinite,
             None,
         )

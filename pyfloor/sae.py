@@ -13,10 +13,11 @@ token (ties broken towards the lowest latent index) and applies ReLU to them; Ju
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, NoReturn, TypeGuard
@@ -27,7 +28,17 @@ from torch import Tensor, nn
 from . import _checks
 from ._io import CheckpointError, load_tagged, save_tagged
 
-__all__ = ["SAE", "SAEOutput", "Activation", "TrainConfig", "TrainStep", "train_sae", "topk_codes", "load_sae"]
+__all__ = [
+    "SAE",
+    "SAEOutput",
+    "Activation",
+    "TrainConfig",
+    "TrainStep",
+    "train_sae",
+    "train_sae_family",
+    "topk_codes",
+    "load_sae",
+]
 
 Activation = Literal["relu", "jumprelu", "topk"]
 ACTIVATIONS: tuple[Activation, ...] = ("relu", "jumprelu", "topk")
@@ -139,6 +150,23 @@ class SAE(nn.Module):
         if self.threshold is None:
             raise ValueError(f"a {self.activation!r} SAE has no JumpReLU thresholds (needs activation='jumprelu')")
         return self.threshold
+
+    def margins(self, activation: Activation | None = None) -> Tensor | None:
+        """Upper end u_i of each latent's margin band, the active values c_i < z_i ≤ u_i just above its cut.
+
+        A latent whose cut is c_i (0 for ReLU, θ_i for JumpReLU) fires when pre_i > c_i. Along its
+        decoder direction pre_i = s_i·μ + b_enc,i, so it fires when the token's magnitude μ exceeds
+        μ_i = (c_i − b_enc,i)/s_i; tokens with 0 < μ ≤ μ_i carry the feature but are cut off. The band
+        μ_i < μ ≤ 2μ_i is c_i < z_i ≤ u_i = 2c_i − b_enc,i (independent of s_i); where c_i − b_enc,i ≤ 0
+        nothing is cut off and u_i = c_i (an empty band). None for top-k, whose cut moves per token.
+        ``activation`` overrides the SAE's own (as an encode may).
+        """
+        act = activation or self.activation
+        if act == "topk":
+            return None
+        b = self.b_enc.detach().float()
+        cut = self.jumprelu_threshold().detach().float() if act == "jumprelu" else torch.zeros_like(b)
+        return cut + (cut - b).clamp_min(0)
 
     def _top_k(self) -> int:
         """k of a top-k SAE; ValueError for an SAE without one."""
@@ -490,43 +518,86 @@ def train_sae(
     is kept unless ``init_pre_bias``); a new SAE starts with the pre-bias at the first batch's
     mean. Returns the SAE (in eval mode) and the metrics of every step.
     """
-    # Seeded inside a fork of the CPU generator: reproducible, and the caller's RNG is left alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return _train(batches, d_in, config, sae, init_pre_bias, device, on_step)
+    trainer = _Trainer(d_in, config, sae, init_pre_bias, device, on_step)
+    for x in _cycled(batches, config.steps):
+        trainer.step(x)
+    return trainer.result()
 
 
-def _train(
+def train_sae_family(
     batches: Iterable[Tensor],
     d_in: int,
-    config: TrainConfig,
-    sae: SAE | None,
-    init_pre_bias: bool | None,
-    device: torch.device | str | None,
-    on_step: Callable[[TrainStep], None] | None,
-) -> tuple[SAE, list[TrainStep]]:
-    """The body of :func:`train_sae`."""
-    if sae is None:
-        sae = SAE(d_in, config.n_latents, config.activation, k=config.k, device=device)
-        init_pre_bias = True if init_pre_bias is None else init_pre_bias
-    if sae.d_in != d_in:
-        raise ValueError(f"the SAE has d_in = {sae.d_in} but the activations have width {d_in}")
-    device = sae.W_enc.device
-    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=config.lr)
-    last_fired = torch.zeros(sae.n_latents, dtype=torch.int64, device=device)  # tokens since last fire
-    aux_k = config.aux_k or max(1, d_in // 2)
-    history: list[TrainStep] = []
-    sae.train()
-    for x in _cycled(batches, config.steps):
-        x = x.to(device=device, dtype=sae.W_enc.dtype).reshape(-1, d_in)
+    configs: Sequence[TrainConfig],
+    *,
+    device: torch.device | str | None = None,
+    on_step: Callable[[int, TrainStep], None] | None = None,
+) -> list[tuple[SAE, list[TrainStep]]]:
+    """Train several SAEs from one pass over a stream: every batch is read once and given to each
+    member that still has steps to take (``configs[i].steps``; all must be set, the stream is read
+    for the largest). Member i is the SAE :func:`train_sae` would train from the same batches with
+    ``configs[i]``, bit for bit. ``on_step(i, step)`` reports member i's steps.
+
+    Raises
+    ------
+    ValueError
+        For no configs, a config without ``steps``, or a stream too short for the longest member.
+    """
+    if not configs:
+        raise ValueError("an SAE family needs at least one TrainConfig")
+    if any(c.steps is None for c in configs):
+        raise ValueError("every member of an SAE family needs a number of steps (TrainConfig.steps)")
+    trainers = [
+        _Trainer(d_in, c, None, None, device, None if on_step is None else functools.partial(on_step, i))
+        for i, c in enumerate(configs)
+    ]
+    for x in _cycled(batches, max(c.steps or 0 for c in configs)):
+        for t in trainers:
+            if len(t.history) < (t.config.steps or 0):
+                t.step(x)
+    return [t.result() for t in trainers]
+
+
+class _Trainer:
+    """One SAE's optimisation, a step per batch (the body of :func:`train_sae`)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        config: TrainConfig,
+        sae: SAE | None,
+        init_pre_bias: bool | None,
+        device: torch.device | str | None,
+        on_step: Callable[[TrainStep], None] | None,
+    ) -> None:
+        if sae is None:
+            # seeded inside a fork of the CPU generator: reproducible, and the caller's RNG is left alone
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                sae = SAE(d_in, config.n_latents, config.activation, k=config.k, device=device)
+            init_pre_bias = True if init_pre_bias is None else init_pre_bias
+        if sae.d_in != d_in:
+            raise ValueError(f"the SAE has d_in = {sae.d_in} but the activations have width {d_in}")
+        self.sae, self.config, self.d_in, self.on_step = sae, config, d_in, on_step
+        self.init_pre_bias = bool(init_pre_bias)
+        self.device = sae.W_enc.device
+        self.opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=config.lr)
+        self.last_fired = torch.zeros(sae.n_latents, dtype=torch.int64, device=self.device)  # tokens since last fire
+        self.aux_k = config.aux_k or max(1, d_in // 2)
+        self.history: list[TrainStep] = []
+        sae.train()
+
+    def step(self, batch: Tensor) -> None:
+        """One optimisation step on ``batch`` (its non-finite rows left out; an empty batch is skipped)."""
+        sae, config, d_in = self.sae, self.config, self.d_in
+        x = batch.to(device=self.device, dtype=sae.W_enc.dtype).reshape(-1, d_in)
         finite = torch.isfinite(x).all(-1)
         nonfinite = int(x.shape[0] - finite.sum())
         if nonfinite:
             x = x[finite]
-        step = len(history)
+        step = len(self.history)
         if x.shape[0] == 0:
-            continue
-        if step == 0 and init_pre_bias:
+            return
+        if step == 0 and self.init_pre_bias:
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
         var = _variance(x)
@@ -534,12 +605,12 @@ def _train(
         z = sae.activate(pre, exact_ties=False)
         err = x - sae.decode(z)
         mse = err.pow(2).sum(-1).mean() / var
-        last_fired = torch.where((z > 0).any(0), 0, last_fired + x.shape[0])
-        dead = last_fired >= config.dead_tokens
+        self.last_fired = torch.where((z > 0).any(0), 0, self.last_fired + x.shape[0])
+        dead = self.last_fired >= config.dead_tokens
         if sae.activation == "topk":
             loss = mse
             if dead.any():
-                val, idx = pre.masked_fill(~dead, -math.inf).topk(min(aux_k, int(dead.sum())), dim=-1)
+                val, idx = pre.masked_fill(~dead, -math.inf).topk(min(self.aux_k, int(dead.sum())), dim=-1)
                 aux_hat = torch.zeros_like(pre).scatter_(-1, idx, val.clamp_min(0)) @ sae.W_dec
                 aux = (err.detach() - aux_hat).pow(2).sum(-1).mean() / var
                 loss = loss + config.aux_coeff * aux.nan_to_num(0.0)
@@ -549,18 +620,21 @@ def _train(
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise ValueError(f"the training loss is {loss_value} at step {step}: try a smaller lr")
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call,unused-ignore]  # torch leaves Tensor.backward unannotated (flagged under --strict only)
-        opt.step()
+        self.opt.step()
         sae.normalize_decoder_()
         rec = TrainStep(step, loss_value, mse.item(), (z > 0).sum(-1).float().mean().item(), int(dead.sum()), nonfinite)
-        history.append(rec)
-        if on_step is not None:
-            on_step(rec)
-    if not history:
-        raise ValueError("the activation stream is empty")
-    sae.eval()
-    return sae, history
+        self.history.append(rec)
+        if self.on_step is not None:
+            self.on_step(rec)
+
+    def result(self) -> tuple[SAE, list[TrainStep]]:
+        """The SAE (in eval mode) and the metrics of every step; ValueError if no step was taken."""
+        if not self.history:
+            raise ValueError("the activation stream is empty")
+        self.sae.eval()
+        return self.sae, self.history
 
 
 def _cycled(batches: Iterable[Tensor], steps: int | None) -> Iterator[Tensor]:

@@ -75,6 +75,11 @@ class FeatureStats:
         float64 [m]: max z_i over the counted tokens (0 where never active).
     n_nonfinite:
         Tokens left out because their activations held NaN or ±Inf.
+    margin_count:
+        int64 [m]: tokens on which latent i was active within its margin band, just above its cut
+        (:meth:`pyfloor.sae.SAE.margins`; zeros where an encode has no fixed cut, as top-k), or
+        None where not recorded. It lets :mod:`pyfloor.features` correct firing frequencies for
+        the activations a latent's cut removes.
     """
 
     n_tokens: int
@@ -83,6 +88,7 @@ class FeatureStats:
     act_sq_sum: NDArray[np.float64]
     act_max: NDArray[np.float64]
     n_nonfinite: int = 0
+    margin_count: NDArray[np.int64] | None = None
 
     def __post_init__(self) -> None:
         for name, dtype in _ARRAYS.items():
@@ -105,6 +111,14 @@ class FeatureStats:
             setattr(self, name, _checks.count(getattr(self, name), f"FeatureStats.{name}"))
         if m and (self.fire_count.min() < 0 or self.fire_count.max() > self.n_tokens):
             raise ValueError(f"FeatureStats.fire_count must lie in [0, n_tokens={self.n_tokens}]")
+        if self.margin_count is not None:
+            band = np.asarray(self.margin_count)
+            if band.shape != (m,) or not np.issubdtype(band.dtype, np.integer):
+                raise ValueError(f"FeatureStats.margin_count must be integers [{m}]; got {band.dtype} {band.shape}")
+            band = band.astype(np.int64)
+            if m and (band.min() < 0 or np.any(band > self.fire_count)):
+                raise ValueError("FeatureStats.margin_count must lie in [0, fire_count] (band tokens are active)")
+            self.margin_count = band
         for name in ("act_sum", "act_sq_sum", "act_max"):
             arr = getattr(self, name)
             if m and not (np.all(np.isfinite(arr)) and arr.min() >= 0):
@@ -118,11 +132,12 @@ class FeatureStats:
         return cls(0, np.zeros(m, np.int64), np.zeros(m), np.zeros(m), np.zeros(m))
 
     @classmethod
-    def from_activations(cls, z: ArrayLike) -> FeatureStats:
+    def from_activations(cls, z: ArrayLike, margins: ArrayLike | None = None) -> FeatureStats:
         """Statistics of dense latents ``z`` of shape [..., m] (the numpy reference).
 
         Latents must be non-negative (outputs of ReLU, JumpReLU or top-k). Tokens whose row holds
-        NaN or ±Inf are counted in ``n_nonfinite`` and left out of every sum.
+        NaN or ±Inf are counted in ``n_nonfinite`` and left out of every sum. With ``margins``
+        [m] (the upper ends of the latents' margin bands) the margin counts are recorded too.
 
         Raises
         ------
@@ -140,6 +155,7 @@ class FeatureStats:
         if np.any(rows < 0):
             raise ValueError("latents must be non-negative (outputs of ReLU, JumpReLU or top-k); found negatives")
         m = arr.shape[-1]
+        band = None if margins is None else np.count_nonzero((rows > 0) & (rows <= np.asarray(margins)), axis=0)
         return cls(
             n_tokens=rows.shape[0],
             fire_count=np.count_nonzero(rows > 0, axis=0).astype(np.int64),
@@ -147,6 +163,7 @@ class FeatureStats:
             act_sq_sum=np.square(rows).sum(axis=0),
             act_max=rows.max(axis=0) if rows.shape[0] else np.zeros(m),
             n_nonfinite=int(np.count_nonzero(~finite)),
+            margin_count=None if band is None else band.astype(np.int64),
         )
 
     # -- algebra ------------------------------------------------------------------------------
@@ -156,7 +173,8 @@ class FeatureStats:
         return int(self.fire_count.size)
 
     def merge(self, *others: FeatureStats) -> FeatureStats:
-        """Statistics of the union of the token streams: counts and sums add, maxima take the max.
+        """Statistics of the union of the token streams: counts and sums add, maxima take the max
+        (margin counts add where every part recorded them, else they are None).
 
         Raises
         ------
@@ -177,6 +195,11 @@ class FeatureStats:
             out.act_sum += other.act_sum
             out.act_sq_sum += other.act_sq_sum
             np.maximum(out.act_max, other.act_max, out=out.act_max)
+            out.margin_count = (
+                None
+                if out.margin_count is None or other.margin_count is None
+                else out.margin_count + other.margin_count
+            )
         return out
 
     def __add__(self, other: FeatureStats) -> FeatureStats:
@@ -193,6 +216,7 @@ class FeatureStats:
             self.act_sq_sum.copy(),
             self.act_max.copy(),
             self.n_nonfinite,
+            None if self.margin_count is None else self.margin_count.copy(),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -203,6 +227,11 @@ class FeatureStats:
             self.n_tokens == other.n_tokens
             and self.n_nonfinite == other.n_nonfinite
             and all(np.array_equal(getattr(self, k), getattr(other, k)) for k in _ARRAYS)
+            and (
+                np.array_equal(self.margin_count, other.margin_count)
+                if self.margin_count is not None and other.margin_count is not None
+                else self.margin_count is other.margin_count
+            )
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -233,9 +262,12 @@ class FeatureStats:
 
     # -- plain dicts and files ----------------------------------------------------------------
     def to_dict(self) -> dict[str, NDArray[Any]]:
-        """Plain numpy arrays (``counters`` = int64 [n_tokens, n_nonfinite]), e.g. for all-reduce."""
+        """Plain numpy arrays (``counters`` = int64 [n_tokens, n_nonfinite]; ``margin_count`` where
+        recorded), e.g. for all-reduce."""
         d: dict[str, NDArray[Any]] = {k: getattr(self, k) for k in _ARRAYS}
         d["counters"] = np.array([self.n_tokens, self.n_nonfinite], dtype=np.int64)
+        if self.margin_count is not None:
+            d["margin_count"] = self.margin_count
         return d
 
     @classmethod
@@ -256,7 +288,8 @@ class FeatureStats:
                 f"FeatureStats 'counters' must be non-negative int64 [n_tokens, n_nonfinite]; got {counters}"
             )
         arrays = {k: np.asarray(d[k]) for k in _ARRAYS}
-        return cls(int(counters[0]), n_nonfinite=int(counters[1]), **arrays)
+        band = np.asarray(d["margin_count"]) if "margin_count" in d else None
+        return cls(int(counters[0]), n_nonfinite=int(counters[1]), margin_count=band, **arrays)
 
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> None:
         """Write to a safetensors file atomically (a temporary file renamed into place).

@@ -69,6 +69,11 @@ def assert_batch_equal(got: BatchStats, ref: BatchStats, rtol: float = 1e-6, exa
     assert got.n_nonfinite.dtype == torch.int64 and got.n_nonfinite.ndim == 0
     assert int(got.n_nonfinite) == int(ref.n_nonfinite)
     torch.testing.assert_close(got.fire_count, ref.fire_count, rtol=0, atol=0)
+    assert got.margin_count.dtype == torch.int64
+    if exact_values:  # the band's upper edge is a decision too: exact only where pre-activations are
+        torch.testing.assert_close(got.margin_count, ref.margin_count, rtol=0, atol=0)
+    else:
+        assert (got.margin_count - ref.margin_count).abs().max() <= 1
     torch.testing.assert_close(got.act_max, ref.act_max, **value_tol)
     torch.testing.assert_close(got.act_sum, ref.act_sum, rtol=rtol, atol=1e-9)
     torch.testing.assert_close(got.act_sq_sum, ref.act_sq_sum, rtol=rtol, atol=1e-9)
@@ -90,6 +95,7 @@ def test_kernel_equals_reference(activation, k, dtype):
     got = fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS)
     assert_batch_equal(got, reference(x, sae, activation, k))
     assert got.fire_count.sum() > 0
+    assert (got.margin_count.sum() > 0) == (activation != "topk")
 
 
 @pytest.mark.parametrize("x_dtype, w_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)])

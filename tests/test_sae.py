@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pyfloor.sae import SAE, TrainConfig, topk_codes, train_sae
+from pyfloor.sae import SAE, TrainConfig, topk_codes, train_sae, train_sae_family
 
 
 def random_sae(d=12, m=40, activation="relu", k=None, seed=0):
@@ -127,3 +127,25 @@ def test_one_pass_when_steps_is_none():
     cfg = TrainConfig(n_latents=8, steps=None)
     _, hist = train_sae(iter(torch.randn(7, 16, 3)), 3, cfg)
     assert len(hist) == 7
+
+
+def test_a_family_trained_from_one_pass_equals_each_member_trained_alone():
+    g = torch.Generator().manual_seed(11)
+    batches = [torch.randn(64, 6, generator=g) for _ in range(7)]
+    configs = [
+        TrainConfig(n_latents=12, l1_coeff=0.1, lr=1e-2, steps=5, seed=0),
+        TrainConfig(n_latents=24, l1_coeff=0.3, lr=1e-2, steps=9, seed=1),  # cycles the batches
+        TrainConfig(n_latents=12, activation="topk", k=2, lr=1e-2, steps=3, seed=2),
+    ]
+    seen = []
+    family = train_sae_family(batches, 6, configs, on_step=lambda i, rec: seen.append((i, rec.step)))
+    for i, (config, (sae, history)) in enumerate(zip(configs, family)):
+        alone, alone_history = train_sae(batches, 6, config)
+        assert len(history) == config.steps and history == alone_history
+        for name, value in alone.state_dict().items():
+            assert torch.equal(sae.state_dict()[name], value), (i, name)
+    assert sorted(seen) == sorted((i, s) for i, c in enumerate(configs) for s in range(c.steps))
+    with pytest.raises(ValueError, match="steps"):
+        train_sae_family(batches, 6, [TrainConfig(n_latents=4, steps=None)])
+    with pytest.raises(ValueError, match="at least one"):
+        train_sae_family(batches, 6, [])
