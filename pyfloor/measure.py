@@ -32,16 +32,20 @@ from ._version import __version__
 from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .encode import StatsAccumulator
 from .encode_types import BatchStats, SparseCodes
+from .features import ESTIMATORS, BoundEstimator, Estimator, EstimatorName, SAEHealth, decoder_pairs, sae_health
 from .floors import default_widths, prediction_summary
 from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
 from .sources import ActivationSource, ArraySource, TeacherSource
-from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement, estimate
+from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement
 
 __all__ = [
     "MeasureConfig",
     "MeasureResult",
     "measure",
+    "measure_family",
+    "EstimatorResult",
+    "MergedSensitivityRow",
     "bootstrap_weights",
     "SENSITIVITY_THRESHOLDS",
     "Interval",
@@ -51,8 +55,10 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "pyfloor.MeasureCheckpoint"
-CHECKPOINT_VERSION = 2  # 2: the measuring time so far ("seconds"); version 1 did not record it
+CHECKPOINT_VERSION = 3  # 2: the measuring time so far ("seconds"); 3: margin counts (older: unknown)
 SENSITIVITY_THRESHOLDS = (1e-5, 1e-6, 1e-7)
+#: (decoder cosine, importance mass) settings of the merged estimator's sensitivity table
+MERGED_SENSITIVITY = tuple((c, q) for c in (0.8, 0.9, 0.95, 0.99) for q in (0.95, 0.99, 0.999))
 
 
 class Interval(TypedDict):
@@ -104,6 +110,26 @@ class SensitivityRow(TypedDict):
     resolved: bool
 
 
+class MergedSensitivityRow(TypedDict):
+    """F, α and d* of the merged estimator at one decoder cosine and importance mass (None where undefined)."""
+
+    cosine: float
+    mass: float
+    n_features: int | None
+    alpha: float | None
+    critical_width: float | None
+
+
+class EstimatorResult(TypedDict):
+    """One estimator's measurement of a run: its settings, the measurement, its bootstrap intervals
+    and its sensitivity table (alive thresholds for ``paper``, cosine × mass for ``merged``)."""
+
+    estimator: dict[str, object]
+    measurement: Measurement
+    intervals: Intervals
+    sensitivity: list[SensitivityRow] | list[MergedSensitivityRow]
+
+
 class _Estimates(TypedDict):
     """Point estimates from (weighted) sums: F, L0, α, g(α), d* and the Eq. 2 floors at the widths asked for."""
 
@@ -151,6 +177,9 @@ class MeasureConfig:
     resume: bool = False
     overwrite: bool = False
     alive_threshold: float = DEFAULT_ALIVE_THRESHOLD
+    estimator: EstimatorName = "merged"
+    cosine: float = 0.9
+    mass: float = 0.99
     bootstrap: int = 32
     confidence: float = 0.95
     seed: int = 0
@@ -177,12 +206,22 @@ class MeasureConfig:
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         _checks.fraction(self.alive_threshold, "alive_threshold")
+        _checks.one_of(self.estimator, "estimator", ESTIMATORS)
+        self.estimators()  # checks cosine and mass
         _checks.count(self.min_tokens, "min_tokens")
         if self.widths is not None:
             if len(self.widths) == 0:
                 raise ValueError("widths must hold at least one width")
             for w in self.widths:
                 _checks.count(w, "widths")
+
+    def estimators(self) -> dict[EstimatorName, Estimator]:
+        """Every estimator this run reports (:mod:`pyfloor.features`), the lead one (``estimator``) first."""
+        both: dict[EstimatorName, Estimator] = {
+            "paper": Estimator("paper", self.alive_threshold),
+            "merged": Estimator("merged", self.alive_threshold, self.cosine, self.mass),
+        }
+        return {self.estimator: both[self.estimator], **both}
 
 
 @dataclass
@@ -193,9 +232,12 @@ class MeasureResult:
     where a resumed checkpoint predates time-keeping). ``intervals`` holds intervals only where 2 or
     more bootstrap replicates were usable (see :class:`Intervals`); the floors at the tabulated widths
     (``config["widths"]``) are in :meth:`to_dict` either way. ``sensitivity`` has one row per
-    threshold of :data:`SENSITIVITY_THRESHOLDS`. ``stopped`` says why the loop ended; ``config`` is
-    the :class:`MeasureConfig` as a dict (paths as strings) with the tabulated ``widths`` and the
-    ``world_size``.
+    threshold of :data:`SENSITIVITY_THRESHOLDS` (the paper's definition). ``measurement`` and
+    ``intervals`` are the lead estimator's (``config["estimator"]``); ``estimators`` holds every
+    estimator's measurement, intervals and sensitivity table by name. ``stopped`` says why the loop
+    ended; ``health`` is :func:`pyfloor.features.sae_health` of the SAE on the run's statistics;
+    ``config`` is the :class:`MeasureConfig` as a dict (paths as strings) with the tabulated
+    ``widths`` and the ``world_size``.
     """
 
     stats: FeatureStats
@@ -209,6 +251,8 @@ class MeasureResult:
     config: dict[str, Any] = field(default_factory=dict)
     feature_histograms: FeatureHistograms | None = None
     activation_histogram: Histogram | None = None
+    estimators: dict[str, EstimatorResult] = field(default_factory=dict)
+    health: SAEHealth | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -235,6 +279,17 @@ class MeasureResult:
             "floors": summary["floors"],
             "intervals": self.intervals,
             "alive_threshold_sensitivity": self.sensitivity,
+            "sae_health": None if self.health is None else {**self.health._asdict(), "ok": self.health.ok},
+            "estimator": self.config.get("estimator"),
+            "estimators": {
+                name: {
+                    "estimator": r["estimator"],
+                    "measurement": prediction_summary(r["measurement"], self.config.get("widths"))["measurement"],
+                    "intervals": r["intervals"],
+                    "sensitivity": r["sensitivity"],
+                }
+                for name, r in self.estimators.items()
+            },
         }
 
 
@@ -261,11 +316,20 @@ class _State:
         self.boot_n = zeros((replicates,), torch.int64)
         self.boot_fire = zeros((replicates, m), torch.int64)
         self.boot_s2 = zeros((replicates, m), torch.float64)
+        self.boot_margin = zeros((replicates, m), torch.int64)
+        self.margin_known = True  # False after resuming a checkpoint that predates margin counts
         self.features = FeatureHistograms(m) if histograms else None
         self.acts = Histogram() if histograms else None
 
-    _TOTALS = ("fire_count", "act_sum", "act_sq_sum", "act_max")  # fields of ``sums`` a checkpoint holds
-    _BOOT = ("boot_n", "boot_fire", "boot_s2")
+    _TOTALS = (
+        "fire_count",
+        "act_sum",
+        "act_sq_sum",
+        "act_max",
+        "margin_count",
+    )  # fields of ``sums`` a checkpoint holds
+    _BOOT = ("boot_n", "boot_fire", "boot_s2", "boot_margin")
+    _SINCE = {"seconds": 2, "margin_count": 3, "boot_margin": 3}  # checkpoint entries and the version that added them
     _HISTOGRAMS = (("features", FeatureHistograms), ("acts", Histogram))
 
     def add(self, b: BatchStats, rows: int, weights: Tensor | None) -> None:
@@ -276,6 +340,7 @@ class _State:
             self.boot_n += weights * (rows - b.n_nonfinite)
             self.boot_fire += weights[:, None] * b.fire_count[None, :]
             self.boot_s2 += weights[:, None].double() * b.act_sq_sum[None, :]
+            self.boot_margin += weights[:, None] * b.margin_count[None, :]
         self.n_batches += 1
 
     def _arrays(self) -> dict[str, Tensor]:
@@ -300,6 +365,7 @@ class _State:
             [self.rows, int(self.sums.n_nonfinite), self.next_index, self.n_batches, self.rounds]
         )
         out["seconds"] = torch.tensor(self.seconds, dtype=torch.float64)
+        out["margin_known"] = torch.tensor(self.margin_known)
         for name, _ in self._HISTOGRAMS:
             hist = getattr(self, name)
             if hist is not None:
@@ -308,11 +374,15 @@ class _State:
 
     def load(self, t: dict[str, Tensor], version: int = CHECKPOINT_VERSION) -> None:
         """Restore from :meth:`tensors` of a checkpoint of this ``version``; raises CheckpointError for
-        anything inconsistent. A version-1 checkpoint has no ``seconds``: the time so far becomes NaN."""
-        mine = self._arrays()
-        missing = sorted({*mine, "counters", *(("seconds",) if version >= 2 else ())} - t.keys())
+        anything inconsistent. A version-1 checkpoint has no ``seconds``: the time so far becomes NaN;
+        one before version 3 has no margin counts: they stay unknown (``margin_known`` False)."""
+        since = {**self._SINCE, "margin_known": 3}
+        mine = {k: v for k, v in self._arrays().items() if since.get(k, 1) <= version}
+        wanted = {*mine, "counters", *(k for k in ("seconds", "margin_known") if since[k] <= version)}
+        missing = sorted(wanted - t.keys())
         if missing:
             raise CheckpointError(f"checkpoint lacks {', '.join(missing)}")
+        known = bool(t["margin_known"]) if version >= 3 else False
         for name, array in mine.items():
             if t[name].shape != array.shape or t[name].dtype != array.dtype:
                 raise CheckpointError(
@@ -340,10 +410,11 @@ class _State:
                 t["act_sq_sum"].numpy(),
                 t["act_max"].double().numpy(),
                 nonfinite,
+                t["margin_count"].numpy() if "margin_count" in mine else None,
             )
         except ValueError as exc:
             raise CheckpointError(f"inconsistent totals ({exc})") from exc
-        boots = (t["boot_n"], t["boot_fire"], t["boot_s2"])
+        boots = [t[k] for k in self._BOOT if k in mine]
         if any((b < 0).any() or not torch.isfinite(b.double()).all() for b in boots):
             raise CheckpointError("bootstrap sums must be finite and >= 0")
         if min(n_batches, rounds) < 0 or n_batches > next_index:
@@ -372,6 +443,7 @@ class _State:
         self.sums.n_nonfinite.fill_(nonfinite)
         self.rows, self.next_index, self.n_batches, self.rounds = rows, next_index, n_batches, rounds
         self.seconds = seconds
+        self.margin_known = known
         for name, hist in hists.items():
             setattr(self, name, hist)
 
@@ -385,15 +457,25 @@ class _State:
             mine.act_sum.clone(),
             mine.act_sq_sum.clone(),
             mine.act_max.clone(),
+            mine.margin_count.clone(),
             mine.n_nonfinite.clone(),
             None,
         )
+        out.margin_known = self.margin_known  # the same on every rank: they resume checkpoints of one run
         for name in self._BOOT:
             setattr(out, name, getattr(self, name).clone())
         counts = torch.tensor([self.rows, self.n_batches], dtype=torch.int64, device=out.sums.fire_count.device)
         s = out.sums
         all_reduce_(
-            [s.fire_count, s.act_sum, s.act_sq_sum, s.n_nonfinite, *(getattr(out, n) for n in self._BOOT), counts]
+            [
+                s.fire_count,
+                s.act_sum,
+                s.act_sq_sum,
+                s.margin_count,
+                s.n_nonfinite,
+                *(getattr(out, n) for n in self._BOOT),
+                counts,
+            ]
         )
         all_reduce_max_(s.act_max)
         out.rows, out.n_batches = (int(v) for v in counts)
@@ -408,26 +490,36 @@ class _State:
         return out
 
     # -- estimates ----------------------------------------------------------------------------------
-    def estimates(self, thr: float, widths: NDArray[np.int64] | None = None) -> _Estimates | None:
+    def _margins(self, counts: Tensor) -> NDArray[np.int64] | None:
+        return counts.cpu().numpy() if self.margin_known else None
+
+    def estimates(self, counter: BoundEstimator, widths: NDArray[np.int64] | None = None) -> _Estimates | None:
         """Point estimates from the totals (None where undefined), with floors at ``widths`` if given."""
         n = self.rows - int(self.sums.n_nonfinite)
         at = np.zeros(0, np.int64) if widths is None else widths
-        return _estimates(n, self.sums.fire_count.cpu().numpy(), self.sums.act_sq_sum.cpu().numpy(), thr, at)
+        s = self.sums
+        return _estimates(
+            counter, n, s.fire_count.cpu().numpy(), s.act_sq_sum.cpu().numpy(), self._margins(s.margin_count), at
+        )
 
-    def intervals(self, thr: float, widths: NDArray[np.int64], confidence: float) -> Intervals:
+    def intervals(self, counter: BoundEstimator, widths: NDArray[np.int64], confidence: float) -> Intervals:
         """Point estimates with bootstrap percentile intervals."""
-        point = self.estimates(thr, widths)
+        point = self.estimates(counter, widths)
         if point is None:
             return {}
-        return _intervals(
-            self.boot_n.cpu().numpy(),
-            self.boot_fire.cpu().numpy(),
-            self.boot_s2.cpu().numpy(),
-            thr,
-            widths,
-            confidence,
-            point,
-        )
+        margins = self._margins(self.boot_margin)
+        replicates = [
+            _estimates(
+                counter,
+                float(self.boot_n[r]),
+                self.boot_fire[r].cpu().numpy(),
+                self.boot_s2[r].cpu().numpy(),
+                None if margins is None else margins[r],
+                widths,
+            )
+            for r in range(self.boot_n.numel())
+        ]
+        return _intervals(replicates, widths, confidence, point)
 
     def stats(self) -> FeatureStats:
         """The totals as FeatureStats."""
@@ -440,6 +532,7 @@ class _State:
             s.act_sq_sum.cpu().numpy().copy(),
             s.act_max.cpu().numpy().astype(np.float64),
             nonfinite,
+            self._margins(s.margin_count),
         )
 
 
@@ -525,11 +618,16 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
 
 # -- estimates from sums ------------------------------------------------------------------------------
 def _estimates(
-    n: float, fire: NDArray[np.int64], s2: NDArray[np.float64], thr: float, widths: NDArray[np.int64]
+    counter: BoundEstimator,
+    n: float,
+    fire: NDArray[np.int64],
+    s2: NDArray[np.float64],
+    margin: NDArray[np.int64] | None,
+    widths: NDArray[np.int64],
 ) -> _Estimates | None:
-    """F, L0, α, g, d* and the Eq. 2 floors from (weighted) sums; None where undefined."""
+    """F, L0, α, g, d* and the Eq. 2 floors of ``counter``'s estimator from (weighted) sums; None where undefined."""
     try:
-        est = estimate(n, fire, s2, thr)
+        est = counter.estimate(n, fire, s2, margin)
     except ValueError:
         return None
     f = int(est.feature_ids.size)
@@ -544,16 +642,10 @@ def _estimates(
 
 
 def _intervals(
-    boot_n: NDArray[np.int64],
-    boot_fire: NDArray[np.int64],
-    boot_s2: NDArray[np.float64],
-    thr: float,
-    widths: NDArray[np.int64],
-    confidence: float,
-    point: _Estimates,
+    every: list[_Estimates | None], widths: NDArray[np.int64], confidence: float, point: _Estimates
 ) -> Intervals:
-    """Bootstrap intervals at level ``confidence`` from the replicates' weighted sums (replicates
-    where an estimate is undefined are left out; fewer than 2 usable ones give no intervals).
+    """Bootstrap intervals at level ``confidence`` from the replicates' estimates (replicates where an
+    estimate is undefined, None, are left out; fewer than 2 usable ones give no intervals).
 
     F, L0, α, g and d* get percentile intervals [q_lo, q_hi] of the replicates θ*. A floor is the
     summed importance beyond the budget after sorting; each replicate re-sorts noisy importances,
@@ -564,7 +656,6 @@ def _intervals(
     floor also carries ``bias`` = mean(θ*) − θ̂, the bootstrap estimate of the point estimate's bias.
     Such an interval need not contain θ̂.
     """
-    every = [_estimates(float(boot_n[r]), boot_fire[r], boot_s2[r], thr, widths) for r in range(boot_n.size)]
     reps = [r for r in every if r is not None]
     lo_q, hi_q = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
     out: Intervals = {"confidence": confidence, "replicates": len(reps)}
@@ -592,11 +683,17 @@ def _intervals(
     return out
 
 
-def _sensitivity(stats: FeatureStats) -> list[SensitivityRow]:
-    """F, α and d* at each alive threshold, and whether the run had enough tokens to resolve it."""
+def _stats_estimates(counter: BoundEstimator, stats: FeatureStats) -> _Estimates | None:
+    """:func:`_estimates` of accumulated statistics, without floors."""
+    none = np.zeros(0, np.int64)
+    return _estimates(counter, stats.n_tokens, stats.fire_count, stats.act_sq_sum, stats.margin_count, none)
+
+
+def _sensitivity(stats: FeatureStats, sae: SAE, activation: Activation | None) -> list[SensitivityRow]:
+    """The paper's F, α and d* at each alive threshold, and whether the run had enough tokens to resolve it."""
     rows: list[SensitivityRow] = []
     for thr in SENSITIVITY_THRESHOLDS:
-        est = _estimates(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr, np.zeros(0, np.int64))
+        est = _stats_estimates(Estimator("paper", thr).bind(sae, activation), stats)
         rows.append(
             {
                 "alive_threshold": thr,
@@ -605,6 +702,27 @@ def _sensitivity(stats: FeatureStats) -> list[SensitivityRow]:
                 "critical_width": None if est is None else est["critical_width"],
                 # a latent at exactly this frequency fires ~10 times in 10/thr tokens
                 "resolved": stats.n_tokens >= 10 / thr,
+            }
+        )
+    return rows
+
+
+def _merged_sensitivity(
+    stats: FeatureStats, sae: SAE, config: MeasureConfig, activation: Activation | None
+) -> list[MergedSensitivityRow]:
+    """The merged estimator's F, α and d* at each (cosine, mass) of :data:`MERGED_SENSITIVITY`."""
+    rows: list[MergedSensitivityRow] = []
+    pairs = decoder_pairs(sae, min(c for c, _ in MERGED_SENSITIVITY))
+    for cosine, mass in MERGED_SENSITIVITY:
+        counter = Estimator("merged", config.alive_threshold, cosine, mass).bind(sae, activation, pairs=pairs)
+        est = _stats_estimates(counter, stats)
+        rows.append(
+            {
+                "cosine": cosine,
+                "mass": mass,
+                "n_features": None if est is None else est["n_features"],
+                "alpha": None if est is None else est["alpha"],
+                "critical_width": None if est is None else est["critical_width"],
             }
         )
     return rows
@@ -638,6 +756,84 @@ def _prepare_checkpoint(
         raise error or CheckpointError("another rank could not use its checkpoint; see its error")
 
 
+class _Member:
+    """One SAE of a measurement: its encoder, running sums, estimators and checkpoint."""
+
+    def __init__(
+        self, sae: SAE, config: MeasureConfig, source: ActivationSource, rank: int, world: int, path: Path | None
+    ) -> None:
+        self.sae = sae
+        self.acc = StatsAccumulator(sae, activation=config.activation, k=config.k)
+        self.state = _State(sae.n_latents, config.bootstrap, sae.W_enc.device, histograms=config.histograms)
+        self.counters = {name: est.bind(sae, config.activation) for name, est in config.estimators().items()}
+        self.lead = self.counters[config.estimator]
+        self.fingerprint = _fingerprint(source, sae, config, rank, world)
+        self.ckpt = path
+
+    def stable(self, config: MeasureConfig, world: int) -> tuple[_Estimates | None, bool]:
+        """The lead estimates (None where no display is due) and whether d* is stable to ``until_stable``."""
+        if config.until_stable is not None:
+            merged: _State | None = self.state.reduced(histograms=False)
+        elif world == 1:
+            merged = self.state
+        else:
+            merged = None  # no collective just for the progress display
+        est = None if merged is None else merged.estimates(self.lead)
+        if config.until_stable is None or merged is None or est is None:
+            return est, False
+        d = merged.intervals(self.lead, np.zeros(0, np.int64), config.confidence).get("critical_width")
+        return est, d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]
+
+    def result(self, config: MeasureConfig, source: ActivationSource, world: int, stopped: str) -> MeasureResult:
+        """The member's :class:`MeasureResult` from the sums of every rank."""
+        merged = self.state.reduced()
+        stats = merged.stats()
+        if stats.n_tokens == 0:
+            raise ValueError(
+                f"{source.describe()}: the stream held no usable tokens"
+                + (f" ({stats.n_nonfinite:,} were non-finite)" if stats.n_nonfinite else "")
+            )
+        measurements = {name: c.measurement(stats, source.describe()) for name, c in self.counters.items()}
+        measurement = measurements[config.estimator]
+        if config.widths is not None:
+            widths = np.asarray(config.widths, dtype=np.int64)
+        else:
+            widths = np.asarray(default_widths(measurement.critical_width), dtype=np.int64)
+        paper_rows = _sensitivity(stats, self.sae, config.activation)
+        results: dict[str, EstimatorResult] = {
+            name: {
+                "estimator": c.estimator.settings(),
+                "measurement": measurements[name],
+                "intervals": merged.intervals(c, widths, config.confidence) if config.bootstrap else {},
+                "sensitivity": (
+                    paper_rows if name == "paper" else _merged_sensitivity(stats, self.sae, config, config.activation)
+                ),
+            }
+            for name, c in self.counters.items()
+        }
+        cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
+        cfg.update(widths=widths.tolist(), world_size=world)
+        return MeasureResult(
+            stats,
+            measurement,
+            results[config.estimator]["intervals"],
+            paper_rows,
+            merged.n_batches,
+            self.state.seconds,
+            stopped,
+            source.describe(),
+            cfg,
+            merged.features,
+            merged.acts,
+            results,
+            sae_health(self.sae, stats, alive_threshold=config.alive_threshold),
+        )
+
+
+def _member_path(path: Path, index: int, members: int) -> Path:
+    return path if members == 1 else path.with_name(f"{path.stem}.sae{index}{path.suffix}")
+
+
 def measure(
     source: ActivationSource,
     sae: SAE,
@@ -653,34 +849,67 @@ def measure(
     summation order. ``max_tokens`` is rounded up to whole batches (batches with index < ⌈max_tokens / batch_tokens⌉), the same for any number of
     ranks and for resumed runs. ``on_batch(index, rows_so_far_on_this_rank)`` runs after each batch.
     """
+    return measure_family(source, [sae], config, progress=progress, on_batch=on_batch)[0]
+
+
+def measure_family(
+    source: ActivationSource,
+    saes: Sequence[SAE],
+    config: MeasureConfig | None = None,
+    *,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[MeasureResult]:
+    """:func:`measure` for several SAEs of the same activations from one pass over ``source``: each
+    batch is read (one teacher forward) once and encoded by every SAE, each accumulating its own
+    statistics; member i gives what ``measure(source, saes[i], config)`` gives. With several SAEs,
+    member i's checkpoint is ``config.checkpoint`` with ``.sae{i}`` before its suffix; ``until_stable``
+    stops once every member's d* is stable. All SAEs must be on one device.
+    """
     config = config or MeasureConfig()
+    if not saes:
+        raise ValueError("measure_family needs at least one SAE")
     rank, world = rank_and_world()
-    if source.d != sae.d_in:
-        raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
-    device = sae.W_enc.device
-    acc = StatsAccumulator(sae, activation=config.activation, k=config.k)
-    state = _State(sae.n_latents, config.bootstrap, device, histograms=config.histograms)
-    fingerprint = _fingerprint(source, sae, config, rank, world)
-    ckpt = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
-    _prepare_checkpoint(config, state, fingerprint, ckpt, device)
+    for sae in saes:
+        if source.d != sae.d_in:
+            raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
+    device = saes[0].W_enc.device
+    if any(sae.W_enc.device != device for sae in saes):
+        raise ValueError(
+            f"the SAEs of one measurement must be on one device; found {sorted({str(s.W_enc.device) for s in saes})}"
+        )
+    base = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
+    members = [
+        _Member(sae, config, source, rank, world, None if base is None else _member_path(base, i, len(saes)))
+        for i, sae in enumerate(saes)
+    ]
+    for m in members:
+        _prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device)
+    positions = {(m.state.next_index, m.state.rounds) for m in members}
+    if len(positions) > 1:
+        raise CheckpointError(
+            f"the members' checkpoints stopped at different batches ({sorted(positions)}); resume each alone"
+        )
+    first = members[0].state
     max_batches = None if config.max_tokens is None else -(-config.max_tokens // source.batch_tokens)
 
-    total = state.reduced(histograms=False).rows
+    total = first.reduced(histograms=False).rows
     bar = _progress(progress and rank == 0, config.max_tokens)
     bar.update(total)
-    start_time, seconds_before = time.perf_counter(), state.seconds
+    start_time = time.perf_counter()
+    seconds_before = [m.state.seconds for m in members]
     since_checkpoint = 0
     stopped = "source exhausted"
-    batches = source.batches(start=state.next_index, rank=rank, world=world)
+    batches = source.batches(start=first.next_index, rank=rank, world=world)
     while True:
         batch = next(batches, None)
         at_limit = batch is not None and max_batches is not None and batch.index >= max_batches
         rows = 0
         if batch is not None and not at_limit:
             x = batch.acts.to(device)
-            if x.ndim != 2 or x.shape[1] != sae.d_in:
+            if x.ndim != 2 or x.shape[1] != source.d:
                 raise ValueError(
-                    f"batch {batch.index}: a source must yield [tokens, {sae.d_in}] activations; "
+                    f"batch {batch.index}: a source must yield [tokens, {source.d}] activations; "
                     f"got shape {tuple(x.shape)}"
                 )
             rows = x.shape[0]
@@ -690,16 +919,17 @@ def measure(
                 else None
             )
             fill = config.histograms and batch.index % config.histogram_every == 0
-            batch_stats = acc.batch(x, want_codes=fill)
-            state.add(batch_stats, rows, weights)
-            if fill:
-                if batch_stats.codes is None:  # asked for with want_codes=fill
-                    raise RuntimeError(f"batch {batch.index}: the encode returned no codes for the histograms")
-                state.fill_histograms(batch_stats.codes, x, config.histogram_threads)
-            state.next_index = batch.index + 1
+            for m in members:
+                batch_stats = m.acc.batch(x, want_codes=fill)
+                m.state.add(batch_stats, rows, weights)
+                if fill:
+                    if batch_stats.codes is None:  # asked for with want_codes=fill
+                        raise RuntimeError(f"batch {batch.index}: the encode returned no codes for the histograms")
+                    m.state.fill_histograms(batch_stats.codes, x, config.histogram_threads)
+                m.state.next_index = batch.index + 1
             since_checkpoint += rows
             if on_batch is not None:
-                on_batch(batch.index, state.rows)
+                on_batch(batch.index, first.rows)
         # One small collective per round keeps the ranks in step: who read a batch, how many
         # tokens, and whether anyone stopped at max_tokens.
         flags = torch.tensor([int(batch is not None and not at_limit), rows, int(at_limit)], device=device)
@@ -707,64 +937,34 @@ def measure(
         if int(flags[0]) == 0:
             stopped = f"reached max_tokens ({config.max_tokens:,})" if int(flags[2]) else "source exhausted"
             break
-        state.rounds += 1
+        for m in members:
+            m.state.rounds += 1
         total += int(flags[1])
         bar.update(int(flags[1]))
-        if ckpt is not None and since_checkpoint >= config.checkpoint_every:
-            state.seconds = seconds_before + time.perf_counter() - start_time
-            _save_checkpoint(ckpt, state, fingerprint)
+        if base is not None and since_checkpoint >= config.checkpoint_every:
+            for m, before in zip(members, seconds_before):
+                m.state.seconds = before + time.perf_counter() - start_time
+                if m.ckpt is not None:
+                    _save_checkpoint(m.ckpt, m.state, m.fingerprint)
             since_checkpoint = 0
-        if state.rounds % config.check_every:
+        if first.rounds % config.check_every:
             continue
         # Every rank takes the same branch here: the decision depends on reduced sums only.
-        if config.until_stable is not None:
-            merged = state.reduced(histograms=False)
-        elif world == 1:
-            merged = state
-        else:
-            merged = None  # no collective just for the progress display
-        est = None if merged is None else merged.estimates(config.alive_threshold)
+        checks = [m.stable(config, world) for m in members]
+        est = checks[0][0]
         if est is not None:
             bar.set_postfix(F=est["n_features"], alpha=f"{est['alpha']:.5f}", d_star=f"{est['critical_width']:.1f}")
-        if config.until_stable is not None and merged is not None and est is not None and total >= config.min_tokens:
-            d = merged.intervals(config.alive_threshold, np.zeros(0, np.int64), config.confidence).get("critical_width")
-            if d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]:
-                stopped = f"d* stable: interval {d['low']:.1f} to {d['high']:.1f} within {config.until_stable:.2%}"
-                break
+        if config.until_stable is not None and total >= config.min_tokens and all(ok for _, ok in checks):
+            stopped = f"d* stable within {config.until_stable:.2%}" + (
+                f" for all {len(members)} SAEs" if len(members) > 1 else ""
+            )
+            break
     bar.close()
-    state.seconds = seconds_before + time.perf_counter() - start_time
-    if ckpt is not None:
-        _save_checkpoint(ckpt, state, fingerprint)
-    merged = state.reduced()
-    stats = merged.stats()
-    if stats.n_tokens == 0:
-        raise ValueError(
-            f"{source.describe()}: the stream held no usable tokens"
-            + (f" ({stats.n_nonfinite:,} were non-finite)" if stats.n_nonfinite else "")
-        )
-    measurement = Measurement.from_stats(stats, alive_threshold=config.alive_threshold, source=source.describe())
-    if config.widths is not None:
-        widths = np.asarray(config.widths, dtype=np.int64)
-    else:
-        widths = np.asarray(default_widths(measurement.critical_width), dtype=np.int64)
-    intervals: Intervals = (
-        merged.intervals(config.alive_threshold, widths, config.confidence) if config.bootstrap else {}
-    )
-    cfg = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(config).items()}
-    cfg.update(widths=widths.tolist(), world_size=world)
-    return MeasureResult(
-        stats,
-        measurement,
-        intervals,
-        _sensitivity(stats),
-        merged.n_batches,
-        state.seconds,
-        stopped,
-        source.describe(),
-        cfg,
-        merged.features,
-        merged.acts,
-    )
+    for m, before in zip(members, seconds_before):
+        m.state.seconds = before + time.perf_counter() - start_time
+        if m.ckpt is not None:
+            _save_checkpoint(m.ckpt, m.state, m.fingerprint)
+    return [m.result(config, source, world, stopped) for m in members]
 
 
 def _progress(enabled: bool, total: int | None) -> _ProgressBar:

@@ -41,6 +41,10 @@ __all__ = [
     "plot_importance_rank",
     "plot_floor_curve",
     "write_measurement_report",
+    "family_rows",
+    "family_markdown",
+    "plot_family",
+    "write_family_report",
 ]
 
 
@@ -117,9 +121,13 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
         f"- pyfloor {summary['pyfloor_version']}, torch {summary['torch_version']}",
         "",
     ]
+    lead = summary.get("estimator") or "paper"
+    estimators = summary.get("estimators") or {}
+    if lead in estimators:
+        lines += [f"Features counted by the **{lead}** estimator: {estimators[lead]['measurement']['notes'][0]}.", ""]
     rows = []
     for label, key, fmt in (
-        ("F (alive features)", "n_features", ",.0f"),
+        ("F (alive features)" if lead == "paper" else "F (counted features)", "n_features", ",.0f"),
         ("mean L0", "mean_l0", ".5g"),
         ("α", "alpha", ".6f"),
         ("g(α)", "capacity", ".4f"),
@@ -152,9 +160,15 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
                 "replicate's floor and the floor alike, so an interval may lie above the floor; "
                 "the other intervals are percentile intervals.",
             ]
+    health = summary.get("sae_health")
+    if health is not None and health["warnings"]:
+        lines += ["", "## SAE health", ""]
+        lines += [f"- {w}" for w in health["warnings"]]
+        lines += ["", "An SAE that fails these checks may count too many or too few features; train it longer."]
+    lines += _estimator_sections(estimators, conf)
     sens = summary.get("alive_threshold_sensitivity") or []
     if sens:
-        lines += ["", "## Sensitivity to the alive threshold", ""]
+        lines += ["", "## Sensitivity of the paper's definition to the alive threshold", ""]
         lines.append(
             _md_table(
                 ["threshold", "F", "α", "d*", "enough tokens (≥ 10/threshold)"],
@@ -190,6 +204,52 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def _estimator_sections(estimators: dict[str, Any], conf: float | None) -> list[str]:
+    """Markdown lines: every estimator's F, α and d* side by side, and the merged estimator's sensitivity."""
+    if not estimators:
+        return []
+
+    def cell(e: dict[str, Any], key: str, fmt: str) -> str:
+        iv = e["intervals"].get(key)
+        return _interval_text(iv, fmt) if iv else format(e["measurement"][key], fmt)
+
+    rows = [
+        [
+            name,
+            cell(e, "n_features", ",.0f"),
+            cell(e, "alpha", ".5f"),
+            cell(e, "critical_width", ",.1f"),
+            e["measurement"]["notes"][0],
+        ]
+        for name, e in estimators.items()
+    ]
+    interval = f" [{conf:.0%} interval]" if conf is not None else ""
+    lines = ["", "## Estimators of the teacher's features", ""]
+    lines.append(_md_table(["estimator", f"F{interval}", f"α{interval}", f"d*{interval}", "definition"], rows))
+    notes = [n for e in estimators.values() for n in e["measurement"]["notes"][1:]]
+    for note in notes:
+        lines += ["", note]
+    merged = estimators.get("merged")
+    if merged and merged["sensitivity"]:
+        lines += ["", "## Sensitivity of the merged estimator to its settings", ""]
+        lines.append(
+            _md_table(
+                ["decoder cosine", "importance mass", "F", "α", "d*"],
+                [
+                    [
+                        f"{r['cosine']:g}",
+                        f"{r['mass']:g}",
+                        _num(r["n_features"], ","),
+                        _num(r["alpha"], ".5f"),
+                        _num(r["critical_width"], ",.1f"),
+                    ]
+                    for r in merged["sensitivity"]
+                ],
+            )
+        )
+    return lines
 
 
 def top_feature_quantiles(result: MeasureResult, n: int = 10) -> list[dict[str, Any]]:
@@ -447,4 +507,131 @@ def write_measurement_report(result: MeasureResult, out_dir: str | Path) -> dict
         title, label = _activation_title(result.source)
         paths["activation_plot"] = out / "activation_histogram.png"
         result.activation_histogram.plot(label=label, title=title, path=paths["activation_plot"])
+    return paths
+
+
+# -- SAE families ---------------------------------------------------------------------------------------
+def family_rows(results: list[MeasureResult], labels: list[str]) -> list[dict[str, Any]]:
+    """One row per family member: its label, dictionary size, and F, α, d* (with intervals where
+    measured) by each estimator, and its health."""
+    rows = []
+    for label, r in zip(labels, results):
+        row: dict[str, Any] = {"member": label, "n_latents": r.stats.n_latents, "n_tokens": r.stats.n_tokens}
+        for name, e in r.estimators.items():
+            m, iv = e["measurement"], e["intervals"]
+            for key in ("n_features", "alpha", "critical_width"):
+                interval: Any = iv.get(key)
+                row[f"{name}.{key}"] = getattr(m, key)
+                row[f"{name}.{key}.low"] = None if interval is None else interval["low"]
+                row[f"{name}.{key}.high"] = None if interval is None else interval["high"]
+        row["healthy"] = r.health is None or r.health.ok
+        row["warnings"] = [] if r.health is None else r.health.warnings
+        rows.append(row)
+    return rows
+
+
+def family_markdown(rows: list[dict[str, Any]], lead: str, rule: str | None = None) -> str:
+    """The family comparison as Markdown: every member's F, α and d* by each estimator, the lead
+    member marked with the ``rule`` that chose it."""
+    names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
+
+    def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+        lo, hi = row.get(f"{key}.low"), row.get(f"{key}.high")
+        text = format(row[key], fmt)
+        return text if lo is None or hi is None else f"{text} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+    headers = ["member", "latents"]
+    for n in names:
+        headers += [f"F {n}", f"α {n}", f"d* {n}"]
+    headers.append("healthy")
+    body = [
+        [r["member"] + (" ◀ lead" if r.get("lead") else ""), f"{r['n_latents']:,}"]
+        + [
+            cell(r, f"{n}.{key}", fmt)
+            for n in names
+            for key, fmt in (("n_features", ",.0f"), ("alpha", ".4f"), ("critical_width", ",.1f"))
+        ]
+        + ["yes" if r["healthy"] else "no: " + "; ".join(r["warnings"])]
+        for r in rows
+    ]
+    lines = [
+        "# pyfloor SAE family measurement",
+        "",
+        f"{len(rows)} SAEs measured from one pass over the same tokens; the reports lead with the **{lead}** "
+        "estimator. Intervals are bootstrap percentile intervals.",
+        "",
+        _md_table(headers, body),
+    ]
+    lead_rows = [r for r in rows if r.get("lead")]
+    if lead_rows:
+        lines += [
+            "",
+            f"◀ lead: {lead_rows[0]['member']}, chosen without any truth ({lead} F̂, training FVU): {rule}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_family(rows: list[dict[str, Any]], out: str | Path | None = None, *, ax: Axes | None = None) -> Axes:
+    """F̂ and d* against dictionary size for each estimator (one point per member, intervals as bars)."""
+    ax, created = new_axes(ax, figsize=(6.4, 4.2))
+    names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
+    styles = {"paper": ("C0", "o"), "merged": ("C3", "s")}
+    for n in names:
+        color, marker = styles[n]
+        for key, ls, what in (("n_features", "-", "F̂"), ("critical_width", "--", "d*")):
+            x = np.array([r["n_latents"] for r in rows], dtype=np.float64)
+            y = np.array([r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            lo = np.array([r.get(f"{n}.{key}.low") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            hi = np.array([r.get(f"{n}.{key}.high") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            ax.errorbar(  # a percentile interval need not contain its estimate: bars clipped at it
+                x,
+                y,
+                yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)],
+                fmt=marker,
+                color=color,
+                mfc=color if key == "n_features" else "white",
+                ms=5,
+                capsize=2,
+                alpha=0.85,
+                label=f"{what} ({n})",
+            )
+            sizes = np.unique(x)
+            ax.plot(sizes, [np.median(y[x == s]) for s in sizes], ls=ls, color=color, lw=1)
+    sizes = np.unique([r["n_latents"] for r in rows])
+    ax.plot(sizes, sizes, color="0.6", lw=0.8, ls=":", label="dictionary size")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    log_tick_labels(ax, "y")
+    ax.set_xticks(sizes, [f"{int(v):,}" for v in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("SAE dictionary size (latents)")
+    ax.set_ylabel("features F̂ / critical width d*")
+    ax.set_title("Counted features and critical width against dictionary size", fontsize=10)
+    ax.legend(fontsize=7.5, loc="best", title="lines: median over members of a size", title_fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    return finish_figure(ax, figure_path(out), created)
+
+
+def write_family_report(
+    results: list[MeasureResult], labels: list[str], out_dir: str | Path, *, lead: tuple[int, str] | None = None
+) -> dict[str, Path]:
+    """Write each member's report into ``out_dir/<label>/`` and the comparison (JSON, Markdown, plot)
+    into ``out_dir``, marking the member the selection rule chose (``lead``: its index and why) if
+    given; returns the comparison's paths."""
+    out = Path(out_dir)
+    for label, r in zip(labels, results):
+        write_measurement_report(r, out / label)
+    rows = family_rows(results, labels)
+    for i, row in enumerate(rows):
+        row["lead"] = lead is not None and i == lead[0]
+    estimator = str(results[0].config.get("estimator"))
+    paths = {"json": out / "family.json", "markdown": out / "family.md", "plot": out / "family.png"}
+    summary = {
+        "estimator": estimator,
+        "lead": None if lead is None else {"member": labels[lead[0]], "rule": lead[1]},
+        "members": rows,
+    }
+    paths["json"].write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")
+    paths["markdown"].write_text(family_markdown(rows, estimator, None if lead is None else lead[1]))
+    plot_family(rows, paths["plot"])
     return paths

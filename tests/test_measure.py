@@ -1,6 +1,7 @@
 """pyfloor.measure, pyfloor.sources and pyfloor.distributed on a CPU."""
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pyfloor.measure import MeasureConfig, _estimates, bootstrap_weights, measure
+from pyfloor.features import Estimator, count_features
+from pyfloor.measure import MeasureConfig, _estimates, bootstrap_weights, measure, measure_family
 from pyfloor.sae import SAE
 from pyfloor.sources import ArraySource, IterableSource, TeacherSource, TokenSequences, find_layer
-from pyfloor.stats import CheckpointError, FeatureStats, Measurement
+from pyfloor.stats import CheckpointError, FeatureStats
 
 
 def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
@@ -77,13 +79,17 @@ def test_teacher_end_to_end_equals_numpy_by_hand(tiny_neox):
     l0 = (z > 0).sum() / n
     imp = np.sort((z**2).mean(0)[alive])[::-1]
 
-    m = result.measurement
+    m = result.estimators["paper"]["measurement"]
     assert result.stats.n_tokens == n == int(keep.sum())
     assert m.n_features == f and m.mean_l0 == pytest.approx(l0, rel=1e-12)
     assert m.alpha == pytest.approx(1 - l0 / f, rel=1e-12)
     np.testing.assert_allclose(m.importances, imp, rtol=1e-5, atol=1e-10 * imp[0])  # fp32 encode vs fp64
+    band = ((z > 0) & (z <= -b_enc)).sum(0)  # the margin band of a ReLU latent with b_enc < 0: 0 < z ≤ −b_enc
+    assert band.sum() > 0 and np.abs(result.stats.margin_count - band).max() <= 1  # fp32 vs fp64 at the edge
+    lead = result.measurement  # the merged estimator leads
+    assert result.config["estimator"] == "merged" and lead.notes[0].startswith("merged")
     floors = [iv["estimate"] for iv in result.intervals["floors"]]
-    np.testing.assert_allclose(floors, m.floor([1, 2, 4]), rtol=1e-12)
+    np.testing.assert_allclose(floors, lead.floor([1, 2, 4]), rtol=1e-12)
     for iv in result.intervals["floors"]:
         assert iv["low"] <= iv["high"]
 
@@ -235,11 +241,12 @@ def test_floor_intervals_are_basic_bootstrap_intervals(tmp_path):
     x = np.random.default_rng(0).normal(size=(100_000, 32)).astype(np.float32)
     widths = np.array([16, 32, 64, 88])
     ckpt = tmp_path / "c.safetensors"
-    cfg = MeasureConfig(bootstrap=32, widths=widths, checkpoint=ckpt, histograms=False)
+    cfg = MeasureConfig(bootstrap=32, widths=widths, checkpoint=ckpt, histograms=False, estimator="paper")
     r = measure(ArraySource([x], 2000), sae, cfg, progress=False)  # 50 batches
     t = load_file(str(ckpt))  # the replicates' weighted sums
+    counter = Estimator("paper").bind(sae)
     reps = [
-        _estimates(float(t["boot_n"][i]), t["boot_fire"][i].numpy(), t["boot_s2"][i].numpy(), 1e-5, widths)
+        _estimates(counter, float(t["boot_n"][i]), t["boot_fire"][i].numpy(), t["boot_s2"][i].numpy(), None, widths)
         for i in range(32)
     ]
     floors = np.stack([rep["floors"] for rep in reps])
@@ -404,12 +411,17 @@ def test_checkpoint_without_measuring_time_resumes_with_the_time_unknown(tmp_pat
         meta = f.metadata()
     tensors = load_file(str(ckpt))
     del tensors["seconds"]  # as version 1 wrote it
+    del tensors["margin_count"], tensors["boot_margin"], tensors["margin_known"]  # nor margin counts
     save_file(tensors, str(ckpt), metadata={**meta, "version": "1"})
     r = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
     full = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4), progress=False)
-    assert r.stats == full.stats and math.isnan(r.seconds) and math.isnan(r.tokens_per_second)
-    save_file(tensors, str(ckpt), metadata=meta)  # version 2 must record it
-    with pytest.raises(CheckpointError, match="lacks seconds"):
+    assert math.isnan(r.seconds) and math.isnan(r.tokens_per_second)
+    assert r.stats.margin_count is None and full.stats.margin_count is not None  # unknown, not zero
+    full.stats.margin_count = None
+    assert r.stats == full.stats
+    assert any("no margin counts" in note for note in r.measurement.notes)
+    save_file(tensors, str(ckpt), metadata=meta)  # version 3 must record them
+    with pytest.raises(CheckpointError, match="lacks boot_margin, margin_count, margin_known, seconds"):
         measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=4, checkpoint=ckpt, resume=True), progress=False)
 
 
@@ -495,13 +507,31 @@ def test_two_gloo_processes_equal_one(tmp_path):
         np.testing.assert_array_equal(two.fire_count, one.stats.fire_count)
         np.testing.assert_array_equal(two.act_max, one.stats.act_max)
         np.testing.assert_allclose(two.act_sq_sum, one.stats.act_sq_sum, rtol=1e-13)
-        a = Measurement.from_stats(two)
-        assert (a.n_features, a.mean_l0, a.alpha) == (
-            one.measurement.n_features,
-            one.measurement.mean_l0,
-            one.measurement.alpha,
-        )
+        np.testing.assert_array_equal(two.margin_count, one.stats.margin_count)
+        for name, a in count_features(two, sparse_sae(8, 30), [Estimator("paper"), Estimator()]).items():
+            b = one.estimators[name]["measurement"]
+            assert (a.n_features, a.mean_l0, a.alpha) == (b.n_features, b.mean_l0, b.alpha)
         np.testing.assert_array_equal(np.load(tmp_path / f"hist{rank}.npy"), one.feature_histograms.counts)
         iv = json.loads((tmp_path / f"intervals{rank}.json").read_text())
         assert iv["n_features"] == one.intervals["n_features"]
         assert iv["floors"][0]["low"] == pytest.approx(one.intervals["floors"][0]["low"], rel=1e-12)
+
+
+def test_a_family_measured_in_one_pass_equals_each_sae_alone(tmp_path):
+    x = np.random.default_rng(21).normal(size=(900, 8)).astype(np.float32)
+    saes = [sparse_sae(8, 20, seed=0), sparse_sae(8, 40, seed=1, bias=-0.9), sparse_sae(8, 20, seed=2)]
+    cfg = MeasureConfig(bootstrap=6, widths=[1, 2], checkpoint=tmp_path / "c.safetensors", checkpoint_every=200)
+    reads = []
+    source = ArraySource([x], 100)
+    family = measure_family(source, saes, cfg, progress=False, on_batch=lambda i, rows: reads.append(i))
+    assert reads == list(range(9))  # every batch read once for all three
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"c.sae{i}.safetensors" for i in range(3)]
+    for sae, got in zip(saes, family):
+        alone = measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=6, widths=[1, 2]), progress=False)
+        assert got.stats == alone.stats
+        assert got.intervals == alone.intervals
+        assert got.measurement.n_features == alone.measurement.n_features
+    resumed = measure_family(source, saes, dataclasses.replace(cfg, resume=True), progress=False)
+    assert all(a.stats == b.stats for a, b in zip(resumed, family))
+    with pytest.raises(ValueError, match="at least one SAE"):
+        measure_family(source, [], cfg)

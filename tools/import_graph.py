@@ -22,6 +22,7 @@ LAYERS: list[list[str]] = [
     ["pyfloor.stats"],
     ["pyfloor.floors", "pyfloor.histograms"],
     ["pyfloor.sae", "pyfloor.distributed"],
+    ["pyfloor.features", "pyfloor.family"],
     ["pyfloor.encode_types"],
     ["pyfloor.kernels.bitonic"],
     ["pyfloor.kernels.fused_encode"],
