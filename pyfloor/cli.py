@@ -37,6 +37,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     import torch
 
+    from .family import FamilyMember
     from .sae import TrainStep
     from .sources import ArraySource, TeacherSource
     from .toy import ExperimentSettings, ToyConfig
@@ -72,7 +73,7 @@ _DEMO: _DemoDefaults = {
     "out": "pyfloor-demo",
     "workers": min(2, os.cpu_count() or 1),
 }
-_TOY: _ToyDefaults = {"out": "pyfloor-toy", "workers": 2, "sae_steps": 400}  # 48 configurations: shorter SAE sweeps
+_TOY: _ToyDefaults = {"out": "pyfloor-toy", "workers": 2, "sae_steps": 800}
 _SEQ_LEN = 1024
 _BATCH_TOKENS = 65_536
 _SAE_CHECKPOINT_EVERY = 50_000_000  # tokens between saves of a training SAE
@@ -333,6 +334,18 @@ def _positive_widths(text: str) -> list[int]:
     values = _widths(text)
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers; got {text!r}")
+    return values
+
+
+def _list_of(parse: Callable[[str], Any], example: str) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated values, each parsed by ``parse``."""
+
+    def values(text: str) -> list[Any]:
+        parts = [v for v in text.replace(" ", "").split(",") if v]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, e.g. {example}; got {text!r}")
+        return [parse(v) for v in parts]
+
     return values
 
 
@@ -699,13 +712,51 @@ def _finish_source_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(teacher_defaults={k: p.get_default(k) for k in _TEACHER_OPTIONS})
 
 
+def _load_saes(
+    paths: list[Path], device: torch.device | str | None
+) -> tuple[list[Any], list[str], list[FamilyMember] | None]:
+    """The SAEs of ``--sae`` (files, directories of other libraries, or one family folder), a label
+    each, and the family manifest's entries (None for SAEs given one by one)."""
+    from .family import is_family, load_family
+    from .sae import load_sae
+
+    if len(paths) == 1 and is_family(paths[0]):
+        members = load_family(paths[0], device=None if device is None else str(device))
+        return [sae for _, sae in members], [Path(m["file"]).stem for m, _ in members], [m for m, _ in members]
+    if any(is_family(p) for p in paths):
+        raise UsageError("--sae takes one family folder alone, or SAE files (not a family among them)")
+    labels = [p.stem if p.suffix == ".safetensors" else p.name for p in paths]
+    if len(set(labels)) != len(labels):
+        labels = [f"sae{i}-{label}" for i, label in enumerate(labels)]
+    return [load_sae(p, device=device) for p in paths], labels, None
+
+
+def _family_lead(results: list[Any], manifest: list[FamilyMember] | None) -> tuple[int, str] | None:
+    """:func:`pyfloor.family.select_member` over a measured family (None without a manifest)."""
+    from .family import Candidate, select_member
+
+    if manifest is None:
+        return None
+    configs = [m["config"] for m in manifest]
+    penalty = [c["k"] if c["activation"] == "topk" else -c["l1_coeff"] for c in configs]  # ascending = sparsest first
+    if len({c["activation"] for c in configs}) > 1:
+        return None  # penalties of different activations do not compare
+    order = sorted(set(penalty))
+    return select_member(
+        [
+            Candidate(order.index(p), r.stats.n_latents, r.measurement.n_features, m["fvu"])
+            for p, r, m in zip(penalty, results, manifest)
+        ]
+    )
+
+
 # -- measure ---------------------------------------------------------------------------------------
 def _cmd_measure(args: argparse.Namespace) -> int:
     from ._io import check_replaceable
     from .distributed import rank_and_world
-    from .measure import CHECKPOINT_FORMAT, MeasureConfig, measure
-    from .report import measurement_markdown, write_measurement_report
-    from .sae import load_sae
+    from .features import sae_health
+    from .measure import CHECKPOINT_FORMAT, MeasureConfig, _member_path, measure, measure_family
+    from .report import measurement_markdown, write_family_report, write_measurement_report
 
     _check_source_args(args)
     if args.k is not None and args.activation not in (None, "topk"):
@@ -721,6 +772,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         resume="--resume",
         overwrite="--overwrite",
         checkpoint="--checkpoint",
+        cosine="--cosine",
+        mass="--mass",
     ):
         config = MeasureConfig(
             max_tokens=args.max_tokens,
@@ -731,6 +784,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             alive_threshold=args.alive_threshold,
+            estimator=args.estimator,
+            cosine=args.cosine,
+            mass=args.mass,
             bootstrap=args.bootstrap,
             seed=args.seed,
             widths=args.widths,
@@ -740,13 +796,35 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             histogram_every=args.histogram_every,
         )
     device = _device(args)
-    sae = load_sae(args.sae, device=device)
+    saes, labels, manifest = _load_saes(args.sae, device)
     _out_dir(args.out, args)
     _out_dir(checkpoint.parent, args, "--checkpoint's directory")
     if not args.resume:  # fail now, not after loading the teacher; measure() checks again
-        check_replaceable(checkpoint, kind=CHECKPOINT_FORMAT, what="measure checkpoint", overwrite=args.overwrite)
+        for i in range(len(saes)):
+            check_replaceable(
+                _member_path(checkpoint, i, len(saes)),
+                kind=CHECKPOINT_FORMAT,
+                what="measure checkpoint",
+                overwrite=args.overwrite,
+            )
     source = _source_from_args(args, device)
-    result = measure(source, sae, config, progress=_show_progress(args))
+    if len(saes) > 1:
+        results = measure_family(source, saes, config, progress=_show_progress(args))
+        if rank_and_world()[0] != 0:
+            return EXIT_OK
+        for i, r in enumerate(results):  # with the training curve, the health check also sees an FVU still falling
+            if manifest is not None:
+                r.health = sae_health(
+                    saes[i], r.stats, fvu_history=manifest[i]["fvu_history"], alive_threshold=config.alive_threshold
+                )
+        family = write_family_report(results, labels, args.out, lead=_family_lead(results, manifest))
+        if args.json:
+            _print_json(json.loads(family["json"].read_text()))
+        else:
+            print(family["markdown"].read_text())
+            print("wrote " + ", ".join(str(p) for p in family.values()) + f" and a report per SAE under {args.out}")
+        return EXIT_OK
+    result = measure(source, saes[0], config, progress=_show_progress(args))
     if rank_and_world()[0] != 0:
         return EXIT_OK
     paths = write_measurement_report(result, args.out)
@@ -770,8 +848,10 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sae",
         type=Path,
+        nargs="+",
         required=True,
-        help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory",
+        help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory; several SAEs or "
+        "an SAE family folder (train-sae with lists) are measured from one pass, one report each under --out",
     )
     p.add_argument(
         "--activation",
@@ -828,6 +908,26 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         help="firing frequency above which a latent is alive",
     )
     p.add_argument(
+        "--estimator",
+        choices=("merged", "paper"),
+        default=default("estimator"),
+        help="how latents are counted as the teacher's features, for the headline numbers: 'merged' (near-parallel "
+        "decoder directions merged, the importance tail cut, margin-corrected α) or 'paper' (every alive latent); "
+        "the report shows both",
+    )
+    p.add_argument(
+        "--cosine",
+        type=_fraction,
+        default=default("cosine"),
+        help="merged estimator: decoder cosine above which latents are one feature",
+    )
+    p.add_argument(
+        "--mass",
+        type=_fraction,
+        default=default("mass"),
+        help="merged estimator: fraction of the total importance the counted features hold",
+    )
+    p.add_argument(
         "--bootstrap",
         type=_count,
         default=default("bootstrap"),
@@ -869,6 +969,12 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     from .sae import SAE, SAE_FORMAT, TrainConfig, load_sae, train_sae
 
     _check_source_args(args)
+    if not isinstance(args.l1, list):  # the default, not parsed from a list
+        args.l1 = [args.l1]
+    lists = {"--latents": args.latents or [None], "--l1": args.l1, "--k": args.k or [None]}
+    if args.seeds is not None or any(len(v) > 1 for v in lists.values()):
+        return _train_family(args)
+    args.latents, args.l1, args.k = (v[0] for v in lists.values())
     activation = args.activation or _default(TrainConfig, "activation")
     if args.init is None:
         if args.latents is None:
@@ -964,24 +1070,120 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_family(args: argparse.Namespace) -> int:
+    """train-sae with lists: every combination of latents × penalty × seed from one pass over the source."""
+    from .family import FAMILY_MANIFEST, is_family, member_name, save_family
+    from .render import format_table
+    from .sae import TrainConfig, train_sae_family
+
+    if args.init is not None:
+        raise UsageError("--init continues one SAE; it does not go with lists or --seeds (a family)")
+    if args.latents is None:
+        raise UsageError("--latents is required to train a family")
+    if args.steps is None:
+        raise UsageError("a family needs --steps (its members share one pass over the source)")
+    activation = args.activation or _default(TrainConfig, "activation")
+    if activation == "topk" and args.k is None:
+        raise UsageError("--activation topk needs --k")
+    if activation != "topk" and args.k is not None:
+        raise UsageError(f"--k goes with --activation topk, not with {activation}")
+    penalties = args.k if activation == "topk" else args.l1
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    with _usage(args, **_TRAIN_NAMES):
+        configs = [
+            TrainConfig(
+                n_latents=m,
+                activation=activation,
+                k=pen if activation == "topk" else None,
+                l1_coeff=0.0 if activation == "topk" else pen,
+                lr=args.lr,
+                steps=args.steps,
+                seed=seed,
+            )
+            for m in args.latents
+            for pen in penalties
+            for seed in seeds
+        ]
+    for c in configs:
+        if c.k is not None and c.k > c.n_latents:
+            raise UsageError(f"--k ({c.k}) must be at most --latents ({c.n_latents})")
+    folder: Path = Path("sae-family") if args.out == Path(_SAE_OUT) else args.out
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"-o/--output {folder} is a file; a family is written to a folder")
+    taken = [folder / member_name(c) for c in configs if (folder / member_name(c)).exists()]
+    if (taken or is_family(folder)) and not args.overwrite:
+        raise FileExistsError(
+            f"{folder} already holds an SAE family ({FAMILY_MANIFEST}); pass --overwrite to replace it"
+        )
+    device = _device(args)
+    _out_dir(folder, args, "-o/--output")
+    source = _source_from_args(args, device)
+    bar = _bar(args.steps * len(configs), _show_progress(args), f"train-sae ({len(configs)} SAEs)", "step")
+
+    def on_step(i: int, step: TrainStep) -> None:
+        bar.update(1)
+        if i == 0:
+            bar.set_postfix(fvu=f"{step.fvu:.4f}", l0=f"{step.l0:.1f}")
+
+    with bar:
+        trained = train_sae_family(source, source.d, configs, device=device, on_step=on_step)
+    manifest = save_family(folder, [(c, sae, history) for c, (sae, history) in zip(configs, trained)])
+    rows: list[dict[str, Any]] = [
+        {"file": member_name(c), "n_latents": c.n_latents, "penalty": c.k or c.l1_coeff, "seed": c.seed}
+        | {"fvu": h[-1].fvu, "l0": h[-1].l0, "dead": h[-1].dead}
+        for c, (_, h) in zip(configs, trained)
+    ]
+    if args.json:
+        _print_json({"family": str(folder), "manifest": str(manifest), "members": rows})
+        return EXIT_OK
+    print(
+        format_table(
+            ["member", "latents", "penalty", "seed", "FVU", "L0", "dead"],
+            [
+                [r["file"], str(r["n_latents"]), f"{r['penalty']:g}", str(r["seed"])]
+                + [f"{r['fvu']:.4f}", f"{r['l0']:.1f}", str(r["dead"])]
+                for r in rows
+            ],
+        )
+    )
+    print(f"wrote {len(rows)} SAEs and {manifest}")
+    return EXIT_OK
+
+
 def _add_train_sae_options(p: argparse.ArgumentParser) -> None:
     from .sae import ACTIVATIONS, TrainConfig
 
     trainable = tuple(a for a in ACTIVATIONS if a != "jumprelu")  # JumpReLU SAEs are read, not trained here
     _add_source_args(p)
-    p.add_argument("--latents", type=_positive_int, help="number of SAE latents (required unless --init)")
+    p.add_argument(
+        "--latents",
+        type=_list_of(_positive_int, "256,512"),
+        help="number of SAE latents (required unless --init); a list trains a family",
+    )
     p.add_argument(
         "--activation",
         choices=trainable,
         help=f"latent activation (default: {_default(TrainConfig, 'activation')}, or the --init SAE's)",
     )
-    p.add_argument("--k", type=_positive_int, help="k of a top-k SAE (default: the --init SAE's)")
     p.add_argument(
-        "--l1", type=_nonnegative_number, default=_default(TrainConfig, "l1_coeff"), help="L1 coefficient of a ReLU SAE"
+        "--k",
+        type=_list_of(_positive_int, "16,32"),
+        help="k of a top-k SAE (default: the --init SAE's); a list trains a family",
+    )
+    p.add_argument(
+        "--l1",
+        type=_list_of(_nonnegative_number, "0.1,0.3"),
+        default=_default(TrainConfig, "l1_coeff"),
+        help="L1 coefficient of a ReLU SAE; a list trains a family",
     )
     p.add_argument("--lr", type=_positive_number, default=_default(TrainConfig, "lr"), help="Adam learning rate")
     p.add_argument("--steps", type=_positive_int, help="training steps (default: one pass over the source)")
     p.add_argument("--seed", type=int, default=_default(TrainConfig, "seed"), help="seed of the initialisation")
+    p.add_argument(
+        "--seeds",
+        type=_list_of(int, "0,1"),
+        help="train a family with one member per seed (and per --latents, --l1/--k); -o is then a folder",
+    )
     p.add_argument("--init", type=Path, help="continue training this SAE")
     p.add_argument(
         "--checkpoint-every",

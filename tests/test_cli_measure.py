@@ -101,8 +101,15 @@ def test_measure_writes_the_report(acts, trained_sae, tmp_path, capsys):
     stats = FeatureStats.load(out / "stats.safetensors")
     assert stats.n_tokens == 20_000
     # the saved statistics feed predict and report
-    assert main(["predict", str(out / "stats.safetensors"), "--json"]) == 0
+    assert main(["predict", str(out / "stats.safetensors"), "--json"]) == 0  # statistics alone: the paper's count
+    paper = report["estimators"]["paper"]["measurement"]
+    assert json.loads(capsys.readouterr().out)["measurement"]["n_features"] == paper["n_features"]
+    assert main(["predict", str(out / "measurement.json"), "--json"]) == 0  # the lead estimator's measurement
     assert json.loads(capsys.readouterr().out)["measurement"]["n_features"] == report["measurement"]["n_features"]
+    assert report["estimator"] == "merged" and set(report["estimators"]) == {"merged", "paper"}
+    assert report["measurement"]["n_features"] < paper["n_features"]  # merged and tail-cut latents are not counted
+    md = (out / "report.md").read_text()
+    assert "## Estimators of the teacher's features" in md and "## Sensitivity of the merged estimator" in md
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").is_file()
@@ -272,3 +279,40 @@ def test_measure_a_teacher_from_a_local_directory(tmp_path, capsys):
     )
     assert "blocks 0 … 2" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists()  # the failed run leaves no empty output folder
+
+
+def test_a_family_is_trained_and_measured_from_one_pass_each(acts, tmp_path, capsys):
+    from pyfloor.family import load_family
+    from pyfloor.sae import TrainConfig, train_sae
+    from pyfloor.sources import ArraySource
+
+    fam = tmp_path / "fam"
+    args = ["train-sae", "--activations", str(acts), "--batch-tokens", "1000", "--lr", "3e-3", "--steps", "30"]
+    args += ["--latents", "32,64", "--l1", "0.01,0.1", "--seeds", "0,1", "-o", str(fam), "--quiet", "--json"]
+    assert main(args) == 0
+    listed = json.loads(capsys.readouterr().out)["members"]
+    assert len(listed) == 8 and {m["n_latents"] for m in listed} == {32, 64}
+    members = load_family(fam)
+    # a member equals the SAE trained alone on the same batches
+    config, sae = members[5][0]["config"], members[5][1]
+    alone, _ = train_sae(ArraySource([np.load(acts)], 1000), 16, TrainConfig(**config))
+    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in sae.state_dict().items())
+    assert main(args) == 1 and "already holds an SAE family" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert (
+        main(
+            ["measure", "--activations", str(acts), "--sae", str(fam), "--batch-tokens", "1000"]
+            + ["--bootstrap", "4", "--out", str(out), "--quiet", "--no-histograms"]
+        )
+        == 0
+    )
+    assert "◀ lead" in capsys.readouterr().out
+    summary = json.loads((out / "family.json").read_text())
+    assert len(summary["members"]) == 8 and summary["lead"]["member"] in {p.stem for p in fam.glob("*.safetensors")}
+    for row in summary["members"]:
+        report = json.loads((out / row["member"] / "report.json").read_text())
+        assert report["measurement"]["n_features"] == row["merged.n_features"]
+        assert report["estimators"]["paper"]["measurement"]["n_features"] == row["paper.n_features"]
+    assert (out / "family.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["train-sae", "--activations", str(acts), "--latents", "8,16", "-o", str(tmp_path / "f2")]) == 2
+    assert "--steps" in capsys.readouterr().err
