@@ -184,18 +184,7 @@ class BoundEstimator:
         notes = [self.estimator.describe()]
         if self.estimator.name == "merged" and self.estimator.margin and self.has_band and stats.margin_count is None:
             notes.append("the statistics hold no margin counts: frequencies are not corrected")
-        return Measurement(
-            n_features=int(est.feature_ids.size),
-            mean_l0=est.mean_l0,
-            alpha=est.alpha,
-            importances=est.importances,
-            feature_ids=est.feature_ids,
-            n_tokens=stats.n_tokens,
-            n_latents=stats.n_latents,
-            alive_threshold=self.estimator.alive_threshold,
-            source=source,
-            notes=tuple(notes),
-        )
+        return Measurement.from_estimate(est, stats, self.estimator.alive_threshold, source, tuple(notes))
 
 
 class DecoderPairs(NamedTuple):

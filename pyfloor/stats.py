@@ -498,7 +498,13 @@ class Measurement:
         thr = _checks.fraction(alive_threshold, "alive_threshold")
         if stats.n_tokens == 0:
             raise ValueError("the statistics hold no tokens; nothing to measure")
-        est = estimate(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr)
+        return cls.from_estimate(estimate(stats.n_tokens, stats.fire_count, stats.act_sq_sum, thr), stats, thr, source)
+
+    @classmethod
+    def from_estimate(
+        cls, est: Estimate, stats: FeatureStats, alive_threshold: float, source: str = "", notes: tuple[str, ...] = ()
+    ) -> Measurement:
+        """The measurement of an :class:`Estimate` made from ``stats`` (any estimator's counted features)."""
         return cls(
             n_features=int(est.feature_ids.size),
             mean_l0=est.mean_l0,
@@ -507,8 +513,9 @@ class Measurement:
             feature_ids=est.feature_ids,
             n_tokens=stats.n_tokens,
             n_latents=stats.n_latents,
-            alive_threshold=thr,
+            alive_threshold=alive_threshold,
             source=source,
+            notes=notes,
         )
 
     # -- the paper's quantities ---------------------------------------------------------------
