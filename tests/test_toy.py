@@ -10,6 +10,7 @@ import torch
 
 from pyfloor import theory
 from pyfloor.cli import main
+from pyfloor.stats import Measurement
 from pyfloor.toy import (
     PREDICTORS,
     ConfigResult,
@@ -33,7 +34,7 @@ from pyfloor.toy import (
     train_toy_models,
 )
 from pyfloor.toy.predictors import _budget_points, fit_pooled_budget_law
-from pyfloor.toy.sweep import _select
+from pyfloor.toy.sweep import TeacherMeasurement, _select
 
 QUICK = TrainSettings(steps=150, batch_size=64)
 
@@ -211,7 +212,10 @@ def synthetic_result(alpha: float, d_teacher: int, scale: float, n: int = 20) ->
     losses = StudentLosses(observed, observed, observed + 0.01)
     teachers = [TeacherFacts(0.01, np.arange(kept), np.where(np.arange(n) < kept, weights, 0.0))] * 2
     kept_mask = np.zeros((2, d_teacher, n), dtype=bool)
-    return ConfigResult(config, seeds, losses, losses, kept_mask, kept_mask, teachers)
+    # an SAE measurement that found the kept features, 10 % off in α
+    sae = Measurement.from_importances(weights[:kept] * 3.0, alpha=min(0.999, alpha * 1.1 - 0.1))
+    measured = TeacherMeasurement([], {}, {"relu": {"merged": sae, "paper": sae}})
+    return ConfigResult(config, seeds, losses, losses, kept_mask, kept_mask, teachers, measured)
 
 
 def test_fitted_predictors_leave_the_predicted_configuration_out():
@@ -220,7 +224,7 @@ def test_fitted_predictors_leave_the_predicted_configuration_out():
     # change only configuration 0's observations: its own fitted predictions must not move ...
     changed = [synthetic_result(0.8, 3, 5.0)] + results[1:]
     after = predict_floors(changed)
-    for name in ("packing_loco", "calibrated_loco"):
+    for name in ("packing_loco", "calibrated_loco", "sae_width_packing_loco"):
         assert before[0][name] is not None
         np.testing.assert_array_equal(before[0][name], after[0][name])
         # ... while the others, which were fitted on it, do
@@ -250,7 +254,9 @@ def test_budget_laws_match_the_theory_module():
 def test_fitted_predictors_need_other_configurations():
     preds = predict_floors([synthetic_result(0.9, 5, 1.0)])[0]
     assert preds["packing_loco"] is None and preds["calibrated_loco"] is None
-    assert preds["eq2_sae"] is None  # no SAE measurement
+    assert preds["sae_width_packing_loco"] is None
+    no_sae = dataclasses.replace(synthetic_result(0.9, 5, 1.0), sae=None)
+    assert predict_floors([no_sae])[0]["eq2_sae"] is None  # no SAE measurement
     np.testing.assert_allclose(
         preds["eq2"][0], theory.importance_floor(np.arange(1, 6), 0.9, ToyTask(20, 0.9).feature_weights)
     )
@@ -275,15 +281,23 @@ def test_report_holds_every_number_and_scores(tiny_results):
 
 
 # -- SAE measurement ---------------------------------------------------------------------------------
-def test_penalty_rule_takes_the_sparsest_sae_within_tolerance():
-    pts = [
-        SweepPoint("relu", 1.0, 0.5, 1, 10, 0.9),
-        SweepPoint("relu", 0.3, 0.08, 2, 10, 0.8),
-        SweepPoint("relu", 0.1, 0.01, 3, 10, 0.7),
-        SweepPoint("topk", 1, 0.3, 1, 10, 0.9),
-        SweepPoint("topk", 2, 0.2, 2, 10, 0.8),
+def test_selection_rule_takes_the_sparsest_saturated_member():
+    pts = [  # in SAESettings.sweep() order: sparsest penalty first, smallest dictionary first within one
+        SweepPoint("relu", 8, 1.0, 0.3, 1, 8, 0.9, 6, 0.9),
+        SweepPoint("relu", 16, 1.0, 0.3, 1, 16, 0.9, 9, 0.9),  # F̂ still grows with the dictionary
+        SweepPoint("relu", 8, 0.3, 0.12, 2, 8, 0.8, 7, 0.8),
+        SweepPoint("relu", 16, 0.3, 0.08, 2, 16, 0.8, 7, 0.8),  # saturated
+        SweepPoint("relu", 8, 0.1, 0.01, 3, 8, 0.7, 6, 0.7),
+        SweepPoint("relu", 16, 0.1, 0.01, 3, 16, 0.7, 6, 0.7),  # saturated too, but denser
+        SweepPoint("topk", 8, 1, 0.6, 1, 8, 0.9, 5, 0.9),
+        SweepPoint("topk", 16, 1, 0.5, 1, 16, 0.9, 8, 0.9),
+        SweepPoint("topk", 8, 2, 0.55, 2, 8, 0.8, 5, 0.8),
+        SweepPoint("topk", 16, 2, 0.52, 2, 16, 0.8, 7, 0.8),
     ]
-    assert _select(pts, 0.1) == {"relu": 1, "topk": 4}  # no top-k within tolerance: the lowest FVU
+    assert _select(pts, 0.5, 0.1) == {"relu": 2, "topk": 7}  # top-k: none within tolerance, the lowest FVU
+    assert _select(pts, 0.1, 0.1)["relu"] == 4  # (8, 0.3) has FVU 0.12 > 0.1
+    assert _select(pts, 0.5, 0.5)["relu"] == 0  # 6 → 9 is growth of 50 %: saturated at 0.5
+    assert _select([p for p in pts if p.n_latents == 8], 0.2, 0.1)["relu"] == 1  # one size: FVU rule alone
 
 
 @pytest.fixture(scope="module")
@@ -294,30 +308,29 @@ def small_teacher():
 
 
 def test_sae_measurement_of_a_small_teacher(small_teacher):
-    """What the paper's estimators give on a teacher whose truth is known.
+    """What the estimators give on a teacher whose truth is known (12 features, d_T = 4, α = 0.9).
 
-    The goal: F̂ within ±10 % of the represented count and α̂ within ±0.02 of α under a
-    penalty rule that does not know the truth. No penalty does that (docs/toy-model.md): with the
-    paper's alive threshold (fires on > 1e-5 of tokens) F̂ is the SAE's dictionary size, not the
-    teacher's feature count, and α̂ = 1 − L0/F̂ then moves with the penalty. This test pins that
-    finding (so a change that fixed or worsened it shows up) and the monotone sensitivity.
+    The paper's definition counts every alive latent: F̂ is the SAE's dictionary size, and
+    α̂ = 1 − L0/F̂ moves with the penalty. The merged estimator on the member the rule picks (the
+    sparsest penalty whose F̂ the doubled dictionary reproduces) gives the teacher's represented
+    count and its α. This pins both (so a change that fixes or breaks either shows up).
     """
     task, teacher = small_teacher
     represented = int(teacher.kept_features()[0].sum())
-    assert 8 <= represented <= 12
-    settings = SAESettings(l1_grid=(0.03, 0.3, 1.0), k_grid=(1, 3), steps=300, measure_tokens=16384)
+    assert represented == 9
+    settings = SAESettings(l1_grid=(1.0, 0.3), k_grid=(), measure_tokens=16384)
     m = measure_teacher(teacher.W[0], task, settings, seed=0)
-    relu = [p for p in m.points if p.activation == "relu"]  # sparsest first
-    assert m.n_latents == 32
-    assert all(p.n_features >= 0.9 * m.n_latents for p in relu)  # F̂ ≈ dictionary size …
-    assert all(p.n_features > 1.5 * represented for p in relu)  # … far above what the teacher holds
-    assert [p.mean_l0 for p in relu] == sorted(p.mean_l0 for p in relu)  # more penalty, fewer active
-    assert [p.alpha for p in relu] == sorted((p.alpha for p in relu), reverse=True)
-    assert [p.fvu for p in relu] == sorted((p.fvu for p in relu), reverse=True)
-    assert relu[0].alpha - relu[-1].alpha > 0.05  # α̂ moves a lot with the penalty
+    assert [(p.n_latents, p.penalty) for p in m.points] == [(16, 1.0), (32, 1.0), (16, 0.3), (32, 0.3)]
+    assert all(p.n_features >= 0.9 * p.n_latents for p in m.points)  # paper: F̂ ≈ dictionary size …
+    assert all(p.merged_features < p.n_features for p in m.points)  # … merged: fewer
     picked = m.points[m.selected["relu"]]
-    assert picked.fvu <= settings.fvu_tolerance or picked is min(relu, key=lambda p: p.fvu)
-    assert m.measurements["relu"].n_features == picked.n_features
+    assert (picked.n_latents, picked.penalty) == (16, 1.0)
+    assert abs(picked.merged_features - represented) <= 0.1 * represented
+    assert picked.merged_alpha == pytest.approx(task.alpha, abs=0.02)
+    assert picked.n_features == 16 and abs(picked.alpha - task.alpha) > 0.02  # the paper's numbers miss both
+    lead = m.measurements["relu"]["merged"]
+    assert (lead.n_features, lead.alpha) == (picked.merged_features, picked.merged_alpha)
+    assert m.measurements["relu"]["paper"].n_features == picked.n_features
 
 
 # -- the command ---------------------------------------------------------------------------------------
@@ -356,13 +369,13 @@ def _numbers(report):
 def test_demo_runs_end_to_end_and_is_deterministic(tmp_path, capsys):
     assert main(DEMO_ARGS + ["--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
-    for heading in ("(a) distill", "(b) excess task", "(c) task", "Eq. 2 (true)", "SAE sensitivity", "wrote"):
+    for heading in ("(a) distill", "(b) excess task", "(c) task", "Eq. 2 (true)", "SAE family", "wrote"):
         assert heading in out
     files = {p.name for p in (tmp_path / "a").iterdir()}
     assert files == {"report.json", "report.md", "floors.png"}
     assert (tmp_path / "a" / "floors.png").read_bytes()[:4] == b"\x89PNG"
     first = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert first["configs"][0]["sae"]["n_latents"] == 32
+    assert {p["n_latents"] for p in first["configs"][0]["sae"]["sweep"]} == {16, 32}  # 4 × d_T and 8 × d_T
     assert first["settings"]["workers"] == min(2, os.cpu_count() or 1)  # the SAE sweep beside the students
     assert main(DEMO_ARGS + ["--out", str(tmp_path / "b"), "--json", "--workers", "1"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .. import theory
+from ..features import EstimatorName
+from ..stats import Measurement
 from .experiment import ConfigResult, TeacherFacts
 
 __all__ = [
@@ -53,8 +55,15 @@ TARGETS: dict[str, str] = {
 PREDICTORS: dict[str, str] = {
     "eq2": "Eq. 2 with the true inputs: F = n, α, w_i = I_i·(1−α)/3, budget ⌊d·g(α)⌋",
     "eq2_sae": (
-        "Eq. 2 with the SAE measurement of the teacher (ReLU+L1, penalty by the FVU rule): F̂, α̂ and "
-        "E[z²] rescaled to sum to the width-0 distillation loss Σ_i I_i·Var(x̂_T,i)"
+        "Eq. 2 with the SAE measurement of the teacher (ReLU+L1 family, member by the saturation rule), features "
+        "counted by the merged estimator (pyfloor.features): F̂, α̂ and importances rescaled to sum to the "
+        "width-0 distillation loss Σ_i I_i·Var(x̂_T,i)"
+    ),
+    "eq2_sae_paper": ("as eq2_sae, features counted by the paper's definition (every alive latent; α̂ = 1 − L0/F̂)"),
+    "sae_width_packing_loco": (
+        "as width_packing_loco, but from SAE measurements only: the merged estimator's F̂, α̂ and rescaled "
+        "importances of each configuration, the law fitted on the other configurations' effective budgets "
+        "against their own SAE importances (leave one configuration out)"
     ),
     "eq2_teacher": (
         "Eq. 2 over the features the teacher represents (‖W_T,i‖² > 0.5), each weighted by what the "
@@ -184,15 +193,24 @@ def width_stratum(width: ArrayLike, critical_width: ArrayLike) -> list[str]:
 
 
 # -- predicting ----------------------------------------------------------------------------------
-def _sae_floor(result: ConfigResult) -> NDArray[np.float64] | None:
-    """eq2_sae: Eq. 2 from the picked ReLU SAE, importances rescaled to the width-0 loss."""
-    if result.sae is None or "relu" not in result.sae.measurements:
+def _sae_profile(result: ConfigResult, estimator: EstimatorName) -> tuple[Measurement, NDArray[np.float64]] | None:
+    """The picked ReLU SAE's measurement by ``estimator`` and its importances rescaled to sum to the
+    width-0 distillation loss (None without an SAE measurement)."""
+    if result.sae is None or estimator not in result.sae.measurements.get("relu", {}):
         return None
-    m = result.sae.measurements["relu"]
-    if not m.total_importance:
+    m = result.sae.measurements["relu"][estimator]
+    if not m.total_importance or m.importances is None:
         return None
-    scale = result.teachers[0].width0_loss / m.total_importance
-    floor = np.asarray(m.floor(np.asarray(result.config.widths)), dtype=np.float64) * scale
+    return m, m.importances * (result.teachers[0].width0_loss / m.total_importance)
+
+
+def _sae_floor(result: ConfigResult, estimator: EstimatorName) -> NDArray[np.float64] | None:
+    """Eq. 2 from the picked ReLU SAE counted by ``estimator``, importances rescaled to the width-0 loss."""
+    profile = _sae_profile(result, estimator)
+    if profile is None:
+        return None
+    m, imp = profile
+    floor = np.asarray(theory.importance_floor(np.asarray(result.config.widths), m.alpha, imp), dtype=np.float64)
     per_seed: NDArray[np.float64] = np.broadcast_to(floor, (len(result.seeds), len(result.config.widths))).copy()
     return per_seed
 
@@ -214,7 +232,8 @@ def _own_predictors(result: ConfigResult) -> dict[str, NDArray[np.float64] | Non
     eq2 = np.asarray(theory.importance_floor(w, c.alpha, c.task.feature_weights), dtype=np.float64)
     return {
         "eq2": np.broadcast_to(eq2, (s, w.size)).copy(),
-        "eq2_sae": _sae_floor(result),
+        "eq2_sae": _sae_floor(result, "merged"),
+        "eq2_sae_paper": _sae_floor(result, "paper"),
         "eq2_teacher": _teacher_floor(result, lambda t: np.floor(w * theory.capacity(c.alpha)).astype(np.int64)),
         "teacher_density": _teacher_floor(
             result, lambda t: np.floor(w * t.represented.size / c.d_teacher + 1e-9).astype(np.int64)
@@ -250,6 +269,18 @@ def _budget_points(r: ConfigResult) -> _BudgetPoints:
     )
 
 
+def _sae_budget_points(r: ConfigResult) -> _BudgetPoints | None:
+    """Effective budgets of r's first-seed students (the seed whose teacher the SAE measured) against
+    the merged estimator's rescaled SAE importances, at its α̂ (None without an SAE measurement)."""
+    profile = _sae_profile(r, "merged")
+    if profile is None:
+        return None
+    m, imp = profile
+    k = np.atleast_1d(theory.effective_budget(r.distilled.distill[0], imp))
+    w = np.asarray(r.config.widths, dtype=np.float64)
+    return _BudgetPoints(w, np.full(w.size, m.alpha), k, np.full(w.size, float(imp.size)))
+
+
 def fit_pooled_budget_law(points: Sequence[_BudgetPoints], *, width_aware: bool) -> theory.PackingLaw | None:
     """:func:`pyfloor.theory.fit_budget_law` over several configurations' students; None when they
     cannot determine the law (too few, one sparsity or one width only, or b ≤ 0)."""
@@ -268,6 +299,7 @@ class LocoFits(NamedTuple):
     packing: theory.PackingLaw | None
     width_packing: theory.PackingLaw | None
     calibration: theory.Calibration | None
+    sae_width_packing: theory.PackingLaw | None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: None if v is None else v._asdict() for k, v in self._asdict().items()}
@@ -276,6 +308,7 @@ class LocoFits(NamedTuple):
 def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray[np.float64]]) -> list[LocoFits]:
     """For each configuration, the laws fitted on the other configurations of its importance profile."""
     points = [_budget_points(r) for r in results]
+    sae_points = [_sae_budget_points(r) for r in results]
     fits = []
     for i, r in enumerate(results):
         others = [
@@ -288,6 +321,7 @@ def _loco_fits(results: Sequence[ConfigResult], eq2: Sequence[NDArray[np.float64
                 fit_pooled_budget_law([points[j] for j in others], width_aware=False),
                 fit_pooled_budget_law([points[j] for j in others], width_aware=True),
                 _fit_calibration([eq2[j] for j in others], [results[j] for j in others]),
+                fit_pooled_budget_law([p for j in others if (p := sae_points[j]) is not None], width_aware=True),
             )
         )
     return fits
@@ -308,7 +342,8 @@ def _fit_calibration(eq2: Sequence[NDArray[np.float64]], others: Sequence[Config
 def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray[np.float64]) -> dict[str, NDArray[np.float64] | None]:
     """packing_loco, width_packing_loco and calibrated_loco of one configuration from its fits."""
     w = np.asarray(r.config.widths, dtype=np.float64)
-    packing, width_law, cal = fits
+    packing, width_law, cal, sae_law = fits
+    profile = _sae_profile(r, "merged")
     return {
         # the paper-style law keeps whole features: F_S = ⌊d·a·g^b⌋
         "packing_loco": (
@@ -322,6 +357,13 @@ def _apply_fits(r: ConfigResult, fits: LocoFits, eq2: NDArray[np.float64]) -> di
             else np.asarray([width_law.floor(w, r.config.alpha, t.represented_weights()) for t in r.teachers])
         ),
         "calibrated_loco": None if cal is None else np.asarray(cal.apply(eq2), dtype=np.float64),
+        "sae_width_packing_loco": (
+            None
+            if sae_law is None or profile is None
+            else np.broadcast_to(
+                np.asarray(sae_law.floor(w, profile[0].alpha, profile[1]), dtype=np.float64), (len(r.seeds), w.size)
+            ).copy()
+        ),
     }
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "toy_metric_table",
     "toy_stratum_table",
     "toy_sae_table",
+    "toy_sae_scores",
+    "toy_sae_score_table",
     "toy_sweep_table",
     "toy_markdown",
     "format_toy_report",
@@ -82,22 +84,26 @@ def _sae_dict(r: ConfigResult) -> dict[str, Any] | None:
     if r.sae is None:
         return None
     t0 = r.teachers[0]
+    represented = max(t0.represented.size, 1)
     picked = {}
     for act, i in r.sae.selected.items():
         p = r.sae.points[i]
         picked[act] = {
             **p._asdict(),
-            "F_over_represented": p.n_features / max(t0.represented.size, 1),
+            "F_over_represented": p.n_features / represented,
             "alpha_error": p.alpha - r.config.alpha,
+            "merged_F_over_represented": p.merged_features / represented,
+            "merged_alpha_error": p.merged_alpha - r.config.alpha,
         }
-    m = r.sae.measurements.get("relu")
+    m = r.sae.measurements.get("relu", {})
     return {
-        "n_latents": r.sae.n_latents,
         "seed": r.seeds[0],
         "truth": {"n_features": r.config.n_features, "alpha": r.config.alpha, "represented": int(t0.represented.size)},
         "sweep": [p._asdict() for p in r.sae.points],
         "selected": picked,
-        "relu_importances": None if m is None or m.importances is None else m.importances.tolist(),
+        "relu_importances": {
+            name: None if meas.importances is None else meas.importances.tolist() for name, meas in m.items()
+        },
     }
 
 
@@ -163,7 +169,9 @@ PAPER_TOY_ACCURACY = 0.93
 #: Short column names of the predictors and targets in tables and legends.
 TOY_PREDICTOR_LABELS = {
     "eq2": "Eq. 2 (true)",
-    "eq2_sae": "Eq. 2 (SAE)",
+    "eq2_sae": "Eq. 2 (SAE, merged)",
+    "eq2_sae_paper": "Eq. 2 (SAE, paper)",
+    "sae_width_packing_loco": "SAE width packing law (LOCO)",
     "eq2_teacher": "Eq. 2 (teacher feats)",
     "teacher_density": "teacher density",
     "packing_loco": "packing law (LOCO)",
@@ -269,49 +277,122 @@ def toy_stratum_table(report: dict[str, Any], target: str = "distill") -> tuple[
 
 
 def toy_sae_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """SAE measurement against the truth, per configuration: F̂ and α̂ of the picked ReLU and top-k SAEs."""
-    headers = ["config", "n", "represented", "α", "latents", "ReLU L1", "F̂", "α̂", "FVU", "top-k k", "F̂", "α̂", "FVU"]
+    """SAE measurement against the truth, per configuration: the picked ReLU SAE's F̂ and α̂ by the
+    paper's definition and by the merged estimator, and the picked top-k SAE's merged F̂ and α̂."""
+    headers = [
+        "config",
+        "n",
+        "represented",
+        "α",
+        "ReLU latents",
+        "L1",
+        "FVU",
+        "F̂ paper",
+        "α̂ paper",
+        "F̂ merged",
+        "α̂ merged",
+        "top-k latents",
+        "k",
+        "F̂ merged",
+        "α̂ merged",
+    ]
     rows = []
     for c in report["configs"]:
         sae = c["sae"]
         if sae is None:
             continue
-        cells = [
-            c["config"]["label"],
-            str(sae["truth"]["n_features"]),
-            str(sae["truth"]["represented"]),
-            f"{sae['truth']['alpha']:g}",
-            str(sae["n_latents"]),
-        ]
-        for act in ("relu", "topk"):
-            p = sae["selected"].get(act)
-            cells += (
-                ["—"] * 4
-                if p is None
-                else [f"{p['penalty']:g}", str(p["n_features"]), f"{p['alpha']:.3f}", f"{p['fvu']:.3f}"]
-            )
+        t = sae["truth"]
+        cells = [c["config"]["label"], str(t["n_features"]), str(t["represented"]), f"{t['alpha']:g}"]
+        p = sae["selected"].get("relu")
+        cells += (
+            ["—"] * 7
+            if p is None
+            else [
+                str(p["n_latents"]),
+                f"{p['penalty']:g}",
+                f"{p['fvu']:.3f}",
+                str(p["n_features"]),
+                f"{p['alpha']:.3f}",
+                str(p["merged_features"]),
+                f"{p['merged_alpha']:.3f}",
+            ]
+        )
+        p = sae["selected"].get("topk")
+        cells += (
+            ["—"] * 4
+            if p is None
+            else [str(p["n_latents"]), f"{p['penalty']:g}", str(p["merged_features"]), f"{p['merged_alpha']:.3f}"]
+        )
         rows.append(cells)
     return headers, rows
 
 
+def toy_sae_scores(report: dict[str, Any], *, f_tol: float = 0.1, alpha_tol: float = 0.02) -> dict[str, Any]:
+    """How often the picked ReLU SAE's F̂ lies within ``f_tol`` (relative) of the represented count and
+    its α̂ within ``alpha_tol`` of α, by estimator: {estimator: {"F": hits, "alpha": hits, "both": hits,
+    "configs": n}}."""
+    out: dict[str, Any] = {}
+    for name, f_key, a_key in (("paper", "n_features", "alpha"), ("merged", "merged_features", "merged_alpha")):
+        hits = {"F": 0, "alpha": 0, "both": 0, "configs": 0}
+        for c in report["configs"]:
+            sae = c["sae"]
+            p = None if sae is None else sae["selected"].get("relu")
+            if p is None:
+                continue
+            t = sae["truth"]
+            f_ok = abs(p[f_key] - t["represented"]) <= f_tol * t["represented"]
+            a_ok = abs(p[a_key] - t["alpha"]) <= alpha_tol
+            hits["F"] += f_ok
+            hits["alpha"] += a_ok
+            hits["both"] += f_ok and a_ok
+            hits["configs"] += 1
+        out[name] = hits
+    return out
+
+
+def toy_sae_score_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """:func:`toy_sae_scores` as a table: configurations within tolerance, per estimator."""
+    headers = ["estimator", "F̂ within ±10 % of represented", "α̂ within ±0.02 of α", "both"]
+    rows = []
+    for name, h in toy_sae_scores(report).items():
+        n = h["configs"]
+        rows.append([name, f"{h['F']}/{n}", f"{h['alpha']}/{n}", f"{h['both']}/{n}"])
+    return headers, rows
+
+
 def toy_sweep_table(config: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The SAE sensitivity table of one configuration: every penalty with FVU, L0, F̂ and α̂."""
+    """The SAE family of one configuration: every member with FVU, L0, and F̂, α̂ by each estimator."""
     sae = config["sae"]
-    picked = {(p["activation"], p["penalty"]) for p in sae["selected"].values()}
-    headers = ["SAE", "penalty", "FVU", "L0", "F̂", "α̂", "F̂ / represented", "α̂ − α", "picked"]
+    rep = max(sae["truth"]["represented"], 1)
+    picked = {(p["activation"], p["n_latents"], p["penalty"]) for p in sae["selected"].values()}
+    headers = [
+        "SAE",
+        "latents",
+        "penalty",
+        "FVU",
+        "L0",
+        "F̂ paper",
+        "α̂ paper",
+        "F̂ merged",
+        "α̂ merged",
+        "F̂/rep.",
+        "picked",
+    ]
     rows = []
     for p in sae["sweep"]:
         rows.append(
             [
                 "ReLU+L1" if p["activation"] == "relu" else "top-k",
+                str(p["n_latents"]),
                 f"{p['penalty']:g}",
                 f"{p['fvu']:.4f}",
                 f"{p['mean_l0']:.2f}",
                 str(p["n_features"]),
                 f"{p['alpha']:.3f}",
-                f"{p['n_features'] / max(sae['truth']['represented'], 1):.2f}",
-                f"{p['alpha'] - sae['truth']['alpha']:+.3f}",
-                "◀" if (p["activation"], p["penalty"]) in picked else "",
+                str(p["merged_features"]),
+                f"{p['merged_alpha']:.3f}",
+                f"{p['merged_features'] / rep:.2f}",
+                "◀" if (p["activation"], p["n_latents"], p["penalty"]) in picked else "",
             ]
         )
     return headers, rows
@@ -335,7 +416,8 @@ def _toy_sections(
             if c["sae"] is not None:
                 sections.append(
                     (
-                        f"SAE sensitivity ({c['config']['label']}, {c['sae']['n_latents']} latents)",
+                        f"SAE family ({c['config']['label']}; truth: represented "
+                        f"{c['sae']['truth']['represented']}, α = {c['sae']['truth']['alpha']:g})",
                         table(*toy_sweep_table(c)),
                     )
                 )
@@ -344,8 +426,15 @@ def _toy_sections(
     )
     sections.append(("Scores of every predictor against each observed loss", table(*toy_metric_table(report))))
     sections.append(("Median accuracy against (a) by student width relative to d*", table(*toy_stratum_table(report))))
+    if any(c["sae"] is not None for c in configs):
+        sections.append(
+            (
+                "Picked ReLU SAE against the truth: configurations within tolerance, per estimator",
+                table(*toy_sae_score_table(report)),
+            )
+        )
     if len(configs) > per_config_limit and any(c["sae"] is not None for c in configs):
-        sections.append(("SAE measurement against the truth (picked penalties)", table(*toy_sae_table(report))))
+        sections.append(("SAE measurement against the truth (picked SAEs)", table(*toy_sae_table(report))))
     return sections
 
 
@@ -386,7 +475,7 @@ def _missing_note(report: dict[str, Any]) -> str | None:
             "configuration out), so they need a grid with two or more sparsities, e.g. `pyfloor toy --grid small`."
         )
     if "eq2_sae" in missing:
-        notes.append("Eq. 2 (SAE) needs the SAE measurement (it was skipped with --no-sae).")
+        notes.append("The Eq. 2 (SAE) predictors need the SAE measurement (it was skipped with --no-sae).")
     return " ".join(notes) or None
 
 
@@ -414,6 +503,8 @@ class _LineStyle(TypedDict, total=False):
 _TOY_STYLES: dict[str, _LineStyle] = {
     "eq2": {"color": "C3", "ls": "--"},
     "eq2_sae": {"color": "C4", "ls": ":"},
+    "eq2_sae_paper": {"color": "C5", "ls": ":"},
+    "sae_width_packing_loco": {"color": "C6", "ls": "-", "lw": 1.8},
     "eq2_teacher": {"color": "C2", "ls": "-."},
     "teacher_density": {"color": "C1", "ls": "-"},
     "packing_loco": {"color": "C0", "ls": "-"},
