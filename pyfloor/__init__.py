@@ -41,7 +41,12 @@ _LAZY = {
     "SAE": "sae",
     "TrainConfig": "sae",
     "train_sae": "sae",
+    "train_sae_family": "sae",
     "load_sae": "sae",
+    "Estimator": "features",
+    "count_features": "features",
+    "sae_health": "features",
+    "measure_family": "measure",
     "StatsAccumulator": "encode",
     "encode_stats": "encode",
     "SparseCodes": "encode_types",
@@ -59,6 +64,8 @@ _SUBMODULES = frozenset(
         "distributed",
         "encode",
         "encode_types",
+        "family",
+        "features",
         "floors",
         "histograms",
         "measure",
@@ -76,6 +83,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from . import distributed as distributed
     from . import encode as encode
     from . import encode_types as encode_types
+    from . import family as family
+    from . import features as features
     from . import floors as floors
     from . import histograms as histograms
     from . import measure as measure
@@ -86,9 +95,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from . import toy as toy
     from .encode import StatsAccumulator, encode_stats
     from .encode_types import BatchStats, SparseCodes
+    from .features import Estimator, count_features, sae_health
     from .histograms import Binning, FeatureHistograms, FiringDensity, Histogram, firing_density
-    from .measure import MeasureConfig, MeasureResult
-    from .sae import SAE, TrainConfig, load_sae, train_sae
+    from .measure import MeasureConfig, MeasureResult, measure_family
+    from .sae import SAE, TrainConfig, load_sae, train_sae, train_sae_family
     from .toy import ToyConfig, ToyTask, run_experiment, train_toy_models
 
 
@@ -117,7 +127,12 @@ __all__ = [
     "SAE",
     "TrainConfig",
     "train_sae",
+    "train_sae_family",
     "load_sae",
+    "Estimator",
+    "count_features",
+    "sae_health",
+    "measure_family",
     "StatsAccumulator",
     "encode_stats",
     "SparseCodes",

@@ -731,6 +731,11 @@ def _load_saes(
     return [load_sae(p, device=device) for p in paths], labels, None
 
 
+def _penalty_label(config: dict[str, Any]) -> str:
+    """A family member's penalty as a plot label: ``L1 0.1`` or ``k 32``."""
+    return f"k {config['k']}" if config["activation"] == "topk" else f"L1 {config['l1_coeff']:g}"
+
+
 def _family_lead(results: list[Any], manifest: list[FamilyMember] | None) -> tuple[int, str] | None:
     """:func:`pyfloor.family.select_member` over a measured family (None without a manifest)."""
     from .family import Candidate, select_member
@@ -817,7 +822,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
                 r.health = sae_health(
                     saes[i], r.stats, fvu_history=manifest[i]["fvu_history"], alive_threshold=config.alive_threshold
                 )
-        family = write_family_report(results, labels, args.out, lead=_family_lead(results, manifest))
+        groups = None if manifest is None else [_penalty_label(m["config"]) for m in manifest]
+        family = write_family_report(results, labels, args.out, lead=_family_lead(results, manifest), groups=groups)
         if args.json:
             _print_json(json.loads(family["json"].read_text()))
         else:

@@ -195,7 +195,7 @@ class DecoderPairs(NamedTuple):
     threshold: float
 
 
-def decoder_pairs(sae: SAE, cosine: float, *, block: int = 4096) -> DecoderPairs:
+def decoder_pairs(sae: SAE, cosine: float, *, block: int = 1024) -> DecoderPairs:
     """Latent pairs (i < j) whose unit decoder rows have cosine > ``cosine``, sorted, with their cosines.
 
     Cosines are computed blockwise in float32 on the SAE's device (memory O(block × m)); those within

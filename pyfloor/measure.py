@@ -382,7 +382,12 @@ class _State:
         missing = sorted(wanted - t.keys())
         if missing:
             raise CheckpointError(f"checkpoint lacks {', '.join(missing)}")
-        known = bool(t["margin_known"]) if version >= 3 else False
+        flag = t.get("margin_known")
+        if flag is not None and (flag.shape != () or flag.dtype != torch.bool):
+            raise CheckpointError(
+                f"checkpoint margin_known must be a bool scalar; got {tuple(flag.shape)} {flag.dtype}"
+            )
+        known = bool(flag) if version >= 3 and flag is not None else False
         for name, array in mine.items():
             if t[name].shape != array.shape or t[name].dtype != array.dtype:
                 raise CheckpointError(

@@ -572,32 +572,45 @@ def family_markdown(rows: list[dict[str, Any]], lead: str, rule: str | None = No
 
 
 def plot_family(rows: list[dict[str, Any]], out: str | Path | None = None, *, ax: Axes | None = None) -> Axes:
-    """F̂ and d* against dictionary size for each estimator (one point per member, intervals as bars)."""
-    ax, created = new_axes(ax, figsize=(6.4, 4.2))
+    """F̂ (filled) and d* (open markers) against dictionary size, colour by estimator, one line per
+    penalty group (``row["group"]``, e.g. "L1 0.1"; medians over its members of a size), intervals as bars."""
+    ax, created = new_axes(ax, figsize=(6.8, 4.6))
     names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
-    styles = {"paper": ("C0", "o"), "merged": ("C3", "s")}
+    colors = {"paper": "C0", "merged": "C3"}
+    groups = list(dict.fromkeys(str(r.get("group", "")) for r in rows))
+    dashes = ["-", "--", ":", "-."]
+    x_all = np.array([r["n_latents"] for r in rows], dtype=np.float64)
     for n in names:
-        color, marker = styles[n]
-        for key, ls, what in (("n_features", "-", "F̂"), ("critical_width", "--", "d*")):
-            x = np.array([r["n_latents"] for r in rows], dtype=np.float64)
+        for key, marker, what in (("n_features", "o", "F̂"), ("critical_width", "s", "d*")):
             y = np.array([r[f"{n}.{key}"] for r in rows], dtype=np.float64)
             lo = np.array([r.get(f"{n}.{key}.low") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
             hi = np.array([r.get(f"{n}.{key}.high") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
             ax.errorbar(  # a percentile interval need not contain its estimate: bars clipped at it
-                x,
+                x_all,
                 y,
                 yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)],
                 fmt=marker,
-                color=color,
-                mfc=color if key == "n_features" else "white",
-                ms=5,
+                color=colors[n],
+                mfc=colors[n] if key == "n_features" else "white",
+                ms=4.5,
                 capsize=2,
                 alpha=0.85,
                 label=f"{what} ({n})",
             )
-            sizes = np.unique(x)
-            ax.plot(sizes, [np.median(y[x == s]) for s in sizes], ls=ls, color=color, lw=1)
-    sizes = np.unique([r["n_latents"] for r in rows])
+            for gi, g in enumerate(groups):
+                mine = np.array([str(r.get("group", "")) == g for r in rows])
+                sizes = np.unique(x_all[mine])
+                ax.plot(
+                    sizes,
+                    [np.median(y[mine & (x_all == v)]) for v in sizes],
+                    ls=dashes[gi % len(dashes)],
+                    color=colors[n],
+                    lw=1,
+                )
+    for gi, g in enumerate(groups):
+        if g:
+            ax.plot([], [], ls=dashes[gi % len(dashes)], color="0.3", lw=1, label=g)
+    sizes = np.unique(x_all)
     ax.plot(sizes, sizes, color="0.6", lw=0.8, ls=":", label="dictionary size")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -605,25 +618,31 @@ def plot_family(rows: list[dict[str, Any]], out: str | Path | None = None, *, ax
     ax.set_xticks(sizes, [f"{int(v):,}" for v in sizes])
     ax.minorticks_off()
     ax.set_xlabel("SAE dictionary size (latents)")
-    ax.set_ylabel("features F̂ / critical width d*")
+    ax.set_ylabel("features F̂ (filled) / critical width d* (open)")
     ax.set_title("Counted features and critical width against dictionary size", fontsize=10)
-    ax.legend(fontsize=7.5, loc="best", title="lines: median over members of a size", title_fontsize=7)
+    ax.legend(fontsize=7, loc="best", ncols=2, title="lines: medians over seeds", title_fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     return finish_figure(ax, figure_path(out), created)
 
 
 def write_family_report(
-    results: list[MeasureResult], labels: list[str], out_dir: str | Path, *, lead: tuple[int, str] | None = None
+    results: list[MeasureResult],
+    labels: list[str],
+    out_dir: str | Path,
+    *,
+    lead: tuple[int, str] | None = None,
+    groups: list[str] | None = None,
 ) -> dict[str, Path]:
     """Write each member's report into ``out_dir/<label>/`` and the comparison (JSON, Markdown, plot)
     into ``out_dir``, marking the member the selection rule chose (``lead``: its index and why) if
-    given; returns the comparison's paths."""
+    given; ``groups`` names each member's penalty (one plot line per group). Returns the comparison's paths."""
     out = Path(out_dir)
     for label, r in zip(labels, results):
         write_measurement_report(r, out / label)
     rows = family_rows(results, labels)
     for i, row in enumerate(rows):
         row["lead"] = lead is not None and i == lead[0]
+        row["group"] = "" if groups is None else groups[i]
     estimator = str(results[0].config.get("estimator"))
     paths = {"json": out / "family.json", "markdown": out / "family.md", "plot": out / "family.png"}
     summary = {

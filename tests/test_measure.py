@@ -535,3 +535,20 @@ def test_a_family_measured_in_one_pass_equals_each_sae_alone(tmp_path):
     assert all(a.stats == b.stats for a, b in zip(resumed, family))
     with pytest.raises(ValueError, match="at least one SAE"):
         measure_family(source, [], cfg)
+
+
+def test_checkpoint_with_a_bad_margin_flag_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    x = np.random.default_rng(14).normal(size=(300, 8)).astype(np.float32)
+    sae = sparse_sae(8, 20)
+    ckpt = tmp_path / "c.safetensors"
+    measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=2, checkpoint=ckpt), progress=False)
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(ckpt))
+    tensors["margin_known"] = torch.ones(2, dtype=torch.bool)
+    save_file(tensors, str(ckpt), metadata=meta)
+    with pytest.raises(CheckpointError, match="margin_known must be a bool scalar"):
+        measure(ArraySource([x], 100), sae, MeasureConfig(bootstrap=2, checkpoint=ckpt, resume=True), progress=False)

@@ -51,3 +51,16 @@ def one_batch(sae: pyfloor.SAE) -> pyfloor.FeatureStats:
 
     stats, _codes = pyfloor.encode_stats(torch.randn(4, 16, sae.d_in), sae)
     return stats
+
+
+def teacher_features(stats: pyfloor.FeatureStats, sae: pyfloor.SAE) -> tuple[int, float, bool]:
+    both = pyfloor.count_features(stats, sae, [pyfloor.Estimator("paper"), pyfloor.Estimator(cosine=0.95)])
+    merged: pyfloor.Measurement = both["merged"]
+    healthy: bool = pyfloor.sae_health(sae, stats).ok
+    return merged.n_features, merged.alpha, healthy
+
+
+def a_family(source: TeacherSource, saes: list[pyfloor.SAE]) -> list[float]:
+    results = pyfloor.measure_family(source, saes, MeasureConfig(max_tokens=1_000_000))
+    paper = [r.estimators["paper"]["measurement"].critical_width for r in results]
+    return [r.measurement.critical_width for r in results] + paper
