@@ -108,7 +108,9 @@ def run_family(
     trained = train_sae_family(minibatches, train.d, configs)
     labels = [f"m{c.n_latents}-l1_{c.l1_coeff:g}-s{c.seed}" for c in configs]
     saes = [sae for sae, _ in trained]
-    results = measure_family(test, saes, MeasureConfig(max_tokens=measure_tokens, bootstrap=32), progress=progress)
+    config = MeasureConfig(max_tokens=measure_tokens, bootstrap=32)
+    histories = [[step.fvu for step in h] for _, h in trained]
+    results = measure_family(test, saes, config, progress=progress, fvu_histories=histories)
     order = sorted(set(l1), reverse=True)  # sparsest penalty first
     lead = select_member(
         [

@@ -759,7 +759,6 @@ def _family_lead(results: list[Any], manifest: list[FamilyMember] | None) -> tup
 def _cmd_measure(args: argparse.Namespace) -> int:
     from ._io import check_replaceable
     from .distributed import rank_and_world
-    from .features import sae_health
     from .measure import CHECKPOINT_FORMAT, MeasureConfig, _member_path, measure, measure_family
     from .report import measurement_markdown, write_family_report, write_measurement_report
 
@@ -814,14 +813,10 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             )
     source = _source_from_args(args, device)
     if len(saes) > 1:
-        results = measure_family(source, saes, config, progress=_show_progress(args))
+        histories = None if manifest is None else [m["fvu_history"] for m in manifest]
+        results = measure_family(source, saes, config, progress=_show_progress(args), fvu_histories=histories)
         if rank_and_world()[0] != 0:
             return EXIT_OK
-        for i, r in enumerate(results):  # with the training curve, the health check also sees an FVU still falling
-            if manifest is not None:
-                r.health = sae_health(
-                    saes[i], r.stats, fvu_history=manifest[i]["fvu_history"], alive_threshold=config.alive_threshold
-                )
         groups = None if manifest is None else [_penalty_label(m["config"]) for m in manifest]
         family = write_family_report(results, labels, args.out, lead=_family_lead(results, manifest), groups=groups)
         if args.json:
@@ -985,12 +980,7 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     if args.init is None:
         if args.latents is None:
             raise UsageError("--latents is required to train a new SAE (or continue one with --init)")
-        if activation == "topk" and args.k is None:
-            raise UsageError("--activation topk needs --k")
-        if activation != "topk" and args.k is not None:
-            raise UsageError(f"--k goes with --activation topk, not with {activation}")
-        if args.k is not None and args.k > args.latents:
-            raise UsageError(f"--k ({args.k}) must be at most --latents ({args.latents})")
+        _check_k_args(activation, [args.k] if args.k is not None else None, [args.latents])
     with _usage(args, **_TRAIN_NAMES):  # the arguments' own checks, before any file is read
         TrainConfig(
             n_latents=args.latents or 1,
@@ -1076,6 +1066,18 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_k_args(activation: str, ks: list[int] | None, latents: list[int]) -> None:
+    """UsageError unless --k is given exactly for a top-k SAE, each k at most every --latents."""
+    if activation == "topk" and ks is None:
+        raise UsageError("--activation topk needs --k")
+    if activation != "topk" and ks is not None:
+        raise UsageError(f"--k goes with --activation topk, not with {activation}")
+    for k in ks or ():
+        for m in latents:
+            if k > m:
+                raise UsageError(f"--k ({k}) must be at most --latents ({m})")
+
+
 def _train_family(args: argparse.Namespace) -> int:
     """train-sae with lists: every combination of latents × penalty × seed from one pass over the source."""
     from .family import FAMILY_MANIFEST, is_family, member_name, save_family
@@ -1089,10 +1091,7 @@ def _train_family(args: argparse.Namespace) -> int:
     if args.steps is None:
         raise UsageError("a family needs --steps (its members share one pass over the source)")
     activation = args.activation or _default(TrainConfig, "activation")
-    if activation == "topk" and args.k is None:
-        raise UsageError("--activation topk needs --k")
-    if activation != "topk" and args.k is not None:
-        raise UsageError(f"--k goes with --activation topk, not with {activation}")
+    _check_k_args(activation, args.k, args.latents)
     penalties = args.k if activation == "topk" else args.l1
     seeds = args.seeds if args.seeds is not None else [args.seed]
     with _usage(args, **_TRAIN_NAMES):
@@ -1110,9 +1109,6 @@ def _train_family(args: argparse.Namespace) -> int:
             for pen in penalties
             for seed in seeds
         ]
-    for c in configs:
-        if c.k is not None and c.k > c.n_latents:
-            raise UsageError(f"--k ({c.k}) must be at most --latents ({c.n_latents})")
     folder: Path = Path("sae-family") if args.out == Path(_SAE_OUT) else args.out
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"-o/--output {folder} is a file; a family is written to a folder")

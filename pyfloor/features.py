@@ -108,12 +108,8 @@ class Estimator:
         """
         if self.name != "merged":
             linked = np.zeros((0, 2), np.int64)
-        elif pairs is None:
-            linked = decoder_pairs(sae, self.cosine).pairs
-        elif pairs.threshold > self.cosine:
-            raise ValueError(f"pairs found above cosine {pairs.threshold:g} cannot serve cosine {self.cosine:g}")
         else:
-            linked = pairs.pairs[pairs.cosines > self.cosine]
+            linked = (pairs or decoder_pairs(sae, self.cosine)).above(self.cosine)
         return BoundEstimator(self, sae.n_latents, linked, sae.margins(activation) is not None)
 
 
@@ -194,17 +190,26 @@ class DecoderPairs(NamedTuple):
     cosines: NDArray[np.float64]
     threshold: float
 
+    def above(self, cosine: float) -> NDArray[np.int64]:
+        """The pairs whose cosine exceeds ``cosine`` (at least ``threshold``): the same pairs
+        :func:`decoder_pairs` finds at ``cosine``, since every stored cosine is the float64 one."""
+        if cosine < self.threshold:
+            raise ValueError(f"pairs found above cosine {self.threshold:g} cannot serve cosine {cosine:g}")
+        return self.pairs[self.cosines > cosine]
+
 
 def decoder_pairs(sae: SAE, cosine: float, *, block: int = 1024) -> DecoderPairs:
     """Latent pairs (i < j) whose unit decoder rows have cosine > ``cosine``, sorted, with their cosines.
 
-    Cosines are computed blockwise in float32 on the SAE's device (memory O(block × m)); those within
-    1e-4 of the threshold are recomputed in float64, so the decision does not depend on the machine's
-    float32 summation order.
+    Candidates are screened blockwise in float32 on the SAE's device (memory O(block × m), cosine
+    > ``cosine`` − 1e-4); each candidate's cosine is then recomputed in float64, so the decision (at
+    ``cosine`` or, through :meth:`DecoderPairs.above`, any higher one) does not depend on the
+    machine's float32 summation order.
     """
     with torch.no_grad():
-        w = sae.W_dec.detach().float()
-        unit = w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        w64 = sae.W_dec.detach().double()
+        u64 = w64 / w64.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        unit = u64.float()
         m = unit.shape[0]
         found: list[NDArray[np.int64]] = []
         values: list[NDArray[np.float64]] = []
@@ -214,12 +219,7 @@ def decoder_pairs(sae: SAE, cosine: float, *, block: int = 1024) -> DecoderPairs
             i = i + start
             keep = j > i
             i, j = i[keep], j[keep]
-            value = c[i - start, j].double()
-            near = (value - cosine).abs() < 1e-4
-            if near.any():
-                w64 = sae.W_dec.detach().double()
-                u64 = w64 / w64.norm(dim=1, keepdim=True).clamp_min(1e-300)
-                value[near] = (u64[i[near]] * u64[j[near]]).sum(1)
+            value = (u64[i] * u64[j]).sum(1)
             ok = value > cosine
             found.append(torch.stack([i[ok], j[ok]], 1).cpu().numpy().astype(np.int64))
             values.append(value[ok].cpu().numpy())
@@ -303,16 +303,19 @@ def sae_health(
     *,
     fvu_history: Sequence[float] | None = None,
     alive_threshold: float = DEFAULT_ALIVE_THRESHOLD,
+    pairs: DecoderPairs | None = None,
 ) -> SAEHealth:
     """Check an SAE against the signs of too little training (limits in :data:`HEALTH_LIMITS`):
     more than half its latents dead, more than 5 % of its latents with a near-copy (decoder cosine
     > 0.99), a training FVU still falling by more than 5 % over the last fifth of ``fvu_history``,
-    or fewer tokens than 10 / ``alive_threshold``."""
+    or fewer tokens than 10 / ``alive_threshold``. ``pairs``: the SAE's :func:`decoder_pairs` at a
+    cosine of at most 0.99, to reuse (they are computed otherwise)."""
     if stats.n_latents != sae.n_latents:
         raise ValueError(f"statistics of {stats.n_latents} latents for an SAE of {sae.n_latents}")
     m = sae.n_latents
     dead = int(np.count_nonzero(stats.fire_count == 0))
-    dup_pairs = decoder_pairs(sae, HEALTH_LIMITS["duplicate_cosine"]).pairs
+    near_copy = HEALTH_LIMITS["duplicate_cosine"]
+    dup_pairs = (pairs or decoder_pairs(sae, near_copy)).above(near_copy)
     duplicates = int(np.unique(dup_pairs).size)  # latents with a near-copy
     trend = None
     if fvu_history is not None and len(fvu_history) >= 10:

@@ -32,7 +32,16 @@ from ._version import __version__
 from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .encode import StatsAccumulator
 from .encode_types import BatchStats, SparseCodes
-from .features import ESTIMATORS, BoundEstimator, Estimator, EstimatorName, SAEHealth, decoder_pairs, sae_health
+from .features import (
+    ESTIMATORS,
+    BoundEstimator,
+    DecoderPairs,
+    Estimator,
+    EstimatorName,
+    SAEHealth,
+    decoder_pairs,
+    sae_health,
+)
 from .floors import default_widths, prediction_summary
 from .histograms import FeatureHistograms, Histogram
 from .sae import SAE, Activation
@@ -59,6 +68,8 @@ CHECKPOINT_VERSION = 3  # 2: the measuring time so far ("seconds"); 3: margin co
 SENSITIVITY_THRESHOLDS = (1e-5, 1e-6, 1e-7)
 #: (decoder cosine, importance mass) settings of the merged estimator's sensitivity table
 MERGED_SENSITIVITY = tuple((c, q) for c in (0.8, 0.9, 0.95, 0.99) for q in (0.95, 0.99, 0.999))
+#: The lowest decoder cosine the sensitivity table needs (the health check's 0.99 for near-copies lies above it)
+_LOWEST_COSINE = min(c for c, _ in MERGED_SENSITIVITY)
 
 
 class Interval(TypedDict):
@@ -713,13 +724,13 @@ def _sensitivity(stats: FeatureStats, sae: SAE, activation: Activation | None) -
 
 
 def _merged_sensitivity(
-    stats: FeatureStats, sae: SAE, config: MeasureConfig, activation: Activation | None
+    stats: FeatureStats, sae: SAE, config: MeasureConfig, pairs: DecoderPairs
 ) -> list[MergedSensitivityRow]:
-    """The merged estimator's F, α and d* at each (cosine, mass) of :data:`MERGED_SENSITIVITY`."""
+    """The merged estimator's F, α and d* at each (cosine, mass) of :data:`MERGED_SENSITIVITY`
+    (``pairs``: the SAE's decoder pairs at a cosine of at most the lowest there)."""
     rows: list[MergedSensitivityRow] = []
-    pairs = decoder_pairs(sae, min(c for c, _ in MERGED_SENSITIVITY))
     for cosine, mass in MERGED_SENSITIVITY:
-        counter = Estimator("merged", config.alive_threshold, cosine, mass).bind(sae, activation, pairs=pairs)
+        counter = Estimator("merged", config.alive_threshold, cosine, mass).bind(sae, config.activation, pairs=pairs)
         est = _stats_estimates(counter, stats)
         rows.append(
             {
@@ -762,18 +773,31 @@ def _prepare_checkpoint(
 
 
 class _Member:
-    """One SAE of a measurement: its encoder, running sums, estimators and checkpoint."""
+    """One SAE of a measurement: its encoder, running sums, estimators, decoder pairs (found once, at
+    the lowest cosine any estimator, sensitivity row or health check uses), checkpoint and training
+    curve (for the health check; None if unknown)."""
 
     def __init__(
-        self, sae: SAE, config: MeasureConfig, source: ActivationSource, rank: int, world: int, path: Path | None
+        self,
+        sae: SAE,
+        config: MeasureConfig,
+        source: ActivationSource,
+        rank: int,
+        world: int,
+        path: Path | None,
+        fvu_history: Sequence[float] | None = None,
     ) -> None:
         self.sae = sae
         self.acc = StatsAccumulator(sae, activation=config.activation, k=config.k)
         self.state = _State(sae.n_latents, config.bootstrap, sae.W_enc.device, histograms=config.histograms)
-        self.counters = {name: est.bind(sae, config.activation) for name, est in config.estimators().items()}
+        self.pairs = decoder_pairs(sae, min(config.cosine, _LOWEST_COSINE))
+        self.counters = {
+            name: est.bind(sae, config.activation, pairs=self.pairs) for name, est in config.estimators().items()
+        }
         self.lead = self.counters[config.estimator]
         self.fingerprint = _fingerprint(source, sae, config, rank, world)
         self.ckpt = path
+        self.fvu_history = fvu_history
 
     def stable(self, config: MeasureConfig, world: int) -> tuple[_Estimates | None, bool]:
         """The lead estimates (None where no display is due) and whether d* is stable to ``until_stable``."""
@@ -811,7 +835,7 @@ class _Member:
                 "measurement": measurements[name],
                 "intervals": merged.intervals(c, widths, config.confidence) if config.bootstrap else {},
                 "sensitivity": (
-                    paper_rows if name == "paper" else _merged_sensitivity(stats, self.sae, config, config.activation)
+                    paper_rows if name == "paper" else _merged_sensitivity(stats, self.sae, config, self.pairs)
                 ),
             }
             for name, c in self.counters.items()
@@ -831,7 +855,13 @@ class _Member:
             merged.features,
             merged.acts,
             results,
-            sae_health(self.sae, stats, alive_threshold=config.alive_threshold),
+            sae_health(
+                self.sae,
+                stats,
+                fvu_history=self.fvu_history,
+                alive_threshold=config.alive_threshold,
+                pairs=self.pairs,
+            ),
         )
 
 
@@ -864,16 +894,21 @@ def measure_family(
     *,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    fvu_histories: Sequence[Sequence[float] | None] | None = None,
 ) -> list[MeasureResult]:
     """:func:`measure` for several SAEs of the same activations from one pass over ``source``: each
     batch is read (one teacher forward) once and encoded by every SAE, each accumulating its own
     statistics; member i gives what ``measure(source, saes[i], config)`` gives. With several SAEs,
     member i's checkpoint is ``config.checkpoint`` with ``.sae{i}`` before its suffix; ``until_stable``
-    stops once every member's d* is stable. All SAEs must be on one device.
+    stops once every member's d* is stable. All SAEs must be on one device. ``fvu_histories``: each
+    SAE's training FVU curve (or None), for the health check's "FVU still falling".
     """
     config = config or MeasureConfig()
     if not saes:
         raise ValueError("measure_family needs at least one SAE")
+    histories = list(fvu_histories) if fvu_histories is not None else [None] * len(saes)
+    if len(histories) != len(saes):
+        raise ValueError(f"fvu_histories has {len(histories)} entries for {len(saes)} SAEs")
     rank, world = rank_and_world()
     for sae in saes:
         if source.d != sae.d_in:
@@ -885,8 +920,8 @@ def measure_family(
         )
     base = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
     members = [
-        _Member(sae, config, source, rank, world, None if base is None else _member_path(base, i, len(saes)))
-        for i, sae in enumerate(saes)
+        _Member(sae, config, source, rank, world, None if base is None else _member_path(base, i, len(saes)), h)
+        for i, (sae, h) in enumerate(zip(saes, histories))
     ]
     for m in members:
         _prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device)

@@ -313,6 +313,7 @@ def test_a_family_is_trained_and_measured_from_one_pass_each(acts, tmp_path, cap
         report = json.loads((out / row["member"] / "report.json").read_text())
         assert report["measurement"]["n_features"] == row["merged.n_features"]
         assert report["estimators"]["paper"]["measurement"]["n_features"] == row["paper.n_features"]
+        assert report["sae_health"]["fvu_trend"] is not None  # the manifest's training curve reached the check
     assert (out / "family.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["train-sae", "--activations", str(acts), "--latents", "8,16", "-o", str(tmp_path / "f2")]) == 2
     assert "--steps" in capsys.readouterr().err
