@@ -7,6 +7,9 @@ tokens × latents matrix; CPU tensors go to the torch reference below, which pro
 chunks of ``chunk_tokens`` tokens so its memory stays bounded. Both give the same codes and
 statistics (counts exactly, sums to float rounding).
 
+Both take a pyfloor SAE or a SAELens / sparsify SAE object (converted once by
+:func:`pyfloor.interop.as_sae`).
+
 Tokens whose activation row holds NaN or ±Inf are counted in ``n_nonfinite`` and left out of the
 statistics; their top-k codes have index −1 and value 0, their ReLU/JumpReLU codes no entries.
 """
@@ -21,6 +24,7 @@ from torch import Tensor
 
 from . import _checks
 from .encode_types import BatchStats, EncodeSpec, KernelOptions, SparseCodes, check_activations
+from .interop import SAELike, as_sae
 from .sae import SAE, Activation, topk_codes
 from .stats import FeatureStats
 
@@ -123,6 +127,8 @@ class StatsAccumulator:
     ...     acc.update(x)
     >>> stats = acc.result()       # pyfloor.FeatureStats
 
+    ``sae`` is a pyfloor SAE, or a SAELens or sparsify SAE object, converted once by
+    :func:`pyfloor.interop.as_sae` (``self.sae`` is the pyfloor SAE).
     ``activation``/``k`` override the SAE's own activation (e.g. top-k encoding of a ReLU SAE).
     ``backend``: ``"auto"`` uses the Triton kernels for CUDA tensors and torch otherwise;
     ``"triton"`` forces the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``).
@@ -132,6 +138,8 @@ class StatsAccumulator:
 
     Raises
     ------
+    TypeError
+        For an ``sae`` of no kind :func:`pyfloor.interop.as_sae` converts.
     ValueError
         For an unknown backend, a ``chunk_tokens`` below 1, or an activation/k the SAE cannot
         use (see :meth:`EncodeSpec.checked`); :meth:`batch` and :meth:`update` raise it for
@@ -140,7 +148,7 @@ class StatsAccumulator:
 
     def __init__(
         self,
-        sae: SAE,
+        sae: SAELike,
         *,
         activation: Activation | None = None,
         k: int | None = None,
@@ -151,12 +159,9 @@ class StatsAccumulator:
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
         _checks.count(chunk_tokens, "chunk_tokens", minimum=1)
-        self.sae, self.spec, self.backend, self.chunk_tokens = (
-            sae,
-            EncodeSpec.resolve(sae, activation, k),
-            backend,
-            chunk_tokens,
-        )
+        self.sae: SAE = as_sae(sae)
+        self.spec = EncodeSpec.resolve(self.sae, activation, k)
+        self.backend, self.chunk_tokens = backend, chunk_tokens
         self.kernel_options = KernelOptions(**(kernel_options or {}))
         self._rows = 0
         self._sums: BatchStats | None = None
@@ -214,7 +219,7 @@ class StatsAccumulator:
 
 def encode_stats(
     x: Tensor,
-    sae: SAE,
+    sae: SAELike,
     *,
     activation: Activation | None = None,
     k: int | None = None,
@@ -223,8 +228,8 @@ def encode_stats(
 ) -> tuple[FeatureStats, SparseCodes | None]:
     """Per-latent statistics (and optionally sparse codes) of one batch of activations [..., d_in].
 
-    A one-batch :class:`StatsAccumulator` (see there for ``activation``, ``k``, ``backend`` and the
-    errors raised). Returns the statistics as :class:`pyfloor.stats.FeatureStats` and the codes of
+    A one-batch :class:`StatsAccumulator` (see there for ``sae`` — a pyfloor, SAELens or sparsify SAE —
+    ``activation``, ``k``, ``backend`` and the errors raised). Returns the statistics as :class:`pyfloor.stats.FeatureStats` and the codes of
     every token (None unless ``want_codes``).
     """
     acc = StatsAccumulator(sae, activation=activation, k=k, backend=backend)

@@ -9,15 +9,25 @@ An SAE maps an activation x ∈ R^d to latents z ∈ R^m and back:
 with ``W_enc`` [d, m] and ``W_dec`` [m, d]. Top-k keeps the k largest pre-activations of each
 token (ties broken towards the lowest latent index) and applies ReLU to them; JumpReLU keeps
 ``pre`` where ``pre > θ_i`` (θ ≥ 0).
+
+Every SAE carries ``metadata``, a JSON-ready dict of where it came from, saved in its file: ``library``
+and ``source`` (the library, or the directory it was read from), ``architecture``, ``hook_name`` (the
+hook or module it was trained on, as its library names it), ``hook_layer`` and ``model_name`` where
+recorded, ``training`` (the training settings: pyfloor's :class:`TrainConfig`, or those the library
+recorded), ``config`` (another library's whole config), and ``hub_id``, ``hub_subfolder`` and
+``revision`` (the commit) for an SAE resolved from the Hugging Face cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, NoReturn, TypeGuard
@@ -26,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from ._io import CheckpointError, load_tagged, save_tagged
+from ._io import CheckpointError, json_ready, load_tagged, save_tagged
 
 __all__ = [
     "SAE",
@@ -38,6 +48,8 @@ __all__ = [
     "train_sae_family",
     "topk_codes",
     "load_sae",
+    "resolve_sae",
+    "sae_sha256",
 ]
 
 Activation = Literal["relu", "jumprelu", "topk"]
@@ -89,6 +101,9 @@ class SAE(nn.Module):
         Latents kept per token, 1 <= k <= n_latents; only for "topk".
     dtype, device
         Of the weights ``W_enc`` [d, m], ``b_enc`` [m], ``W_dec`` [m, d], ``b_dec`` [d].
+    metadata : mapping, optional
+        Provenance (see the module docstring), copied into :attr:`metadata`; it must be
+        JSON-serialisable by the time the SAE is saved.
 
     Raises
     ------
@@ -98,6 +113,7 @@ class SAE(nn.Module):
     """
 
     threshold: nn.Parameter | None
+    metadata: dict[str, object]
 
     def __init__(
         self,
@@ -108,6 +124,7 @@ class SAE(nn.Module):
         k: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        metadata: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__()
         _checks.one_of(activation, "activation", ACTIVATIONS)
@@ -119,6 +136,7 @@ class SAE(nn.Module):
         elif k is not None:
             raise ValueError(f"k is only meaningful for activation='topk'; got k={k} with {activation!r}")
         self.d_in, self.n_latents, self.activation, self.k = int(d_in), int(n_latents), activation, k
+        self.metadata = dict(metadata or {})
         self.W_enc = nn.Parameter(torch.empty(d_in, n_latents, dtype=dtype, device=device))
         self.b_enc = nn.Parameter(torch.zeros(n_latents, dtype=dtype, device=device))
         self.W_dec = nn.Parameter(torch.empty(n_latents, d_in, dtype=dtype, device=device))
@@ -246,20 +264,26 @@ class SAE(nn.Module):
         return {"d_in": self.d_in, "n_latents": self.n_latents, "activation": self.activation, "k": self.k}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write weights and config to a safetensors file (pyfloor's own SAE format), atomically."""
+        """Write weights, config and :attr:`metadata` (less its ``path``) to a safetensors file (pyfloor's own SAE format), atomically.
+
+        Raises ValueError if :attr:`metadata` is not a JSON object (str keys; str, finite numbers,
+        bools, None, lists and dicts as values).
+        """
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_tagged(
             path,
             tensors,
             kind=SAE_FORMAT,
             version=SAE_VERSION,
-            metadata={"config": json.dumps(self.config())},
+            metadata={"config": json.dumps(self.config()), "metadata": _metadata_json(_saved_metadata(self.metadata))},
             framework="pt",
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: torch.device | str | None = None) -> SAE:
         """Read a file written by :meth:`save`, in the file's dtype, onto ``device`` if given.
+
+        Files written before SAEs carried metadata load with an empty :attr:`metadata`.
 
         Raises
         ------
@@ -275,7 +299,14 @@ class SAE(nn.Module):
                     f"{path}: W_enc is {shape} but the config says d_in = {cfg['d_in']!r}, "
                     f"n_latents = {cfg['n_latents']!r}"
                 )
-            sae = cls(cfg["d_in"], cfg["n_latents"], cfg["activation"], k=cfg["k"], dtype=tensors["W_enc"].dtype)
+            sae = cls(
+                cfg["d_in"],
+                cfg["n_latents"],
+                cfg["activation"],
+                k=cfg["k"],
+                dtype=tensors["W_enc"].dtype,
+                metadata=_metadata_from_json(meta.get("metadata", "{}")),
+            )
             sae.load_state_dict(tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # ValueError: a config out of range (k = inf, …)
             raise CheckpointError(f"{path}: inconsistent SAE file ({exc})") from exc
@@ -283,7 +314,61 @@ class SAE(nn.Module):
         return sae.to(device) if device is not None else sae
 
 
+def _saved_metadata(metadata: dict[str, object]) -> object:
+    """The metadata a file keeps: all but ``path``, which names where an SAE was last read from, not the new file."""
+    return {k: v for k, v in metadata.items() if k != "path"} if isinstance(metadata, dict) else metadata
+
+
+def _metadata_json(metadata: object) -> str:
+    """``metadata`` as JSON text; ValueError unless it is a dict of JSON values without NaN or ±Inf."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"SAE metadata must be a dict; got {type(metadata).__name__}")
+    try:
+        return json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(
+            f"SAE metadata is not JSON-serialisable ({exc}): keep it to str keys and str, finite numbers, "
+            "bools, None, lists and dicts"
+        ) from exc
+
+
+def _metadata_from_json(text: str) -> dict[str, object]:
+    """The metadata dict of a pyfloor SAE file's JSON text; ValueError for anything :func:`_metadata_json` refuses."""
+    try:
+        metadata = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"metadata is not JSON ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a JSON object; got {type(metadata).__name__}")
+    _metadata_json(metadata)  # refuses NaN and ±Inf, which json.loads accepts
+    return metadata
+
+
+def sae_sha256(sae: SAE) -> str:
+    """Hex SHA-256 of an SAE's weights: each state-dict entry's name and raw bytes, in name order.
+
+    Two SAEs have the same digest exactly when they hold the same tensors (names, dtypes, values);
+    :attr:`SAE.metadata` does not enter it.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 # -- other libraries' checkpoints ---------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, object]:
+    """The JSON object in ``path``; CheckpointError for a file that is not one."""
+    try:
+        obj = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not a JSON config ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; got {type(obj).__name__}")
+    return obj
+
+
 def _read_dir(path: Path, weights_name: str) -> tuple[_Config, _Tensors]:
     """cfg.json and the tensors of ``weights_name`` in an SAE directory."""
     from safetensors.torch import load_file
@@ -292,45 +377,57 @@ def _read_dir(path: Path, weights_name: str) -> tuple[_Config, _Tensors]:
     for p in (cfg_path, weights):
         if not p.is_file():
             raise FileNotFoundError(f"{path}: missing {p.name}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{cfg_path}: not a JSON config ({exc})") from exc
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object; got {type(cfg).__name__}")
+    cfg = _read_json(cfg_path)
     try:
         tensors = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({exc})") from exc
-    return _Config(cfg, path), _Tensors(tensors, weights)
+    return _Config(cfg, str(cfg_path)), _Tensors(tensors, str(weights))
+
+
+def _integer(value: object, what: str) -> int:
+    """``value`` if it is an int (not a bool); CheckpointError naming ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"{what} must be an integer; got {value!r}")
+    return value
 
 
 class _Config(dict[str, object]):
-    """cfg.json of an SAE directory: a missing or non-integer key raises CheckpointError naming it."""
+    """An SAE's config (a cfg.json, or a library's config as a dict) named by ``label``: a missing or
+    non-integer key raises CheckpointError naming it."""
 
-    def __init__(self, cfg: dict[str, object], path: Path) -> None:
+    def __init__(self, cfg: Mapping[str, object], label: str) -> None:
         super().__init__(cfg)
-        self.path = path
+        self.label = label
 
     def __missing__(self, key: str) -> NoReturn:
-        raise CheckpointError(f"{self.path}: cfg.json lacks {key!r}")
+        raise CheckpointError(f"{self.label} lacks {key!r}")
 
     def integer(self, key: str) -> int:
-        value = self[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CheckpointError(f"{self.path}: cfg.json {key} must be an integer; got {value!r}")
-        return value
+        """``self[key]`` as an int."""
+        return _integer(self[key], f"{self.label}: {key}")
 
 
 class _Tensors(dict[str, Tensor]):
-    """The tensors of an SAE directory's weights file: a missing one raises CheckpointError naming it."""
+    """An SAE's tensors (a weights file, or a state dict) named by ``label``: a missing one raises
+    CheckpointError naming it."""
 
-    def __init__(self, tensors: dict[str, Tensor], path: Path) -> None:
+    def __init__(self, tensors: Mapping[str, Tensor], label: str) -> None:
         super().__init__(tensors)
-        self.path = path
+        self.label = label
 
     def __missing__(self, key: str) -> NoReturn:
-        raise CheckpointError(f"{self.path}: no tensor {key!r}")
+        raise CheckpointError(f"{self.label}: no tensor {key!r}")
+
+
+def _as_config(cfg: Mapping[str, object], label: str) -> _Config:
+    """``cfg`` as a :class:`_Config` (a directory's keeps its file's name)."""
+    return cfg if isinstance(cfg, _Config) else _Config(cfg, label)
+
+
+def _as_tensors(state: Mapping[str, Tensor], label: str) -> _Tensors:
+    """``state`` as :class:`_Tensors` (a directory's keep their file's name)."""
+    return state if isinstance(state, _Tensors) else _Tensors(state, label)
 
 
 def _check_weights(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, threshold: Tensor | None) -> None:
@@ -358,11 +455,12 @@ def _from_tensors(
     W_dec: Tensor,
     b_dec: Tensor,
     threshold: Tensor | None = None,
+    metadata: Mapping[str, object] | None = None,
 ) -> SAE:
-    """An SAE (eval mode, W_enc's dtype) holding copies of these weights; ValueError if they do not fit."""
+    """An SAE (eval mode, W_enc's dtype and device) holding copies of these weights; ValueError if they do not fit."""
     _check_weights(W_enc, b_enc, W_dec, b_dec, threshold)
     d, m = W_enc.shape
-    sae = SAE(d, m, activation, k=k, dtype=W_enc.dtype)
+    sae = SAE(d, m, activation, k=k, dtype=W_enc.dtype, device=W_enc.device, metadata=metadata)
     with torch.no_grad():
         for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
             getattr(sae, name).copy_(value)
@@ -372,27 +470,104 @@ def _from_tensors(
     return sae.eval()
 
 
-def _from_saelens(path: Path) -> SAE:
-    """An SAELens directory (cfg.json + sae_weights.safetensors): standard, jumprelu and topk SAEs."""
-    cfg, t = _read_dir(path, "sae_weights.safetensors")
+def _provenance(fields: Mapping[str, object]) -> dict[str, object]:
+    """``fields`` less the unknown ones (None or empty), as JSON values: numpy values and tuples as
+    :func:`pyfloor._io.json_ready` makes them, NaN/±Inf as None, anything JSON has no type for as its str()."""
+    known = {k: v for k, v in fields.items() if v is not None and v != {}}
+    out: dict[str, object] = json.loads(json.dumps(json_ready(known), default=str))
+    return out
+
+
+_SAELENS_KINDS: dict[str, Activation] = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}
+#: Training settings SAELens records: in a 6.x config's ``metadata`` (``training_architecture*``, the
+#: runner's context and dataset) or at the top level of an older config (the whole runner config).
+_SAELENS_TRAINING_KEYS = (
+    "training_architecture",
+    "training_architecture_details",
+    "sae_lens_training_version",
+    "context_size",
+    "dataset_path",
+    "lr",
+    "l1_coefficient",
+    "lp_norm",
+    "training_tokens",
+    "train_batch_size_tokens",
+    "feature_sampling_window",
+    "dead_feature_window",
+    "dead_feature_threshold",
+    "seed",
+)
+
+
+def _saelens_architecture(cfg: _Config) -> str:
+    """The SAELens architecture of ``cfg``; a config older than SAELens 6 names a top-k SAE "standard"
+    with ``activation_fn_str`` "topk". ValueError for one pyfloor does not read."""
     arch = cfg.get("architecture", "standard")
-    kinds: dict[str, Activation] = {"standard": "relu", "jumprelu": "jumprelu", "topk": "topk"}
-    if not isinstance(arch, str) or arch not in kinds:
-        raise ValueError(f"{path}: SAELens architecture {arch!r} is not supported (supported: {', '.join(kinds)})")
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", None):
+    act = cfg.get("activation_fn_str", cfg.get("activation_fn"))
+    if arch == "standard" and act == "topk":
+        arch = "topk"
+    elif act not in (None, "relu", "topk"):
+        raise ValueError(f"{cfg.label}: SAELens activation_fn {act!r} is not supported (supported: relu, topk)")
+    if not isinstance(arch, str) or arch not in _SAELENS_KINDS:
         raise ValueError(
-            f"{path}: SAELens normalize_activations={norm!r} is not supported; fold it into the weights first"
+            f"{cfg.label}: SAELens architecture {arch!r} is not supported (supported: {', '.join(_SAELENS_KINDS)})"
         )
+    return arch
+
+
+def _saelens_k(cfg: _Config) -> int:
+    """k of a SAELens top-k config: ``k``, or ``activation_fn_kwargs.k`` in a config older than SAELens 6."""
+    kwargs = cfg.get("activation_fn_kwargs")
+    if "k" not in cfg and isinstance(kwargs, dict) and "k" in kwargs:
+        return _integer(kwargs["k"], f"{cfg.label}: activation_fn_kwargs.k")
+    return cfg.integer("k")
+
+
+def _saelens_metadata(cfg: _Config, arch: str, source: str) -> dict[str, object]:
+    """The provenance a SAELens config records (see the module docstring); a 6.x config keeps it in
+    ``metadata``, an older one at its top level (``hook_point`` for the hook)."""
+    inner = cfg.get("metadata")
+    recorded = {**cfg, **inner} if isinstance(inner, dict) else dict(cfg)
+    return _provenance(
+        {
+            "library": "saelens",
+            "source": source,
+            "architecture": arch,
+            "hook_name": recorded.get("hook_name") or recorded.get("hook_point"),
+            "hook_layer": recorded.get("hook_layer"),
+            "model_name": recorded.get("model_name"),
+            "training": {k: recorded[k] for k in _SAELENS_TRAINING_KEYS if recorded.get(k) is not None},
+            "config": dict(cfg),
+        }
+    )
+
+
+def _saelens_state_to_sae(state: Mapping[str, Tensor], cfg: Mapping[str, object], *, source: str = "saelens") -> SAE:
+    """A pyfloor SAE from a SAELens state dict and config (standard, JumpReLU and top-k SAEs).
+
+    The pre-bias option (``apply_b_dec_to_input``) and a top-k SAE's ``rescale_acts_by_decoder_norm``
+    are folded into the weights, so the SAE's latents equal SAELens' own. Its :attr:`SAE.metadata`
+    holds the config's provenance with ``source``. ValueError (CheckpointError for a missing key or
+    tensor) for an architecture or option pyfloor does not read, or weights that do not fit one SAE.
+    """
+    cfg, t = _as_config(cfg, "the SAELens cfg"), _as_tensors(state, "the SAELens state dict")
+    arch = _saelens_architecture(cfg)
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None, False):
+        raise ValueError(
+            f"{cfg.label}: SAELens normalize_activations={norm!r} is not supported; fold it into the weights first"
+        )
+    if cfg.get("finetuning_scaling_factor"):
+        raise ValueError(f"{cfg.label}: SAELens finetuning_scaling_factor is not supported")
     W_enc, b_enc, W_dec, b_dec = (t[n].clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
     threshold = t["threshold"] if "threshold" in t else (t["log_threshold"].exp() if "log_threshold" in t else None)
     threshold = threshold if arch == "jumprelu" else None  # only a JumpReLU SAE has one
     if arch == "jumprelu" and threshold is None:
-        raise ValueError(f"{path}: JumpReLU SAE without a threshold tensor")
+        raise ValueError(f"{t.label}: JumpReLU SAE without a threshold tensor")
     _check_weights(W_enc, b_enc, W_dec, b_dec, threshold)  # before the folds below compute with them
     b_enc, W_dec, b_dec = (w.to(W_enc.dtype) for w in (b_enc, W_dec, b_dec))  # the SAE takes W_enc's dtype
     if cfg.get("rescale_acts_by_decoder_norm", False) and arch != "topk":
-        raise ValueError(f"{path}: rescale_acts_by_decoder_norm is only supported for topk SAEs")
+        raise ValueError(f"{cfg.label}: rescale_acts_by_decoder_norm is only supported for topk SAEs")
     if cfg.get("rescale_acts_by_decoder_norm", False):
         # SAELens scales pre-activations by ‖W_dec,i‖; fold that into the encoder and decoder.
         norms = W_dec.norm(dim=1)
@@ -400,52 +575,269 @@ def _from_saelens(path: Path) -> SAE:
     if not cfg.get("apply_b_dec_to_input", True):
         # pre = x @ W_enc + b_enc = (x − b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
         b_enc = b_enc + b_dec @ W_enc
-    k = cfg.integer("k") if arch == "topk" else None
-    return _from_tensors(kinds[arch], k, W_enc, b_enc, W_dec, b_dec, threshold)
+    k = _saelens_k(cfg) if arch == "topk" else None
+    metadata = _saelens_metadata(cfg, arch, source)
+    return _from_tensors(_SAELENS_KINDS[arch], k, W_enc, b_enc, W_dec, b_dec, threshold, metadata)
+
+
+def _sparsify_state_to_sae(
+    state: Mapping[str, Tensor],
+    cfg: Mapping[str, object],
+    *,
+    source: str = "sparsify",
+    hookpoint: str | None = None,
+    run_config: Mapping[str, object] | None = None,
+) -> SAE:
+    """A pyfloor SAE from an EleutherAI sparsify state dict and config (cfg.json: top-k SAEs).
+
+    Its :attr:`SAE.metadata` holds ``source``, the ``hookpoint`` (else a ``hookpoint`` or ``hook_name``
+    field of the config), the config, and from the training run's config (``run_config``, sparsify's
+    config.json) the model's name and the training settings. ValueError (CheckpointError for a missing
+    key or tensor) for a transcoder, a skip connection, an activation other than top-k, or weights
+    that do not fit one SAE.
+    """
+    cfg, t = _as_config(cfg, "the sparsify cfg"), _as_tensors(state, "the sparsify state dict")
+    if cfg.get("activation", "topk") != "topk":
+        raise ValueError(f"{cfg.label}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
+    if cfg.get("transcode") or cfg.get("skip_connection") or "W_skip" in t:
+        raise ValueError(f"{cfg.label}: a transcoder or skip connection is not an SAE of one layer; not supported")
+    W = t["encoder.weight"]
+    if W.ndim != 2:
+        raise ValueError(f"{t.label}: encoder.weight must be 2-D [n_latents, d_in]; got shape {tuple(W.shape)}")
+    run = {k: v for k, v in (run_config or {}).items() if k != "hf_token"}
+    recorded = (hookpoint, cfg.get("hookpoint"), cfg.get("hook_name"))
+    metadata = {
+        "library": "sparsify",
+        "source": source,
+        "architecture": "topk",
+        "hook_name": next((h for h in recorded if isinstance(h, str)), None),
+        "model_name": run.get("model"),
+        "training": run,
+        "config": dict(cfg),
+    }
+    k = cfg.integer("k")
+    return _from_tensors(
+        "topk", k, W.T.contiguous(), t["encoder.bias"], t["W_dec"], t["b_dec"], None, _provenance(metadata)
+    )
+
+
+def _from_saelens(path: Path) -> SAE:
+    """An SAELens directory (cfg.json + sae_weights.safetensors): standard, jumprelu and topk SAEs."""
+    cfg, t = _read_dir(path, "sae_weights.safetensors")
+    return _saelens_state_to_sae(t, cfg, source=str(path))
+
+
+#: A module path with a numeric part (``layers.12``, ``gpt_neox.layers.3.mlp``), as sparsify names the
+#: sub-directory of each hookpoint's SAE.
+_HOOKPOINT = re.compile(r"[A-Za-z_]\w*(?:\.\w+)*\.\d+(?:\.\w+)*")
+
+
+def _sparsify_run_config(run_dir: Path) -> dict[str, object] | None:
+    """sparsify's config.json of a training run (a JSON object with its ``sae`` settings), which it
+    writes above one sub-directory per hookpoint; None where there is none. Provenance only: an
+    unreadable file there does not stop the SAE from loading."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        run = _read_json(path)
+    except CheckpointError:
+        return None
+    return run if isinstance(run.get("sae"), dict) else None
 
 
 def _from_sparsify(path: Path) -> SAE:
-    """An EleutherAI sparsify directory (cfg.json + sae.safetensors): top-k SAEs."""
+    """An EleutherAI sparsify directory (cfg.json + sae.safetensors): top-k SAEs. The directory's
+    name is the hookpoint where it reads as one (sparsify names each SAE's directory so)."""
     cfg, t = _read_dir(path, "sae.safetensors")
-    if cfg.get("activation", "topk") != "topk":
-        raise ValueError(f"{path}: sparsify activation {cfg.get('activation')!r} is not supported (only topk)")
-    if cfg.get("transcode") or cfg.get("skip_connection") or "W_skip" in t:
-        raise ValueError(f"{path}: a transcoder or skip connection is not an SAE of one layer; not supported")
-    W = t["encoder.weight"]
-    if W.ndim != 2:
-        raise ValueError(f"{path}: encoder.weight must be 2-D [n_latents, d_in]; got shape {tuple(W.shape)}")
-    return _from_tensors("topk", cfg.integer("k"), W.T.contiguous(), t["encoder.bias"], t["W_dec"], t["b_dec"])
+    run = _sparsify_run_config(path.parent)
+    trained = run.get("hookpoints") if run is not None else None
+    named = _HOOKPOINT.fullmatch(path.name) is not None or (isinstance(trained, list) and path.name in trained)
+    return _sparsify_state_to_sae(t, cfg, source=str(path), hookpoint=path.name if named else None, run_config=run)
 
 
-def load_sae(path: str | os.PathLike[str], *, device: torch.device | str | None = None) -> SAE:
-    """Load an SAE: a pyfloor ``.safetensors`` file, an SAELens directory (cfg.json +
-    sae_weights.safetensors) or an EleutherAI sparsify directory (cfg.json + sae.safetensors).
+# -- SAEs by Hugging Face hub id ----------------------------------------------------------------------
+class _HubRef(NamedTuple):
+    """An SAE in the local Hugging Face cache."""
 
-    SAELens standard (ReLU), JumpReLU and top-k SAEs are read with their pre-bias and decoder-norm
-    options folded into the weights; sparsify SAEs are top-k. The SAE keeps the file's dtype and
-    goes to ``device`` if given.
+    repo_id: str  #: org/name
+    subfolder: str  #: path inside the repository ("" for its root)
+    revision: str  #: the commit hash of the cached snapshot
+
+
+#: A Hugging Face user, organisation or repository name.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _hub_spec(spec: str, revision: str | None) -> tuple[str, str, str] | None:
+    """(repo id, sub-folder, revision) of ``org/name[/sub/path][@revision]``; None for anything that
+    is not one. ValueError for an empty revision or one that disagrees with ``revision``."""
+    text, at, tag = spec.partition("@")
+    parts = text.split("/")
+    if len(parts) < 2 or not all(_HUB_NAME.fullmatch(p) for p in parts[:2]):
+        return None
+    if any(p in ("", ".", "..") for p in parts[2:]):
+        return None
+    if at and not tag:
+        raise ValueError(f"{spec}: empty revision after '@'")
+    if at and revision is not None and tag != revision:
+        raise ValueError(f"{spec}: the revision {tag!r} after '@' and revision={revision!r} disagree")
+    return "/".join(parts[:2]), "/".join(parts[2:]), tag or revision or "main"
+
+
+def _hub_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The Hugging Face hub cache: ``cache_dir``, else $HF_HUB_CACHE (or the older $HUGGINGFACE_HUB_CACHE),
+    else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub or ~/.cache/huggingface/hub."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ
+    hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if hub:
+        return Path(hub).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _not_cached(spec: str, repo_id: str, subfolder: str, revision: str, cache: Path, why: str) -> FileNotFoundError:
+    """The error for an SAE that is neither a local path nor in the local hub cache: how to download it."""
+    include = f" --include '{subfolder}/*'" if subfolder else ""
+    rev = f" --revision {revision}" if revision != "main" else ""
+    return FileNotFoundError(
+        f"{spec}: no such local file or directory, and not in the local Hugging Face cache {cache} ({why}); "
+        f"pyfloor reads the hub offline: download it first with `huggingface-cli download {repo_id}{include}{rev}`, "
+        "or point cache_dir / $HF_HUB_CACHE at the cache that holds it"
+    )
+
+
+def _layout_snapshot(repo_id: str, revision: str, cache: Path) -> Path:
+    """The snapshot folder of ``revision`` (a commit hash, or a branch or tag resolved through refs/)
+    in the cache as huggingface_hub lays it out: models--org--name/{refs,snapshots}/…"""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    commit = revision if _COMMIT.fullmatch(revision) else (ref.read_text().strip() if ref.is_file() else None)
+    if commit is None:
+        raise FileNotFoundError(f"no {ref}")
+    snapshot = repo / "snapshots" / commit
+    if not snapshot.is_dir():
+        raise FileNotFoundError(f"no {snapshot}")
+    return snapshot
+
+
+def _cached_snapshot(repo_id: str, subfolder: str, revision: str, cache: Path) -> Path:
+    """The cached snapshot folder of a repository's revision, never downloading: huggingface_hub's
+    ``snapshot_download(local_files_only=True)`` where it is installed, else the cache layout read directly.
+    FileNotFoundError (huggingface_hub's message) where it is not cached, or cached incompletely."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return _layout_snapshot(repo_id, revision, cache)
+    patterns = [subfolder, f"{subfolder}/*"] if subfolder else None
+    return Path(
+        snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True, allow_patterns=patterns)
+    )
+
+
+def _resolve(
+    spec: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None, revision: str | None
+) -> tuple[Path, _HubRef | None]:
+    """:func:`resolve_sae`'s path, and where it came from in the hub cache (None for a local path)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if revision is not None:
+            raise ValueError(f"{spec} is a local path; a revision is only for hub ids")
+        return path, None
+    hub = _hub_spec(os.fspath(spec), revision)
+    if hub is None:
+        raise FileNotFoundError(f"{spec}: no such SAE file or directory (nor an org/name hub id)")
+    repo_id, subfolder, rev = hub
+    cache = _hub_cache(cache_dir)
+    try:
+        snapshot = _cached_snapshot(repo_id, subfolder, rev, cache)
+    except FileNotFoundError as exc:
+        raise _not_cached(os.fspath(spec), repo_id, subfolder, rev, cache, str(exc)) from exc
+    found = snapshot / subfolder
+    if not found.exists():
+        raise _not_cached(
+            os.fspath(spec), repo_id, subfolder, rev, cache, f"its snapshot {snapshot} has no {subfolder}"
+        )
+    return found, _HubRef(repo_id, subfolder, snapshot.name)
+
+
+def resolve_sae(
+    spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None, revision: str | None = None
+) -> Path:
+    """The local path of an SAE given as a path or a Hugging Face hub id, without any network access.
+
+    Parameters
+    ----------
+    spec : str or os.PathLike
+        A local file or directory (used as it is when it exists), or a hub id ``org/name``, with
+        the sub-folder that holds one SAE (``org/name/sub/path``: SAELens releases and sparsify keep
+        one SAE per sub-folder) and a revision (``…@v1``, a branch, tag or commit hash) if needed.
+    cache_dir : path, optional
+        The hub cache; default $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub.
+    revision : str, optional
+        The revision, instead of ``@…`` in ``spec`` (default "main").
+
+    Returns
+    -------
+    Path
+        The path, or the folder (or file) inside the cached snapshot of the revision.
 
     Raises
     ------
     FileNotFoundError
-        If ``path`` does not exist, or a directory lacks cfg.json or its weights file.
+        For a path that does not exist and is not a hub id, or a hub id that is not in the local
+        cache (the message says how to download it).
+    ValueError
+        For a revision given with a local path, an empty ``@``, or two revisions that disagree.
+    """
+    return _resolve(spec, cache_dir, revision)[0]
+
+
+def load_sae(
+    path: str | os.PathLike[str],
+    *,
+    device: torch.device | str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+) -> SAE:
+    """Load an SAE: a pyfloor ``.safetensors`` file, an SAELens directory (cfg.json +
+    sae_weights.safetensors) or an EleutherAI sparsify directory (cfg.json + sae.safetensors),
+    given as a local path or as a hub id in the local Hugging Face cache (see :func:`resolve_sae`
+    for ``path``, ``cache_dir`` and ``revision``).
+
+    SAELens standard (ReLU), JumpReLU and top-k SAEs are read with their pre-bias and decoder-norm
+    options folded into the weights; sparsify SAEs are top-k. The SAE keeps the file's dtype and
+    goes to ``device`` if given. Its :attr:`SAE.metadata` holds the provenance the files record,
+    the ``path`` it was read from, and ``hub_id``, ``hub_subfolder`` and ``revision`` (the commit
+    hash) for a hub id.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist and is not a cached hub id, or a directory lacks cfg.json or its weights file.
     ValueError
         For a directory of neither layout, an unsupported architecture or option, or weights
         that do not fit one SAE (:class:`CheckpointError`, a ValueError, for unreadable or corrupt files).
     """
-    path = Path(path)
-    if path.is_file():
-        return SAE.load(path, device=device)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such SAE file or directory")
-    if (path / "sae_weights.safetensors").is_file():
-        sae = _from_saelens(path)
-    elif (path / "sae.safetensors").is_file():
-        sae = _from_sparsify(path)
+    found, hub = _resolve(path, cache_dir, revision)
+    if found.is_file():
+        sae = SAE.load(found)
+    elif (found / "sae_weights.safetensors").is_file():
+        sae = _from_saelens(found)
+    elif (found / "sae.safetensors").is_file():
+        sae = _from_sparsify(found)
     else:
         raise ValueError(
-            f"{path}: not an SAE directory (expected cfg.json with sae_weights.safetensors (SAELens) "
+            f"{found}: not an SAE directory (expected cfg.json with sae_weights.safetensors (SAELens) "
             "or sae.safetensors (sparsify))"
+        )
+    sae.metadata["path"] = str(found.resolve())
+    if hub is not None:
+        sae.metadata.update(
+            _provenance({"hub_id": hub.repo_id, "hub_subfolder": hub.subfolder or None, "revision": hub.revision})
         )
     return sae.to(device) if device is not None else sae
 
@@ -516,7 +908,8 @@ def train_sae(
     often as needed; a one-shot iterator that ends first raises ValueError. With ``steps=None``
     it makes one pass over the stream. ``sae`` continues training an existing SAE (its pre-bias
     is kept unless ``init_pre_bias``); a new SAE starts with the pre-bias at the first batch's
-    mean. Returns the SAE (in eval mode) and the metrics of every step.
+    mean. Returns the SAE (in eval mode) and the metrics of every step; ``config`` (as a dict)
+    is recorded in the SAE's ``metadata["training"]``.
     """
     trainer = _Trainer(d_in, config, sae, init_pre_bias, device, on_step)
     for x in _cycled(batches, config.steps):
@@ -535,7 +928,8 @@ def train_sae_family(
     """Train several SAEs from one pass over a stream: every batch is read once and given to each
     member that still has steps to take (``configs[i].steps``; all must be set, the stream is read
     for the largest). Member i is the SAE :func:`train_sae` would train from the same batches with
-    ``configs[i]``, bit for bit. ``on_step(i, step)`` reports member i's steps.
+    ``configs[i]``, bit for bit (its ``metadata["training"]`` included). ``on_step(i, step)`` reports
+    member i's steps.
 
     Raises
     ------
@@ -577,6 +971,7 @@ class _Trainer:
             init_pre_bias = True if init_pre_bias is None else init_pre_bias
         if sae.d_in != d_in:
             raise ValueError(f"the SAE has d_in = {sae.d_in} but the activations have width {d_in}")
+        sae.metadata["training"] = dataclasses.asdict(config)
         self.sae, self.config, self.d_in, self.on_step = sae, config, d_in, on_step
         self.init_pre_bias = bool(init_pre_bias)
         self.device = sae.W_enc.device

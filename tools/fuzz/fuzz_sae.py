@@ -4,7 +4,7 @@
 Input: one mode byte (layout = mode % 3: pyfloor file, SAELens dir, sparsify dir; mode // 3 % 2:
 raw bytes or fuzzed structure). Raw: a 2-byte length L, then L bytes of cfg.json (directories only),
 then the weights file verbatim. A load either gives a consistent SAE (finite weights, matching
-shapes, non-negative latents, save -> load equal) or raises ValueError (CheckpointError) /
+shapes, non-negative latents, save -> load equal, metadata included) or raises ValueError (CheckpointError) /
 TypeError / FileNotFoundError.
 
     python tools/fuzz/fuzz_sae.py [libFuzzer args]
@@ -51,6 +51,7 @@ LAYOUTS = {
         {"k": 2, "activation": "topk", "transcode": False},
     ),
 }
+METADATA = {"source": "x", "hook_name": "blocks.1.hook_resid_post", "training": {"lr": 1e-3, "steps": [1, 2]}}
 CONFIGS = [
     {"d_in": D, "n_latents": M, "activation": "relu", "k": None},
     {"d_in": D, "n_latents": M, "activation": "topk", "k": 2},
@@ -74,6 +75,7 @@ def check_sae(sae: SAE) -> None:
     back = SAE.load(path)
     assert back.config() == sae.config()
     assert all(torch.equal(back.state_dict()[k], v) for k, v in sd.items()), "save -> load changed the weights"
+    assert back.metadata == sae.metadata, "save -> load changed the metadata"
 
 
 def TestOneInput(data: bytes) -> None:
@@ -92,7 +94,8 @@ def TestOneInput(data: bytes) -> None:
     else:
         if layout == "pyfloor":
             config = dump_json(fuzzed_json(fdp, fdp.PickValueInList(CONFIGS)))
-            meta = {"format": "pyfloor.SAE", "version": "1", "config": config}
+            metadata = dump_json(fuzzed_json(fdp, METADATA))
+            meta = {"format": "pyfloor.SAE", "version": "1", "config": config, "metadata": metadata}
             cfg_text = b""
         else:
             meta = {"format": "pt"}
