@@ -11,12 +11,13 @@ runs. F, L0, α, g and d* get percentile intervals; the floors get bias-correcte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import platform
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
@@ -44,8 +45,8 @@ from .features import (
 )
 from .floors import default_widths, prediction_summary
 from .histograms import FeatureHistograms, Histogram
-from .sae import SAE, Activation
-from .sources import ActivationSource, ArraySource, TeacherSource
+from .sae import SAE, Activation, sae_sha256
+from .sources import ActivationSource, ArraySource, Batch, SequenceSource
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "MeasureResult",
     "measure",
     "measure_family",
+    "measure_layers",
+    "versions",
     "EstimatorResult",
     "MergedSensitivityRow",
     "bootstrap_weights",
@@ -248,7 +251,9 @@ class MeasureResult:
     estimator's measurement, intervals and sensitivity table by name. ``stopped`` says why the loop
     ended; ``health`` is :func:`pyfloor.features.sae_health` of the SAE on the run's statistics;
     ``config`` is the :class:`MeasureConfig` as a dict (paths as strings) with the tabulated
-    ``widths`` and the ``world_size``.
+    ``widths`` and the ``world_size``; ``provenance`` says where the activations and the SAE came
+    from (teacher, revision, layer, tokens; SAE digest, architecture and :attr:`SAE.metadata`), how
+    far the stream was read (its position, for a streamed corpus) and the library versions.
     """
 
     stats: FeatureStats
@@ -264,6 +269,7 @@ class MeasureResult:
     activation_histogram: Histogram | None = None
     estimators: dict[str, EstimatorResult] = field(default_factory=dict)
     health: SAEHealth | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -291,6 +297,7 @@ class MeasureResult:
             "intervals": self.intervals,
             "alive_threshold_sensitivity": self.sensitivity,
             "sae_health": None if self.health is None else {**self.health._asdict(), "ok": self.health.ok},
+            "provenance": self.provenance,
             "estimator": self.config.get("estimator"),
             "estimators": {
                 name: {
@@ -557,29 +564,27 @@ def _source_settings(source: ActivationSource) -> dict[str, Any]:
     whether it leaves out a leading BOS, and its parameters' dtype; the dtype activations are cast to
     (None where a source has no such setting)."""
     settings: dict[str, Any] = {"seq_len": None, "leading_bos": None, "teacher_dtype": None, "activation_dtype": None}
-    if isinstance(source, TeacherSource):
+    if isinstance(source, SequenceSource):
         param = next(source.model.parameters(), None)
         settings.update(
             seq_len=source.sequences.seq_len,
             leading_bos=source.sequences.leading_bos,
             teacher_dtype=None if param is None else str(param.dtype),
         )
-    if isinstance(source, (TeacherSource, ArraySource)) and source.dtype is not None:
+    if isinstance(source, (SequenceSource, ArraySource)) and source.dtype is not None:
         settings["activation_dtype"] = str(source.dtype)
     return settings
 
 
-def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank: int, world: int) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(sae.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+def _fingerprint(
+    source: ActivationSource, layer: str | None, sae: SAE, config: MeasureConfig, rank: int, world: int
+) -> dict[str, Any]:
+    """What must match for a checkpoint of ``sae`` reading ``layer`` of ``source`` to be resumed."""
     return {
-        "source": source.describe(),
+        "source": source.describe(layer),
         "batch_tokens": source.batch_tokens,
         **_source_settings(source),
-        "sae_sha256": h.hexdigest(),
+        "sae_sha256": sae_sha256(sae),
         "activation": config.activation,
         "k": config.k,
         "bootstrap": config.bootstrap,
@@ -589,25 +594,56 @@ def _fingerprint(source: ActivationSource, sae: SAE, config: MeasureConfig, rank
     }
 
 
+def _sae_provenance(sae: SAE, sha256: str) -> dict[str, Any]:
+    """The SAE measured: digest, architecture and the provenance it carries (:attr:`SAE.metadata`)."""
+    return {
+        "sha256": sha256,
+        "activation": sae.activation,
+        "k": sae.k,
+        "d_in": sae.d_in,
+        "n_latents": sae.n_latents,
+        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
+        "metadata": sae.metadata,
+    }
+
+
+#: Libraries whose version a report records when the run imported them
+_RECORDED_LIBRARIES = ("numpy", "transformers", "accelerate", "datasets", "triton", "sae_lens", "sparsify")
+
+
+def versions() -> dict[str, str]:
+    """The versions of Python, pyfloor, torch and the libraries of :data:`_RECORDED_LIBRARIES` this process imported."""
+    found = {"python": platform.python_version(), "pyfloor": __version__, "torch": torch.__version__}
+    for name in _RECORDED_LIBRARIES:
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = str(getattr(module, "__version__", "unknown"))
+    return found
+
+
 def _rank_path(path: Path, rank: int, world: int) -> Path:
     return path if world == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
 
 
-def _save_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
-    """Write the state atomically: a temporary file renamed over the previous checkpoint."""
+def _save_checkpoint(
+    path: Path, state: _State, fingerprint: dict[str, Any], position: dict[str, int] | None = None
+) -> None:
+    """Write the state atomically: a temporary file renamed over the previous checkpoint; ``position``
+    is where the source's next batch starts in its stream (for a streamed corpus)."""
     save_tagged(
         path,
         state.tensors(),
         kind=CHECKPOINT_FORMAT,
         version=CHECKPOINT_VERSION,
-        metadata={"fingerprint": json.dumps(fingerprint)},
+        metadata={"fingerprint": json.dumps(fingerprint), "position": json.dumps(position)},
         framework="pt",
     )
 
 
-def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> None:
-    """Restore ``state`` from ``path``; refuse (leaving the file alone) anything that does not fit,
-    including a checkpoint that does not record a setting this run has."""
+def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> dict[str, int] | None:
+    """Restore ``state`` from ``path`` and return the stream position it recorded (None if none);
+    refuse (leaving the file alone) anything that does not fit, including a checkpoint that does not
+    record a setting this run has."""
     tensors, meta = load_tagged(
         path, kind=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, what="measurement checkpoint", framework="pt"
     )
@@ -628,8 +664,12 @@ def _load_checkpoint(path: Path, state: _State, fingerprint: dict[str, Any]) -> 
         raise CheckpointError(f"{path}: checkpoint belongs to a different run ({detail})")
     try:
         state.load(tensors, int(meta.get("version", 0)))
-    except CheckpointError as exc:
+        position = json.loads(meta.get("position", "null"))
+    except (CheckpointError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
+    if position is not None and not isinstance(position, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (the stream position is not a JSON object)")
+    return position
 
 
 # -- estimates from sums ------------------------------------------------------------------------------
@@ -754,14 +794,16 @@ def _everyone(ok: bool, device: torch.device) -> bool:
 
 def _prepare_checkpoint(
     config: MeasureConfig, state: _State, fingerprint: dict[str, Any], path: Path | None, device: torch.device
-) -> None:
-    """Resume from, or make room for, this rank's checkpoint; every rank fails if any one does."""
+) -> dict[str, int] | None:
+    """Resume from, or make room for, this rank's checkpoint, returning the stream position of a
+    resumed one (None if none); every rank fails if any one does."""
     error: CheckpointError | None = None
+    position = None
     try:
         if config.resume:
             if path is None:  # MeasureConfig refuses this; a config changed after construction may not
                 raise ValueError("resume needs a checkpoint path")
-            _load_checkpoint(path, state, fingerprint)
+            position = _load_checkpoint(path, state, fingerprint)
         elif path is not None and path.exists() and not config.overwrite:
             raise CheckpointError(f"{path} already exists: resume it, or start over with overwrite")
         elif path is not None:
@@ -770,16 +812,19 @@ def _prepare_checkpoint(
         error = exc
     if not _everyone(error is None, device):
         raise error or CheckpointError("another rank could not use its checkpoint; see its error")
+    return position
 
 
 class _Member:
-    """One SAE of a measurement: its encoder, running sums, estimators, decoder pairs (found once, at
-    the lowest cosine any estimator, sensitivity row or health check uses), checkpoint and training
-    curve (for the health check; None if unknown)."""
+    """One SAE of a measurement: the layer it reads (None: the source's only stream), its encoder,
+    running sums, estimators, decoder pairs (found once, at the lowest cosine any estimator,
+    sensitivity row or health check uses), checkpoint and training curve (for the health check;
+    None if unknown)."""
 
     def __init__(
         self,
         sae: SAE,
+        layer: str | None,
         config: MeasureConfig,
         source: ActivationSource,
         rank: int,
@@ -787,7 +832,9 @@ class _Member:
         path: Path | None,
         fvu_history: Sequence[float] | None = None,
     ) -> None:
-        self.sae = sae
+        self.sae, self.layer = sae, layer
+        self.source = source.describe(layer)
+        self.origin = source
         self.acc = StatsAccumulator(sae, activation=config.activation, k=config.k)
         self.state = _State(sae.n_latents, config.bootstrap, sae.W_enc.device, histograms=config.histograms)
         self.pairs = decoder_pairs(sae, min(config.cosine, _LOWEST_COSINE))
@@ -795,7 +842,7 @@ class _Member:
             name: est.bind(sae, config.activation, pairs=self.pairs) for name, est in config.estimators().items()
         }
         self.lead = self.counters[config.estimator]
-        self.fingerprint = _fingerprint(source, sae, config, rank, world)
+        self.fingerprint = _fingerprint(source, layer, sae, config, rank, world)
         self.ckpt = path
         self.fvu_history = fvu_history
 
@@ -813,16 +860,16 @@ class _Member:
         d = merged.intervals(self.lead, np.zeros(0, np.int64), config.confidence).get("critical_width")
         return est, d is not None and d["high"] - d["low"] <= config.until_stable * est["critical_width"]
 
-    def result(self, config: MeasureConfig, source: ActivationSource, world: int, stopped: str) -> MeasureResult:
+    def result(self, config: MeasureConfig, world: int, stopped: str) -> MeasureResult:
         """The member's :class:`MeasureResult` from the sums of every rank."""
         merged = self.state.reduced()
         stats = merged.stats()
         if stats.n_tokens == 0:
             raise ValueError(
-                f"{source.describe()}: the stream held no usable tokens"
+                f"{self.source}: the stream held no usable tokens"
                 + (f" ({stats.n_nonfinite:,} were non-finite)" if stats.n_nonfinite else "")
             )
-        measurements = {name: c.measurement(stats, source.describe()) for name, c in self.counters.items()}
+        measurements = {name: c.measurement(stats, self.source) for name, c in self.counters.items()}
         measurement = measurements[config.estimator]
         if config.widths is not None:
             widths = np.asarray(config.widths, dtype=np.int64)
@@ -850,7 +897,7 @@ class _Member:
             merged.n_batches,
             self.state.seconds,
             stopped,
-            source.describe(),
+            self.source,
             cfg,
             merged.features,
             merged.acts,
@@ -862,7 +909,23 @@ class _Member:
                 alive_threshold=config.alive_threshold,
                 pairs=self.pairs,
             ),
+            self.provenance(merged.n_batches, stats.n_tokens),
         )
+
+    def provenance(self, n_batches: int, n_tokens: int) -> dict[str, Any]:
+        """Where the measured activations and SAE came from, how far the stream was read, and the versions."""
+        next_batch = self.state.next_index
+        return {
+            "source": self.origin.provenance(self.layer),
+            "sae": _sae_provenance(self.sae, self.fingerprint["sae_sha256"]),
+            "stream": {
+                "n_batches": n_batches,
+                "n_tokens": n_tokens,
+                "next_batch": next_batch,
+                "position": self.origin.position(next_batch),
+            },
+            "versions": versions(),
+        }
 
 
 def _member_path(path: Path, index: int, members: int) -> Path:
@@ -895,13 +958,16 @@ def measure_family(
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     fvu_histories: Sequence[Sequence[float] | None] | None = None,
+    layers: Sequence[str | None] | None = None,
 ) -> list[MeasureResult]:
-    """:func:`measure` for several SAEs of the same activations from one pass over ``source``: each
-    batch is read (one teacher forward) once and encoded by every SAE, each accumulating its own
-    statistics; member i gives what ``measure(source, saes[i], config)`` gives. With several SAEs,
-    member i's checkpoint is ``config.checkpoint`` with ``.sae{i}`` before its suffix; ``until_stable``
-    stops once every member's d* is stable. All SAEs must be on one device. ``fvu_histories``: each
-    SAE's training FVU curve (or None), for the health check's "FVU still falling".
+    """:func:`measure` for several SAEs from one pass over ``source``: each batch is read (one
+    teacher forward) once and encoded by every SAE, each accumulating its own statistics; member i
+    gives what ``measure(source, saes[i], config)`` gives. ``layers[i]`` names the layer SAE i reads
+    (one of ``source.layer_names``, for a source read at several layers; None: ``Batch.acts``), and
+    member i then gives what a source read at that layer alone gives. With several SAEs, member i's
+    checkpoint is ``config.checkpoint`` with ``.sae{i}`` before its suffix; ``until_stable`` stops
+    once every member's d* is stable. All SAEs must be on one device. ``fvu_histories``: each SAE's
+    training FVU curve (or None), for the health check's "FVU still falling".
     """
     config = config or MeasureConfig()
     if not saes:
@@ -909,10 +975,15 @@ def measure_family(
     histories = list(fvu_histories) if fvu_histories is not None else [None] * len(saes)
     if len(histories) != len(saes):
         raise ValueError(f"fvu_histories has {len(histories)} entries for {len(saes)} SAEs")
+    reads = list(layers) if layers is not None else [None] * len(saes)
+    if len(reads) != len(saes):
+        raise ValueError(f"layers has {len(reads)} entries for {len(saes)} SAEs")
     rank, world = rank_and_world()
-    for sae in saes:
-        if source.d != sae.d_in:
-            raise ValueError(f"the source yields activations of width {source.d} but the SAE expects d_in = {sae.d_in}")
+    for sae, layer in zip(saes, reads):
+        d = source.width(layer)
+        if d != sae.d_in:
+            at = "" if layer is None else f" at {layer}"
+            raise ValueError(f"the source yields activations of width {d}{at} but the SAE expects d_in = {sae.d_in}")
     device = saes[0].W_enc.device
     if any(sae.W_enc.device != device for sae in saes):
         raise ValueError(
@@ -920,17 +991,18 @@ def measure_family(
         )
     base = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
     members = [
-        _Member(sae, config, source, rank, world, None if base is None else _member_path(base, i, len(saes)), h)
-        for i, (sae, h) in enumerate(zip(saes, histories))
+        _Member(sae, layer, config, source, rank, world, None if base is None else _member_path(base, i, len(saes)), h)
+        for i, (sae, layer, h) in enumerate(zip(saes, reads, histories))
     ]
-    for m in members:
-        _prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device)
+    stream_positions = [_prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device) for m in members]
     positions = {(m.state.next_index, m.state.rounds) for m in members}
     if len(positions) > 1:
         raise CheckpointError(
             f"the members' checkpoints stopped at different batches ({sorted(positions)}); resume each alone"
         )
     first = members[0].state
+    if stream_positions[0] is not None:
+        source.seek(first.next_index, stream_positions[0])
     max_batches = None if config.max_tokens is None else -(-config.max_tokens // source.batch_tokens)
 
     total = first.reduced(histograms=False).rows
@@ -946,13 +1018,8 @@ def measure_family(
         at_limit = batch is not None and max_batches is not None and batch.index >= max_batches
         rows = 0
         if batch is not None and not at_limit:
-            x = batch.acts.to(device)
-            if x.ndim != 2 or x.shape[1] != source.d:
-                raise ValueError(
-                    f"batch {batch.index}: a source must yield [tokens, {source.d}] activations; "
-                    f"got shape {tuple(x.shape)}"
-                )
-            rows = x.shape[0]
+            xs = {layer: _batch_acts(batch, layer, source).to(device) for layer in dict.fromkeys(reads)}
+            rows = xs[reads[0]].shape[0]
             weights = (
                 torch.from_numpy(bootstrap_weights(config.seed, batch.index, config.bootstrap)).to(device)
                 if config.bootstrap
@@ -960,6 +1027,7 @@ def measure_family(
             )
             fill = config.histograms and batch.index % config.histogram_every == 0
             for m in members:
+                x = xs[m.layer]
                 batch_stats = m.acc.batch(x, want_codes=fill)
                 m.state.add(batch_stats, rows, weights)
                 if fill:
@@ -985,7 +1053,7 @@ def measure_family(
             for m, before in zip(members, seconds_before):
                 m.state.seconds = before + time.perf_counter() - start_time
                 if m.ckpt is not None:
-                    _save_checkpoint(m.ckpt, m.state, m.fingerprint)
+                    _save_checkpoint(m.ckpt, m.state, m.fingerprint, source.position(m.state.next_index))
             since_checkpoint = 0
         if first.rounds % config.check_every:
             continue
@@ -1003,8 +1071,61 @@ def measure_family(
     for m, before in zip(members, seconds_before):
         m.state.seconds = before + time.perf_counter() - start_time
         if m.ckpt is not None:
-            _save_checkpoint(m.ckpt, m.state, m.fingerprint)
-    return [m.result(config, source, world, stopped) for m in members]
+            _save_checkpoint(m.ckpt, m.state, m.fingerprint, source.position(m.state.next_index))
+    return [m.result(config, world, stopped) for m in members]
+
+
+def _batch_acts(batch: Batch, layer: str | None, source: ActivationSource) -> Tensor:
+    """The [tokens, d] activations of ``layer`` (``acts`` if None) in ``batch``; ValueError for another shape."""
+    if layer is None:
+        x = batch.acts
+    elif batch.layers is None or layer not in batch.layers:
+        raise ValueError(f"batch {batch.index}: the source yielded no activations of layer {layer!r}")
+    else:
+        x = batch.layers[layer]
+    d = source.width(layer)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(
+            f"batch {batch.index}: a source must yield [tokens, {d}] activations; got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+def measure_layers(
+    source: ActivationSource,
+    saes: Mapping[str, SAE | Sequence[SAE]],
+    config: MeasureConfig | None = None,
+    *,
+    progress: bool = True,
+    fvu_histories: Mapping[str, Sequence[Sequence[float] | None]] | None = None,
+) -> dict[str, list[MeasureResult]]:
+    """Several layers measured from one pass over a source read at several layers (e.g.
+    ``TeacherSource(model, [8, 12, 16], …)``, one forward stopped after the deepest): ``saes`` maps
+    each layer name (of ``source.layer_names``) to its SAE or SAE family; the results, by layer, are
+    what measuring each layer alone gives (:func:`measure_family`; checkpoints are numbered over all
+    SAEs in the order given)."""
+    unknown = [name for name in saes if name not in source.layer_names]
+    if unknown:
+        raise ValueError(
+            f"the source reads {', '.join(source.layer_names) or 'no named layers'}; no SAE can read {', '.join(unknown)}"
+        )
+    groups = {name: [s] if isinstance(s, SAE) else list(s) for name, s in saes.items()}
+    flat = [(name, sae) for name, group in groups.items() for sae in group]
+    histories = None
+    if fvu_histories is not None:
+        histories = [h for name, group in groups.items() for h in fvu_histories.get(name, [None] * len(group))]
+    results = measure_family(
+        source,
+        [sae for _, sae in flat],
+        config,
+        progress=progress,
+        fvu_histories=histories,
+        layers=[name for name, _ in flat],
+    )
+    out: dict[str, list[MeasureResult]] = {name: [] for name in groups}
+    for (name, _), result in zip(flat, results):
+        out[name].append(result)
+    return out
 
 
 def _progress(enabled: bool, total: int | None) -> _ProgressBar:

@@ -1,17 +1,19 @@
-"""Activation streams: a teacher hooked at one layer, activation files, or any iterable of tensors.
+"""Activation streams: a teacher hooked at one or more layers, activation files, or any iterable of tensors.
 
 Every source yields :class:`Batch` objects with a global, deterministic ``index``; that index is
 what resumed runs skip by and what distributed ranks shard on (batch b goes to rank b mod world),
 so the same tokens reach the same statistics however the run is split.
 
-A teacher source runs the model only up to the hooked layer: a forward hook on that layer stores
-its output and stops the forward pass, so no compute is spent on the layers above it.
+A teacher source runs the model only up to the hooked layers: forward hooks store their outputs
+and the last of them to run stops the forward pass, so no compute is spent on the layers above the
+deepest. Token sequences (files, text, datasets, streams) come from :mod:`pyfloor.tokens`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -21,13 +23,28 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from . import _checks
+from .tokens import (
+    Sequences,
+    StreamedSequences,
+    TokenSequences,
+    dataset_sequences,
+    text_file_sequences,
+    text_files,
+    token_file_sequences,
+)
 
 __all__ = [
     "Batch",
+    "Sequences",
     "ActivationSource",
     "ArraySource",
     "IterableSource",
+    "SequenceSource",
     "TeacherSource",
+    "StreamedSequences",
+    "run_until",
+    "check_token_ids",
+    "layer_list",
     "TokenSequences",
     "token_file_sequences",
     "text_file_sequences",
@@ -43,10 +60,12 @@ Site = Literal["resid", "mlp"]
 
 
 class Batch(NamedTuple):
-    """One batch of activations [n_tokens, d] and its global position in the stream."""
+    """One batch of activations [n_tokens, d] and its global position in the stream; a source read
+    at several layers also gives each layer's activations by name (``acts`` is the first layer's)."""
 
     index: int  # type: ignore[assignment]  # the field shadows tuple.index by design (public API)
     acts: Tensor
+    layers: Mapping[str, Tensor] | None = None
 
 
 class ActivationSource:
@@ -54,14 +73,33 @@ class ActivationSource:
 
     d: int
     batch_tokens: int
+    #: the layers a source read at several layers yields in ``Batch.layers`` (empty: ``acts`` only)
+    layer_names: tuple[str, ...] = ()
 
     def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Batches with index ≥ ``start`` whose index mod ``world`` equals ``rank``."""
         raise NotImplementedError
 
-    def describe(self) -> str:
-        """A one-line description for reports and checkpoint fingerprints."""
+    def describe(self, layer: str | None = None) -> str:
+        """A one-line description for reports and checkpoint fingerprints (of one of ``layer_names`` if given)."""
         raise NotImplementedError
+
+    def provenance(self, layer: str | None = None) -> dict[str, Any]:
+        """Where the activations (of ``layer`` if given) come from, JSON-ready, for reports."""
+        return {"kind": type(self).__name__, "description": self.describe(layer), "width": self.width(layer)}
+
+    def width(self, layer: str | None = None) -> int:
+        """The width of the activations (of one of ``layer_names`` if given)."""
+        if layer is not None:
+            raise ValueError(f"this source yields one stream of activations, not layer {layer!r}")
+        return self.d
+
+    def position(self, index: int) -> dict[str, int] | None:
+        """Where batch ``index`` starts in the underlying stream, for checkpoints (None: the index alone locates it)."""
+        return None
+
+    def seek(self, index: int, position: dict[str, int]) -> None:
+        """Make the next ``batches(start=index)`` begin reading at ``position`` (from :meth:`position`)."""
 
     def __iter__(self) -> Iterator[Tensor]:
         """The activations of every batch, in order (each iteration reads the stream anew)."""
@@ -150,8 +188,9 @@ class ArraySource(ActivationSource):
         self.n_tokens = int(self._offsets[-1])
         self.dtype, self.device = dtype, torch.device(device)
 
-    def describe(self) -> str:
+    def describe(self, layer: str | None = None) -> str:
         """The files (or array shapes), the token count and the width."""
+        self.width(layer)
         return f"activations {', '.join(self._names)} ({self.n_tokens:,} tokens, d={self.d})"
 
     def _rows(self, lo: int, hi: int) -> Tensor:
@@ -190,8 +229,9 @@ class IterableSource(ActivationSource):
         self._tensors = tensors
         self._used = False
 
-    def describe(self) -> str:
+    def describe(self, layer: str | None = None) -> str:
         """ "iterable of activations" and the width."""
+        self.width(layer)
         return f"iterable of activations (d={self.d})"
 
     def _rechunked(self) -> Iterator[Tensor]:
@@ -226,249 +266,6 @@ class IterableSource(ActivationSource):
         for b, x in enumerate(self._rechunked()):
             if b >= start and b % world == rank:
                 yield Batch(b, x)
-
-
-# -- token sequences ---------------------------------------------------------------------------------
-class TokenSequences:
-    """Fixed-length token sequences for a teacher, read lazily: :meth:`rows` gives ``ids``
-    [k, seq_len] int64 and a ``mask`` (1 = a real token, 0 = padding). ``leading_bos``: position 0
-    of every sequence is a BOS token (fed to the teacher, left out of the activations).
-
-    Made from in-memory ``ids``/``mask`` tensors, or by :func:`token_file_sequences`,
-    :func:`text_file_sequences` and :func:`dataset_sequences`, which pack a token stream (a
-    memory-mapped file stays on disk: a batch reads only its own sequences).
-    """
-
-    def __init__(self, ids: Tensor, mask: Tensor, description: str, leading_bos: bool = False) -> None:
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise ValueError(f"ids and mask must both be [n_seq, seq_len]; got {tuple(ids.shape)}, {tuple(mask.shape)}")
-        self._init(
-            lambda i0, i1: (ids[i0:i1].long(), mask[i0:i1].long()),
-            int(ids.shape[0]),
-            int(ids.shape[1]),
-            description,
-            leading_bos,
-        )
-
-    def _init(
-        self,
-        read: Callable[[int, int], tuple[Tensor, Tensor]],
-        n: int,
-        seq_len: int,
-        description: str,
-        leading_bos: bool,
-        start: int = 0,
-    ) -> None:
-        if n - start <= 0:
-            raise ValueError(f"{description}: no token sequences (the input is empty)")
-        self._read, self._n, self._start = read, n, start
-        self.seq_len, self.description, self.leading_bos = seq_len, description, leading_bos
-
-    @classmethod
-    def packed(
-        cls, stream: NDArray[np.integer[Any]], seq_len: int, description: str, *, bos: int | None = None, pad: int = 0
-    ) -> TokenSequences:
-        """A 1-D token stream (any integer array, e.g. a memmap) cut into sequences of ``seq_len``,
-        each led by ``bos`` when given; the last sequence is padded and its padding masked."""
-        _checks.count(seq_len, "seq_len", minimum=2)
-        body = seq_len - (bos is not None)
-        first = int(bos is not None)
-
-        def read(i0: int, i1: int) -> tuple[Tensor, Tensor]:
-            chunk = np.asarray(stream[i0 * body : i1 * body], dtype=np.int64)
-            k = i1 - i0
-            ids = np.full((k, seq_len), pad, dtype=np.int64)
-            mask = np.zeros((k, seq_len), dtype=np.int64)
-            body_ids = np.full(k * body, pad, dtype=np.int64)
-            body_ids[: chunk.size] = chunk
-            ids[:, first:] = body_ids.reshape(k, body)
-            mask[:, first:] = (np.arange(k * body) < chunk.size).reshape(k, body)
-            if bos is not None:
-                ids[:, 0], mask[:, 0] = bos, 1
-            return torch.from_numpy(ids), torch.from_numpy(mask)
-
-        out = cls.__new__(cls)
-        out._init(read, -(-int(stream.size) // body), seq_len, description, bos is not None)
-        return out
-
-    def __len__(self) -> int:
-        """The number of sequences."""
-        return self._n - self._start
-
-    def rows(self, i0: int = 0, i1: int | None = None) -> tuple[Tensor, Tensor]:
-        """``ids`` and ``mask`` [k, seq_len] of sequences i0 … i1 − 1 (all of them by default)."""
-        i1 = len(self) if i1 is None else min(i1, len(self))
-        return self._read(self._start + i0, self._start + i1)
-
-    def _window(self, start: int, stop: int, label: str) -> TokenSequences:
-        out = TokenSequences.__new__(TokenSequences)
-        out._init(self._read, stop, self.seq_len, f"{self.description} [{label}]", self.leading_bos, start)
-        return out
-
-    def _sequences_for(self, n_tokens: int) -> int:
-        return min(len(self), -(-_checks.count(n_tokens, "n_tokens") // self.seq_len))
-
-    def take(self, n_tokens: int) -> TokenSequences:
-        """The sequences holding the first ``n_tokens`` tokens (rounded up to whole sequences)."""
-        cut = self._sequences_for(n_tokens)
-        return self._window(self._start, self._start + cut, f"first {cut} seq")
-
-    def skip(self, n_tokens: int) -> TokenSequences:
-        """The sequences after those :meth:`take` returns, e.g. to measure on tokens an SAE was not trained on."""
-        cut = self._sequences_for(n_tokens)
-        return self._window(self._start + cut, self._n, f"from seq {cut}")
-
-
-def _integer_dtype(name: str) -> np.dtype[np.integer[Any]]:
-    """The numpy integer dtype called ``name``; ValueError for anything else."""
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or not np.issubdtype(dtype, np.integer):
-        raise ValueError(f"bin_dtype must name an integer type such as uint16 or int32; got {name!r}")
-    return dtype
-
-
-def token_file_sequences(
-    path: str | os.PathLike[str],
-    seq_len: int,
-    *,
-    bin_dtype: str = "uint16",
-    bos_token_id: int | None = None,
-    pad_token_id: int = 0,
-) -> TokenSequences:
-    """Pre-tokenized ids from ``.npy`` (1-D stream, or 2-D [n_seq, seq_len] used as is) or raw
-    ``.bin`` (a 1-D stream of ``bin_dtype``, as nanoGPT writes them). A 1-D stream is cut into
-    sequences, each led by ``bos_token_id`` when given."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such token file")
-    if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
-    elif path.suffix == ".bin":
-        arr = np.memmap(path, dtype=_integer_dtype(bin_dtype), mode="r")
-    else:
-        raise ValueError(f"{path}: token files must be .npy or .bin")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{path}: token ids must be integers; got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        if bos_token_id is not None:
-            raise ValueError(f"{path}: a 2-D token array is used as is; bos_token_id only applies to 1-D streams")
-        return TokenSequences.packed(arr.reshape(-1), arr.shape[1], str(path.resolve()))
-    if arr.ndim != 1:
-        raise ValueError(f"{path}: token array must be 1-D or 2-D; got shape {arr.shape}")
-    return TokenSequences.packed(arr, seq_len, str(path.resolve()), bos=bos_token_id, pad=pad_token_id)
-
-
-def _tokenize_documents(docs: Iterable[str], tokenizer: Any, max_tokens: int | None) -> NDArray[np.int64]:
-    """Token ids of the documents joined by the tokenizer's end-of-text token."""
-    sep = tokenizer.eos_token_id
-    parts: list[list[int]] = []
-    total = 0
-    for doc in docs:
-        if not doc.strip():
-            continue
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(
-                f"the tokenizer turned the text {doc.strip()[:40]!r} into no tokens: is it the teacher's own "
-                "tokenizer (does the model directory hold its tokenizer files)?"
-            )
-        if sep is not None:
-            ids = ids + [sep]
-        parts.append(ids)
-        total += len(ids)
-        if max_tokens is not None and total >= max_tokens:
-            break
-    stream = np.fromiter((t for p in parts for t in p), dtype=np.int64, count=total)
-    return stream[:max_tokens] if max_tokens is not None else stream
-
-
-def _special_ids(tokenizer: Any, prepend_bos: bool) -> tuple[int | None, int]:
-    """(BOS id or None, padding id) of a tokenizer: BOS falls back to end-of-text, padding to end-of-text or 0."""
-    bos = tokenizer.bos_token_id if prepend_bos else None
-    if prepend_bos and bos is None:
-        bos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return bos, pad
-
-
-def text_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The files named, with directories expanded to the ``.txt`` and ``.md`` files below them (sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".md") and f.is_file())
-            if not found:
-                raise ValueError(f"{p}: no .txt or .md files below this directory")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such text file or directory")
-    return out
-
-
-def _read_text(path: Path) -> str:
-    """The UTF-8 text of a file; ValueError for a binary or otherwise non-UTF-8 file."""
-    data = path.read_bytes()
-    if b"\0" in data:
-        raise ValueError(f"{path}: not a text file (it holds NUL bytes)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def text_file_sequences(
-    paths: Sequence[str | os.PathLike[str]],
-    tokenizer: Any,
-    seq_len: int,
-    *,
-    prepend_bos: bool = True,
-    max_tokens: int | None = None,
-) -> TokenSequences:
-    """Plain-text files (directories: their .txt/.md files) tokenized and packed into sequences;
-    blank-line-separated paragraphs are documents joined by the end-of-text token; each sequence
-    starts with BOS if ``prepend_bos``; at most ``max_tokens`` tokens are read."""
-    docs: list[str] = []
-    for path in text_files(paths):
-        docs += _read_text(path).split("\n\n")
-    bos, pad = _special_ids(tokenizer, prepend_bos)
-    stream = _tokenize_documents(docs, tokenizer, max_tokens)
-    if stream.size == 0:
-        raise ValueError(f"{', '.join(map(str, paths))}: no text to tokenize")
-    names = ", ".join(str(Path(p).resolve()) for p in paths)
-    return TokenSequences.packed(stream, seq_len, names, bos=bos, pad=pad)
-
-
-def dataset_sequences(
-    dataset: Any,
-    tokenizer: Any,
-    seq_len: int,
-    *,
-    column: str = "text",
-    split: str = "train",
-    prepend_bos: bool = True,
-    max_tokens: int | None = None,
-) -> TokenSequences:
-    """A ``datasets`` dataset (an object, or a name/path for ``datasets.load_dataset``) of texts."""
-    if isinstance(dataset, (str, os.PathLike)):
-        try:
-            import datasets  # optional (pyproject: mypy ignores it, installed or not)
-        except ImportError as exc:
-            raise ImportError("reading a dataset by name needs the 'datasets' package: pip install datasets") from exc
-        dataset = datasets.load_dataset(str(dataset), split=split)
-    columns = getattr(dataset, "column_names", None)
-    if columns is not None and column not in columns:
-        raise ValueError(f"the dataset has no column {column!r}; its columns: {', '.join(map(str, columns))}")
-    bos, pad = _special_ids(tokenizer, prepend_bos)
-    stream = _tokenize_documents((row[column] for row in dataset), tokenizer, max_tokens)
-    if stream.size == 0:
-        raise ValueError("the dataset holds no text")
-    name = getattr(getattr(dataset, "info", None), "dataset_name", None) or type(dataset).__name__
-    return TokenSequences.packed(stream, seq_len, f"dataset {name}", bos=bos, pad=pad)
 
 
 # -- the hooked teacher ------------------------------------------------------------------------------
@@ -532,96 +329,243 @@ def find_layer(model: nn.Module, layer: int | str, site: Site = "resid") -> tupl
     return name, module
 
 
-class TeacherSource(ActivationSource):
-    """A teacher model read at one layer over token sequences, stopped after that layer.
+Layers = int | str | Sequence[int | str]
+
+
+class SequenceSource(ActivationSource):
+    """A model read at one or more layers over token sequences, stopped after the deepest of them.
 
     Each batch is ``max(1, batch_tokens // seq_len)`` sequences, so ``self.batch_tokens`` (the
     positions fed per batch) is that many times ``seq_len``; padding and leading-BOS positions are
-    left out of the activations it yields.
+    left out of the activations it yields. ``layer_names`` names the hooked layers in the order
+    asked for; each batch's ``layers`` holds every one of them, ``acts`` the first. Subclasses give
+    the model's forward pass (:meth:`_forward`) and name (:meth:`_teacher_name`).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        layer: int | str,
-        sequences: TokenSequences,
+        layer_names: Sequence[str],
+        sequences: Sequences,
+        batch_tokens: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if not layer_names:
+            raise ValueError("name at least one layer to read")
+        if len(set(layer_names)) != len(layer_names):
+            raise ValueError(f"a layer is named twice: {', '.join(layer_names)}")
+        self.model = model.eval()
+        self.layer_names = tuple(layer_names)
+        self.sequences = sequences
+        self.batch_sequences = max(1, _check_batch_tokens(batch_tokens) // sequences.seq_len)
+        self.batch_tokens = self.batch_sequences * sequences.seq_len
+        self.device = torch.device(device) if device is not None else _input_device(model)
+        self.dtype = dtype
+        self.widths = self._widths()
+        self.d = self.widths[self.layer_names[0]]
+
+    def _forward(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Every hooked layer's output [B, T, d] for [B, T] ids, by layer name, the model stopped after the deepest."""
+        raise NotImplementedError
+
+    def _teacher_name(self) -> str:
+        """The teacher's name for descriptions."""
+        raise NotImplementedError
+
+    def _widths(self) -> dict[str, int]:
+        """Each hooked layer's width, from one forward pass over two tokens."""
+        ids, mask = self.sequences.chunks(1).__next__()[1:]
+        with torch.no_grad():
+            return {name: int(out.shape[-1]) for name, out in self._forward(ids[:, :2], mask[:, :2]).items()}
+
+    def width(self, layer: str | None = None) -> int:
+        """The width of ``layer``'s activations (the first layer's if None)."""
+        return self.widths[self._layer(layer)]
+
+    def _layer(self, layer: str | None) -> str:
+        """``layer`` checked against the hooked layers (the first if None)."""
+        if layer is None:
+            return self.layer_names[0]
+        if layer not in self.widths:
+            raise ValueError(f"this source reads {', '.join(self.layer_names)}, not {layer!r}")
+        return layer
+
+    def describe(self, layer: str | None = None) -> str:
+        """The teacher's name, the hooked layer (all of them for a several-layer source when ``layer``
+        is None) and the sequences' description."""
+        at = ", ".join(self.layer_names) if layer is None else self._layer(layer)
+        return f"teacher {self._teacher_name()} at {at} over {self.sequences.description}"
+
+    def provenance(self, layer: str | None = None) -> dict[str, Any]:
+        """The teacher (name, class, revision, dtype, blocks loaded, device map), the layer read and
+        the token sequences, JSON-ready."""
+        cfg = getattr(self.model, "config", None)
+        param = next(self.model.parameters(), None)
+        device_map = getattr(self.model, "hf_device_map", None)
+        blocks = _blocks(self.model)
+        return {
+            **super().provenance(layer),
+            "teacher": {
+                "name": self._teacher_name(),
+                "class": type(self.model).__name__,
+                "revision": getattr(cfg, "_commit_hash", None),
+                "dtype": None if param is None else str(param.dtype).removeprefix("torch."),
+                "blocks_loaded": None if blocks is None else len(blocks[1]),
+                "device_map": None if device_map is None else {k: str(v) for k, v in device_map.items()},
+            },
+            "layer": self._layer(layer),
+            "tokens": {
+                "description": self.sequences.description,
+                "seq_len": self.sequences.seq_len,
+                "leading_bos": self.sequences.leading_bos,
+                "streamed": isinstance(self.sequences, StreamedSequences),
+                "batch_sequences": self.batch_sequences,
+            },
+        }
+
+    def n_batches(self) -> int | None:
+        """Batches in the whole stream (None for a stream of unknown length)."""
+        if isinstance(self.sequences, StreamedSequences):
+            return None
+        return -(-len(self.sequences) // self.batch_sequences)
+
+    def position(self, index: int) -> dict[str, int] | None:
+        """Where batch ``index`` starts in a streamed corpus (None for random-access sequences)."""
+        if isinstance(self.sequences, StreamedSequences):
+            return self.sequences.position(index)
+        return None
+
+    def seek(self, index: int, position: dict[str, int]) -> None:
+        """Make the next ``batches(start=index)`` of a streamed corpus begin at ``position``."""
+        if isinstance(self.sequences, StreamedSequences):
+            self.sequences.seek(index, position)
+
+    def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """Batches with index >= ``start`` and index mod ``world`` = ``rank``: the real-token activations
+        [tokens, d] of sequences [b·batch_sequences, (b+1)·batch_sequences), on the teacher's device."""
+        _check_shard(start, rank, world)
+        for chunk in self.sequences.chunks(self.batch_sequences, start=start, rank=rank, world=world):
+            outs = self._forward(chunk.ids, chunk.mask)
+            keep = chunk.mask.bool()
+            if self.sequences.leading_bos:
+                keep[:, 0] = False
+            layers = {}
+            for name in self.layer_names:
+                acts = outs[name][keep.to(outs[name].device)]
+                layers[name] = acts if self.dtype is None else acts.to(self.dtype)
+            yield Batch(chunk.index, layers[self.layer_names[0]], layers)
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """The device a model's token ids go to: its input embeddings' (the CPU for offloaded ones), else its first parameter's."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    weight = getattr(embeddings, "weight", None)
+    param = weight if isinstance(weight, Tensor) else next(model.parameters(), None)
+    if param is None or param.device.type == "meta":
+        return torch.device("cpu")
+    return param.device
+
+
+class TeacherSource(SequenceSource):
+    """A Hugging Face-style teacher (``model(input_ids=, attention_mask=)``) read at one or more
+    layers (:func:`find_layer`; a list reads them all in one forward pass, which stops after the
+    deepest) over token sequences. Sharded models (``device_map``) take their ids on the input
+    embeddings' device."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Layers,
+        sequences: Sequences,
         batch_tokens: int,
         *,
         site: Site = "resid",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        self.model = model.eval()
-        self.layer_name, self.module = find_layer(model, layer, site)
-        self.sequences = sequences
-        self.batch_sequences = max(1, _check_batch_tokens(batch_tokens) // sequences.seq_len)
-        self.batch_tokens = self.batch_sequences * sequences.seq_len
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.dtype = dtype
+        found = [find_layer(model, one, site) for one in layer_list(layer)]
+        self.modules = dict(found)
+        self.layer_name, self.module = found[0]
         get_embeddings = getattr(model, "get_input_embeddings", None)
         embeddings = get_embeddings() if get_embeddings is not None else None
         self._vocab: int | None = getattr(embeddings, "num_embeddings", None)  # token ids must lie below it
-        self.d = self._width()
+        super().__init__(model, [name for name, _ in found], sequences, batch_tokens, device=device, dtype=dtype)
 
-    def _width(self) -> int:
-        """The width d of the hooked output: the config's hidden size for a block, else from one forward pass."""
+    def _widths(self) -> dict[str, int]:
+        """The config's hidden size for block outputs; a forward pass where an MLP or other module is hooked."""
         cfg = getattr(self.model, "config", None)
-        if self.layer_name.endswith(".mlp") or cfg is None or not hasattr(cfg, "hidden_size"):
-            with torch.no_grad():
-                ids, mask = self.sequences.rows(0, 1)
-                return int(self._forward(ids[:, :2], mask[:, :2]).shape[-1])
-        return int(cfg.hidden_size)
+        blocks = _blocks(self.model)
+        block_names = set() if blocks is None else {f"{blocks[0]}.{i}" for i in range(len(blocks[1]))}
+        if cfg is not None and hasattr(cfg, "hidden_size") and set(self.layer_names) <= block_names:
+            return dict.fromkeys(self.layer_names, int(cfg.hidden_size))
+        return super()._widths()
 
-    def describe(self) -> str:
-        """The teacher's name, the hooked layer and the sequences' description."""
-        name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
-        return f"teacher {name} at {self.layer_name} over {self.sequences.description}"
+    def _teacher_name(self) -> str:
+        return getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
 
-    def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Run the model on [B, T] ids until the hooked module and return its output [B, T, d]."""
-        if self._vocab is not None and ids.numel():
-            low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= self._vocab:
-                raise ValueError(
-                    f"{self.sequences.description}: token id {low if low < 0 else high} is outside "
-                    f"the teacher's vocabulary [0, {self._vocab})"
-                )
-        captured: list[Tensor] = []
-
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
-            raise StoppedForward
-
-        handle = self.module.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-        except StoppedForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise RuntimeError(f"the forward pass never reached {self.layer_name}")
-        return captured[0]
-
-    def n_batches(self) -> int:
-        """Batches in the whole stream."""
-        return -(-len(self.sequences) // self.batch_sequences)
-
-    def batches(self, *, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        """Batches with index >= ``start`` and index mod ``world`` = ``rank``: the real-token activations
-        [tokens, d] of sequences [b·batch_sequences, (b+1)·batch_sequences), on the teacher's device.
+    def _forward(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Run the model on [B, T] ids until every hooked module has run; their outputs [B, T, d].
         ValueError for a token id outside the teacher's vocabulary."""
-        _check_shard(start, rank, world)
-        first = start + ((rank - start) % world)
-        for b in range(first, self.n_batches(), world):
-            ids, mask = self.sequences.rows(b * self.batch_sequences, (b + 1) * self.batch_sequences)
-            out = self._forward(ids, mask)
-            keep = mask.bool()
-            if self.sequences.leading_bos:
-                keep[:, 0] = False
-            acts = out[keep.to(out.device)]
-            yield Batch(b, acts if self.dtype is None else acts.to(self.dtype))
+        check_token_ids(ids, self._vocab, self.sequences.description)
+        return run_until(
+            self.modules,
+            lambda: self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False),
+        )
+
+
+def run_until(modules: dict[str, nn.Module], forward: Callable[[], object]) -> dict[str, Tensor]:
+    """The outputs of ``modules`` (by name) during ``forward()``, which is stopped (:class:`StoppedForward`)
+    once all of them have run; RuntimeError if the forward pass ends before reaching one."""
+    captured: dict[str, Tensor] = {}
+
+    def hook_for(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+            if len(captured) == len(modules):
+                raise StoppedForward
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name)) for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            forward()
+    except StoppedForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in modules if name not in captured]
+    if missing:
+        raise RuntimeError(f"the forward pass never reached {', '.join(missing)}")
+    return captured
+
+
+def check_token_ids(ids: Tensor, vocab: int | None, description: str) -> None:
+    """ValueError naming ``description`` when a token id of ``ids`` lies outside [0, ``vocab``) (None: unchecked)."""
+    if vocab is None or not ids.numel():
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(
+            f"{description}: token id {low if low < 0 else high} is outside the teacher's vocabulary [0, {vocab})"
+        )
+
+
+def layer_list(layer: Layers) -> list[int | str]:
+    """One layer, or a list of them, as a list."""
+    if isinstance(layer, (int, str)):
+        return [layer]
+    out = list(layer)
+    if not out:
+        raise ValueError("name at least one layer to read")
+    return out
+
+
+DeviceMap = str | dict[str, int | str]
 
 
 def load_teacher(
@@ -630,25 +574,80 @@ def load_teacher(
     gguf_file: str | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    keep_layers: int | None = None,
+    revision: str | None = None,
 ) -> tuple[nn.Module, Any]:
     """A Hugging Face causal LM and its tokenizer from a local directory or a hub id (a local
     directory is read offline); ``gguf_file`` loads a GGUF checkpoint inside that directory.
 
-    Returns the model (in eval mode, in ``dtype`` if given, moved to ``device`` if given) and its
-    tokenizer. Raises ImportError without transformers; loading errors of transformers propagate.
+    ``device_map`` (accelerate's ``"auto"``, ``"balanced"``, ``"sequential"``, or a map of module
+    names to devices, ``"cpu"`` or ``"disk"``; disk offload writes to ``offload_folder``) shards the
+    model over the machine's devices instead of moving it to ``device``. ``keep_layers``: build and
+    load only the first that many transformer blocks (the weights of the others are never read),
+    for a teacher read no deeper than block ``keep_layers − 1``.
+
+    Returns the model (in eval mode, in ``dtype`` if given) and its tokenizer. Raises ImportError
+    without transformers (or accelerate, for ``device_map``); loading errors of transformers propagate.
     """
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
         raise ImportError("reading a teacher needs transformers: pip install 'pyfloor[hf]'") from exc
+    if device_map is not None and device is not None:
+        raise ValueError("give device_map (a sharded teacher) or device, not both")
+    if keep_layers is not None:
+        _checks.count(keep_layers, "keep_layers", minimum=1)
     local = Path(name).is_dir()
     if local:  # the absolute path: it names the teacher in reports and checkpoints wherever pyfloor runs from
         name = Path(name).resolve()
     kw: dict[str, Any] = {"local_files_only": True} if local else {}
     if gguf_file is not None:
         kw["gguf_file"] = gguf_file
+    if revision is not None:
+        kw["revision"] = revision
     tokenizer = AutoTokenizer.from_pretrained(str(name), **kw)
-    model: nn.Module = AutoModelForCausalLM.from_pretrained(str(name), **kw, **({"dtype": dtype} if dtype else {}))
+    load: dict[str, Any] = {}
+    if dtype is not None:
+        load["dtype"] = dtype
+    if device_map is not None:
+        load.update(device_map=device_map, offload_folder=None if offload_folder is None else str(offload_folder))
+    if keep_layers is not None:
+        load["config"] = _truncated_config(AutoConfig.from_pretrained(str(name), **kw), keep_layers)
+    with _quiet_transformers(keep_layers is not None):  # the blocks left out are "unexpected" weights
+        model: nn.Module = AutoModelForCausalLM.from_pretrained(str(name), **kw, **load)
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    """transformers' warnings silenced inside the block when ``quiet``."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging
+
+    before = logging.get_verbosity()
+    logging.set_verbosity(40)  # logging.ERROR
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
+def _truncated_config(config: Any, keep: int) -> Any:
+    """``config`` with its first ``keep`` transformer blocks only (per-layer lists cut to match);
+    ValueError when it has fewer, or no layer count."""
+    n = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n, int):
+        raise ValueError(f"{type(config).__name__} names no num_hidden_layers; load the whole teacher")
+    if keep > n:
+        raise ValueError(f"keep_layers={keep} (layers up to {keep - 1}), but the teacher has blocks 0 … {n - 1}")
+    for key, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == n and key != "architectures":
+            setattr(config, key, value[:keep])
+    config.num_hidden_layers = keep
+    return config

@@ -11,6 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real measurements shared with the project; they live beside the checkout, never in it.
@@ -27,3 +28,19 @@ def paper_fixture_path() -> Path:
             "(or PYFLOOR_FIXTURES pointing at it)"
         )
     return PAPER_FIXTURE
+
+
+@pytest.fixture(scope="module")
+def tiny_neox():
+    """A randomly initialised GPT-NeoX (the Pythia architecture): 4 blocks of width 32, vocabulary 97."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPTNeoXConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return transformers.GPTNeoXForCausalLM(cfg).eval()

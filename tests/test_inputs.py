@@ -7,7 +7,6 @@ import stat
 import numpy as np
 import pytest
 import torch
-from test_measure import tiny_neox  # noqa: F401 - a fixture
 
 from pyfloor._io import atomic_write
 from pyfloor.cli import main
@@ -68,7 +67,7 @@ def test_a_missing_dataset_column_is_named():
         dataset_sequences(rows, CharTokenizer(), 8)
 
 
-def test_token_ids_outside_the_vocabulary_are_refused(tiny_neox):  # noqa: F811
+def test_token_ids_outside_the_vocabulary_are_refused(tiny_neox):
     ids = torch.randint(1, 97, (4, 8))
     ok = TeacherSource(tiny_neox, 1, TokenSequences(ids, torch.ones_like(ids), "ok"), 32)
     assert sum(b.acts.shape[0] for b in ok.batches()) == 32

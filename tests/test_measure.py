@@ -31,21 +31,6 @@ def sparse_sae(d, m, seed=0, bias=-0.6, scale=1.0):
     return sae
 
 
-@pytest.fixture(scope="module")
-def tiny_neox():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPTNeoXConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        vocab_size=97,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return transformers.GPTNeoXForCausalLM(cfg).eval()
-
-
 def token_sequences(n_seq=12, seq_len=16, bos=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 97, (n_seq, seq_len), generator=g)
