@@ -47,6 +47,13 @@ _LAZY = {
     "count_features": "features",
     "sae_health": "features",
     "measure_family": "measure",
+    "measure_layers": "measure",
+    "as_sae": "interop",
+    "check_hook": "interop",
+    "measurement_from_sparsity": "interop",
+    "TeacherSource": "sources",
+    "load_teacher": "sources",
+    "library_source": "library_sources",
     "StatsAccumulator": "encode",
     "encode_stats": "encode",
     "SparseCodes": "encode_types",
@@ -68,6 +75,8 @@ _SUBMODULES = frozenset(
         "features",
         "floors",
         "histograms",
+        "interop",
+        "library_sources",
         "measure",
         "report",
         "render",
@@ -75,6 +84,7 @@ _SUBMODULES = frozenset(
         "sources",
         "stats",
         "theory",
+        "tokens",
         "toy",
     }
 )
@@ -87,18 +97,24 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from . import features as features
     from . import floors as floors
     from . import histograms as histograms
+    from . import interop as interop
+    from . import library_sources as library_sources
     from . import measure as measure
     from . import render as render
     from . import report as report
     from . import sae as sae
     from . import sources as sources
+    from . import tokens as tokens
     from . import toy as toy
     from .encode import StatsAccumulator, encode_stats
     from .encode_types import BatchStats, SparseCodes
     from .features import Estimator, count_features, sae_health
     from .histograms import Binning, FeatureHistograms, FiringDensity, Histogram, firing_density
-    from .measure import MeasureConfig, MeasureResult, measure_family
+    from .interop import as_sae, check_hook, measurement_from_sparsity
+    from .library_sources import library_source
+    from .measure import MeasureConfig, MeasureResult, measure_family, measure_layers
     from .sae import SAE, TrainConfig, load_sae, train_sae, train_sae_family
+    from .sources import TeacherSource, load_teacher
     from .toy import ToyConfig, ToyTask, run_experiment, train_toy_models
 
 
@@ -133,6 +149,13 @@ __all__ = [
     "count_features",
     "sae_health",
     "measure_family",
+    "measure_layers",
+    "as_sae",
+    "check_hook",
+    "measurement_from_sparsity",
+    "TeacherSource",
+    "load_teacher",
+    "library_source",
     "StatsAccumulator",
     "encode_stats",
     "SparseCodes",

@@ -359,6 +359,31 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _layers(text: str) -> list[int | str]:
+    """Comma-separated layers: block indices or module names."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a block index, a module name, or several comma-separated")
+    return [int(p) if p.lstrip("-").isdigit() else p for p in parts]
+
+
+def _device_map(text: str) -> str | dict[str, int | str]:
+    """accelerate's named device maps, or a JSON object of module names to devices (or a file holding one)."""
+    if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    raw = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, (int, str)) for v in value.values()):
+        raise argparse.ArgumentTypeError(
+            "expected auto, balanced, balanced_low_0, sequential, or a JSON object of module names to devices "
+            '(e.g. {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu"}) or a file holding one'
+        )
+    return value
+
+
 def _int_dtype(text: str) -> str:
     import numpy as np
 
@@ -396,7 +421,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
     if args.output is not None and args.output.is_dir():
         raise IsADirectoryError(f"-o {args.output} is a directory; give a file path for the JSON report")
-    if args.source is not None:
+    if args.source is not None and _is_sparsity_file(args.source):
+        from .interop import measurement_from_sparsity
+
+        threshold = {} if args.alive_threshold is None else {"alive_threshold": args.alive_threshold}
+        measurement = measurement_from_sparsity(args.source, **threshold)
+    elif args.source is not None:
         measurement = load_measurement(args.source, alive_threshold=args.alive_threshold)
     summary = prediction_summary(measurement, args.widths)
     if args.output is not None:
@@ -410,10 +440,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _is_sparsity_file(path: Path) -> bool:
+    """Whether ``path`` is a SAELens ``sparsity.safetensors`` or a checkpoint directory holding one."""
+    from .interop import SPARSITY_FILENAME
+
+    return path.name == SPARSITY_FILENAME or (path / SPARSITY_FILENAME).is_file()
+
+
 def _add_predict_options(p: argparse.ArgumentParser) -> None:
     from .stats import DEFAULT_ALIVE_THRESHOLD
 
-    p.add_argument("source", nargs="?", type=Path, help="measurement file (.safetensors or .json)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        type=Path,
+        help="measurement file (.safetensors or .json), or a SAELens training checkpoint's sparsity.safetensors "
+        "(F, α, d* from its firing frequencies; no importances, so no floors)",
+    )
     p.add_argument("--features", type=_positive_int, help="number of alive features F (instead of a file)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mean-l0", type=float, help="mean active latents per token L0 (with --features)")
@@ -601,6 +644,11 @@ _TEACHER_OPTIONS = (
     "skip_tokens",
     "read_tokens",
     "dtype",
+    "split",
+    "device_map",
+    "offload_folder",
+    "whole_teacher",
+    "revision",
 )
 
 
@@ -614,7 +662,12 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("activation source: a teacher (--model, --layer, and tokens) or --activations")
     g.add_argument("--model", help="Hugging Face causal LM: a local directory or a hub id")
     g.add_argument("--gguf-file", help="GGUF checkpoint inside the --model directory")
-    g.add_argument("--layer", help="block index (the residual stream after it) or a module name")
+    g.add_argument(
+        "--layer",
+        type=_layers,
+        help="block index (the residual stream after it) or a module name; several, comma-separated "
+        "(8,12,16), are read from one forward pass, each with its own --sae",
+    )
     g.add_argument(
         "--site",
         choices=get_args(sources.Site),
@@ -629,7 +682,10 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
         help="integer type of a .bin token file",
     )
     g.add_argument("--text", nargs="+", type=Path, help="text files, or directories of .txt/.md files")
-    g.add_argument("--dataset", help="a 'datasets' dataset name or path (needs the datasets package)")
+    g.add_argument(
+        "--dataset", help="a 'datasets' dataset name or path, streamed (needs the datasets package; no download here)"
+    )
+    g.add_argument("--split", default=_param_default(sources.dataset_sequences, "split"), help="split of --dataset")
     g.add_argument(
         "--column", default=_param_default(sources.dataset_sequences, "column"), help="text column of --dataset"
     )
@@ -640,6 +696,19 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activations-key", help="the tensor to read from --activations safetensors files holding several")
     g.add_argument("--batch-tokens", type=_positive_int, default=_BATCH_TOKENS, help="tokens per batch")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
+    g.add_argument(
+        "--device-map",
+        type=_device_map,
+        help="shard the teacher over this machine's devices: auto, balanced, balanced_low_0, sequential, or a "
+        "JSON map of module names to devices (cuda index, cpu, disk); needs accelerate",
+    )
+    g.add_argument("--offload-folder", type=Path, help="where --device-map puts the weights it offloads to disk")
+    g.add_argument(
+        "--whole-teacher",
+        action="store_true",
+        help="load every block of the teacher (default: only those up to the deepest --layer given as an index)",
+    )
+    g.add_argument("--revision", help="the teacher's hub revision (branch, tag or commit)")
     g.add_argument(
         "--dtype",
         choices=[str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES],
@@ -682,6 +751,10 @@ def _check_source_args(args: argparse.Namespace) -> None:
         raise UsageError("--model needs exactly one token input: --tokens, --text or --dataset")
     if args.read_tokens is not None and args.tokens is not None:
         raise UsageError("--read-tokens goes with --text or --dataset, not --tokens")
+    if args.offload_folder is not None and args.device_map is None:
+        raise UsageError("--offload-folder goes with --device-map")
+    if args.device_map is not None and args.device is not None:
+        raise UsageError("--device-map places the teacher itself; leave out --device (the SAEs go to the first GPU)")
 
 
 def _source_from_args(args: argparse.Namespace, device: torch.device) -> ArraySource | TeacherSource:
@@ -693,18 +766,40 @@ def _source_from_args(args: argparse.Namespace, device: torch.device) -> ArraySo
     if args.activations is not None:
         return sources.ArraySource(args.activations, args.batch_tokens, key=args.activations_key, device=device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tokenizer = sources.load_teacher(args.model, gguf_file=args.gguf_file, device=device, dtype=dtype)
+    blocks = [layer for layer in args.layer if isinstance(layer, int)]
+    keep = None if args.whole_teacher or len(blocks) < len(args.layer) or min(blocks) < 0 else max(blocks) + 1
+    model, tokenizer = sources.load_teacher(
+        args.model,
+        gguf_file=args.gguf_file,
+        device=None if args.device_map is not None else device,
+        dtype=dtype,
+        device_map=args.device_map,
+        offload_folder=args.offload_folder,
+        keep_layers=keep,
+        revision=args.revision,
+    )
     budget = None if args.read_tokens is None else args.read_tokens + args.skip_tokens
+    seqs: sources.Sequences
     if args.tokens is not None:
         seqs = sources.token_file_sequences(args.tokens, args.seq_len, bin_dtype=args.bin_dtype)
     elif args.text is not None:
         seqs = sources.text_file_sequences(args.text, tokenizer, args.seq_len, max_tokens=budget)
     else:
-        seqs = sources.dataset_sequences(args.dataset, tokenizer, args.seq_len, column=args.column, max_tokens=budget)
+        seqs = sources.dataset_sequences(
+            args.dataset,
+            tokenizer,
+            args.seq_len,
+            column=args.column,
+            split=args.split,
+            max_tokens=budget,
+            streaming=True,
+        )
     if args.skip_tokens:
         seqs = seqs.skip(args.skip_tokens)
-    layer = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
-    return sources.TeacherSource(model, layer, seqs, args.batch_tokens, site=args.site, device=device)
+    layers = args.layer[0] if len(args.layer) == 1 else args.layer
+    return sources.TeacherSource(
+        model, layers, seqs, args.batch_tokens, site=args.site, device=None if args.device_map else device
+    )
 
 
 def _finish_source_options(p: argparse.ArgumentParser) -> None:
@@ -729,6 +824,19 @@ def _load_saes(
     if len(set(labels)) != len(labels):
         labels = [f"sae{i}-{label}" for i, label in enumerate(labels)]
     return [load_sae(p, device=device) for p in paths], labels, None
+
+
+def _check_hooks(saes: list[Any], labels: list[str], layer: int | str | None, site: str, *, override: bool) -> None:
+    """Each SAE's recorded hook point against the block index and site read (a ValueError on a
+    mismatch unless ``override``, then a warning on stderr); module names and activation files are not checked."""
+    from .interop import check_hook
+
+    if not isinstance(layer, int):
+        return
+    for sae, label in zip(saes, labels):
+        warning = check_hook(sae, layer, site, override=override)
+        if warning is not None:
+            print(f"warning: {label}: {warning}", file=sys.stderr)
 
 
 def _penalty_label(config: dict[str, Any]) -> str:
@@ -759,8 +867,8 @@ def _family_lead(results: list[Any], manifest: list[FamilyMember] | None) -> tup
 def _cmd_measure(args: argparse.Namespace) -> int:
     from ._io import check_replaceable
     from .distributed import rank_and_world
-    from .measure import CHECKPOINT_FORMAT, MeasureConfig, _member_path, measure, measure_family
-    from .report import measurement_markdown, write_family_report, write_measurement_report
+    from .measure import CHECKPOINT_FORMAT, MeasureConfig, _member_path, measure_family
+    from .report import write_layers_report
 
     _check_source_args(args)
     if args.k is not None and args.activation not in (None, "topk"):
@@ -800,42 +908,83 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             histogram_every=args.histogram_every,
         )
     device = _device(args)
-    saes, labels, manifest = _load_saes(args.sae, device)
+    layer_args = args.layer if args.model is not None else [None]
+    if len(layer_args) > 1 and len(args.sae) != len(layer_args):
+        raise UsageError(
+            f"--layer names {len(layer_args)} layers: give one --sae per layer (an SAE or a family folder), in the same order"
+        )
+    groups = [_load_saes([p], device) for p in args.sae] if len(layer_args) > 1 else [_load_saes(args.sae, device)]
+    for layer_arg, (saes, labels, _) in zip(layer_args, groups):
+        _check_hooks(saes, labels, layer_arg, args.site, override=args.ignore_hook)
+    n_saes = sum(len(saes) for saes, _, _ in groups)
     _out_dir(args.out, args)
     _out_dir(checkpoint.parent, args, "--checkpoint's directory")
     if not args.resume:  # fail now, not after loading the teacher; measure() checks again
-        for i in range(len(saes)):
+        for i in range(n_saes):
             check_replaceable(
-                _member_path(checkpoint, i, len(saes)),
+                _member_path(checkpoint, i, n_saes),
                 kind=CHECKPOINT_FORMAT,
                 what="measure checkpoint",
                 overwrite=args.overwrite,
             )
     source = _source_from_args(args, device)
-    if len(saes) > 1:
-        histories = None if manifest is None else [m["fvu_history"] for m in manifest]
-        results = measure_family(source, saes, config, progress=_show_progress(args), fvu_histories=histories)
-        if rank_and_world()[0] != 0:
-            return EXIT_OK
-        groups = None if manifest is None else [_penalty_label(m["config"]) for m in manifest]
-        family = write_family_report(results, labels, args.out, lead=_family_lead(results, manifest), groups=groups)
-        if args.json:
-            _print_json(json.loads(family["json"].read_text()))
-        else:
-            print(family["markdown"].read_text())
-            print("wrote " + ", ".join(str(p) for p in family.values()) + f" and a report per SAE under {args.out}")
-        return EXIT_OK
-    result = measure(source, saes[0], config, progress=_show_progress(args))
+    reads = list(source.layer_names) if len(layer_args) > 1 else [None]
+    histories = {
+        str(read): [None] * len(saes) if manifest is None else [m["fvu_history"] for m in manifest]
+        for read, (saes, _, manifest) in zip(reads, groups)
+    }
+    flat = measure_family(
+        source,
+        [sae for saes, _, _ in groups for sae in saes],
+        config,
+        progress=_show_progress(args),
+        fvu_histories=[h for read in reads for h in histories[str(read)]],
+        layers=[read for read, (saes, _, _) in zip(reads, groups) for _ in saes],
+    )
     if rank_and_world()[0] != 0:
         return EXIT_OK
-    paths = write_measurement_report(result, args.out)
-    summary = json.loads(paths["json"].read_text())
+    if len(layer_args) == 1:
+        saes, labels, manifest = groups[0]
+        _, text = _write_measured(flat, labels, manifest, args.out, args)
+        print(text)
+        return EXIT_OK
+    leads: dict[str, Any] = {}
+    members: dict[str, str] = {}
+    start = 0
+    for layer_arg, read, (saes, labels, manifest) in zip(layer_args, reads, groups):
+        results = flat[start : start + len(saes)]
+        start += len(saes)
+        lead, _ = _write_measured(results, labels, manifest, args.out / f"layer-{layer_arg}", args)
+        leads[str(read)], members[str(read)] = results[lead], labels[lead]
+    paths = write_layers_report(leads, members, args.out)
     if args.json:
-        _print_json(summary)
+        _print_json(json.loads(paths["json"].read_text()))
     else:
-        print(measurement_markdown(summary))
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        print(paths["markdown"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and a report per layer under {args.out}")
     return EXIT_OK
+
+
+def _write_measured(
+    results: list[Any], labels: list[str], manifest: list[FamilyMember] | None, out: Path, args: argparse.Namespace
+) -> tuple[int, str]:
+    """Write the report of one measured SAE, or a family's reports and comparison, into ``out``;
+    the index of the result that leads (the family's selected member, else the first) and what
+    to print (Markdown, or JSON with ``--json``)."""
+    from .report import measurement_markdown, write_family_report, write_measurement_report
+
+    if len(results) == 1:
+        paths = write_measurement_report(results[0], out)
+        summary = json.loads(paths["json"].read_text())
+        text = json.dumps(summary, indent=2) if args.json else measurement_markdown(summary)
+        return 0, text + ("" if args.json else "\nwrote " + ", ".join(str(p) for p in paths.values()))
+    lead = _family_lead(results, manifest)
+    groups = None if manifest is None else [_penalty_label(m["config"]) for m in manifest]
+    family = write_family_report(results, labels, out, lead=lead, groups=groups)
+    if args.json:
+        return (0 if lead is None else lead[0]), json.dumps(json.loads(family["json"].read_text()), indent=2)
+    wrote = "wrote " + ", ".join(str(p) for p in family.values()) + f" and a report per SAE under {out}"
+    return (0 if lead is None else lead[0]), family["markdown"].read_text() + wrote
 
 
 def _add_measure_options(p: argparse.ArgumentParser) -> None:
@@ -851,8 +1000,15 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory; several SAEs or "
-        "an SAE family folder (train-sae with lists) are measured from one pass, one report each under --out",
+        help="SAE: a pyfloor .safetensors file, an SAELens or an EleutherAI sparsify directory, or a hub id "
+        "(org/name[/subfolder][@revision]) in the local Hugging Face cache; several SAEs or an SAE family folder "
+        "(train-sae with lists) are measured from one pass, one report each under --out; with several --layer, "
+        "one SAE or family per layer",
+    )
+    p.add_argument(
+        "--ignore-hook",
+        action="store_true",
+        help="measure even where an SAE's recorded hook point is not the --layer/--site read (a warning instead of an error)",
     )
     p.add_argument(
         "--activation",
@@ -970,6 +1126,8 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     from .sae import SAE, SAE_FORMAT, TrainConfig, load_sae, train_sae
 
     _check_source_args(args)
+    if args.layer is not None and len(args.layer) > 1:
+        raise UsageError("train-sae trains on one --layer; run it once per layer")
     if not isinstance(args.l1, list):  # the default, not parsed from a list
         args.l1 = [args.l1]
     lists = {"--latents": args.latents or [None], "--l1": args.l1, "--k": args.k or [None]}

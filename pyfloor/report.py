@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from .stats import Measurement
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from .measure import Intervals, MeasureResult
 
@@ -45,6 +47,9 @@ __all__ = [
     "family_markdown",
     "plot_family",
     "write_family_report",
+    "layers_markdown",
+    "plot_layers",
+    "write_layers_report",
 ]
 
 
@@ -166,6 +171,7 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
         lines += [f"- {w}" for w in health["warnings"]]
         lines += ["", "An SAE that fails these checks may count too many or too few features; train it longer."]
     lines += _estimator_sections(estimators, conf)
+    lines += _provenance_section(summary.get("provenance") or {})
     sens = summary.get("alive_threshold_sensitivity") or []
     if sens:
         lines += ["", "## Sensitivity of the paper's definition to the alive threshold", ""]
@@ -204,6 +210,46 @@ def measurement_markdown(summary: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def _provenance_section(provenance: dict[str, Any]) -> list[str]:
+    """Markdown lines naming the teacher, layer, tokens, SAE and versions of a measurement (none if unrecorded)."""
+    if not provenance:
+        return []
+    source, sae, stream = provenance.get("source", {}), provenance.get("sae", {}), provenance.get("stream", {})
+    teacher, tokens = source.get("teacher"), source.get("tokens")
+    meta = sae.get("metadata") or {}
+    items = []
+    if teacher:
+        revision = f" at revision {teacher['revision']}" if teacher.get("revision") else ""
+        items.append(f"teacher: {teacher['name']} ({teacher['class']}, {teacher['dtype']}){revision}")
+        if teacher.get("device_map"):
+            items.append(f"sharded over: {', '.join(sorted(set(teacher['device_map'].values())))}")
+        items.append(f"layer: {source['layer']} (width {source['width']})")
+    else:
+        items.append(f"activations: {source.get('description', '?')}")
+    if tokens:
+        items.append(
+            f"tokens: {tokens['description']}, sequences of {tokens['seq_len']}"
+            + (" (streamed)" if tokens.get("streamed") else "")
+        )
+    if stream:
+        where = f"; stream position {json.dumps(stream['position'])}" if stream.get("position") else ""
+        items.append(f"read: {stream['n_batches']:,} batches, next batch {stream['next_batch']:,}{where}")
+    if sae:
+        arch = sae["activation"] + (f" k={sae['k']}" if sae.get("k") else "")
+        items.append(
+            f"SAE: {arch}, {sae['d_in']:,} → {sae['n_latents']:,} latents, {sae['dtype']}, sha256 {sae['sha256']}"
+        )
+        for key in ("path", "hub_id", "revision", "hook_name", "library", "model_name"):
+            if meta.get(key) is not None:
+                items.append(f"SAE {key.replace('_', ' ')}: {meta[key]}")
+        if isinstance(meta.get("training"), dict):
+            items.append("SAE training: " + ", ".join(f"{k}={v}" for k, v in meta["training"].items()))
+    versions = provenance.get("versions") or {}
+    if versions:
+        items.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return ["", "## Provenance", "", *[f"- {item}" for item in items]]
 
 
 def _estimator_sections(estimators: dict[str, Any], conf: float | None) -> list[str]:
@@ -491,7 +537,7 @@ def write_measurement_report(result: MeasureResult, out_dir: str | Path) -> dict
         "json": out / "report.json",
         "markdown": out / "report.md",
     }
-    result.stats.save(paths["stats"])
+    result.stats.save(paths["stats"], metadata={"provenance": json.dumps(json_ready(result.provenance))})
     result.measurement.save_json(paths["measurement"])
     paths["json"].write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")
     paths["markdown"].write_text(measurement_markdown(summary))
@@ -530,9 +576,9 @@ def family_rows(results: list[MeasureResult], labels: list[str]) -> list[dict[st
     return rows
 
 
-def family_markdown(rows: list[dict[str, Any]], lead: str, rule: str | None = None) -> str:
-    """The family comparison as Markdown: every member's F, α and d* by each estimator, the lead
-    member marked with the ``rule`` that chose it."""
+def _estimate_columns(rows: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], list[str]]]:
+    """Headers and a row's cells for F, α and d* (with intervals) by each estimator of
+    :func:`family_rows`' rows, and the SAE's health."""
     names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
 
     def cell(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -540,27 +586,28 @@ def family_markdown(rows: list[dict[str, Any]], lead: str, rule: str | None = No
         text = format(row[key], fmt)
         return text if lo is None or hi is None else f"{text} [{format(lo, fmt)}, {format(hi, fmt)}]"
 
-    headers = ["member", "latents"]
-    for n in names:
-        headers += [f"F {n}", f"α {n}", f"d* {n}"]
-    headers.append("healthy")
-    body = [
-        [r["member"] + (" ◀ lead" if r.get("lead") else ""), f"{r['n_latents']:,}"]
-        + [
-            cell(r, f"{n}.{key}", fmt)
-            for n in names
-            for key, fmt in (("n_features", ",.0f"), ("alpha", ".4f"), ("critical_width", ",.1f"))
-        ]
-        + ["yes" if r["healthy"] else "no: " + "; ".join(r["warnings"])]
-        for r in rows
-    ]
+    def cells(row: dict[str, Any]) -> list[str]:
+        values = [cell(row, f"{n}.{key}", fmt) for n in names for key, fmt in _ESTIMATE_FORMATS]
+        return values + ["yes" if row["healthy"] else "no: " + "; ".join(row["warnings"])]
+
+    return [f"{what} {n}" for n in names for what in ("F", "α", "d*")] + ["healthy"], cells
+
+
+_ESTIMATE_FORMATS = (("n_features", ",.0f"), ("alpha", ".4f"), ("critical_width", ",.1f"))
+
+
+def family_markdown(rows: list[dict[str, Any]], lead: str, rule: str | None = None) -> str:
+    """The family comparison as Markdown: every member's F, α and d* by each estimator, the lead
+    member marked with the ``rule`` that chose it."""
+    headers, cells = _estimate_columns(rows)
+    body = [[r["member"] + (" ◀ lead" if r.get("lead") else ""), f"{r['n_latents']:,}", *cells(r)] for r in rows]
     lines = [
         "# pyfloor SAE family measurement",
         "",
         f"{len(rows)} SAEs measured from one pass over the same tokens; the reports lead with the **{lead}** "
         "estimator. Intervals are bootstrap percentile intervals.",
         "",
-        _md_table(headers, body),
+        _md_table(["member", "latents", *headers], body),
     ]
     lead_rows = [r for r in rows if r.get("lead")]
     if lead_rows:
@@ -653,4 +700,82 @@ def write_family_report(
     paths["json"].write_text(json.dumps(json_ready(summary), indent=1, allow_nan=False) + "\n")
     paths["markdown"].write_text(family_markdown(rows, estimator, None if lead is None else lead[1]))
     plot_family(rows, paths["plot"])
+    return paths
+
+
+def layers_markdown(rows: list[dict[str, Any]], lead: str) -> str:
+    """The comparison across layers as Markdown: each layer's measured SAE (its family's lead
+    member) and its F, α and d* by each estimator."""
+    headers, cells = _estimate_columns(rows)
+    body = [[r["layer"], r["member"], f"{r['n_latents']:,}", f"{r['n_tokens']:,}", *cells(r)] for r in rows]
+    return (
+        "\n".join(
+            [
+                "# pyfloor measurement across layers",
+                "",
+                f"{len(rows)} layers measured from one forward pass per batch over the same tokens; the reports lead "
+                f"with the **{lead}** estimator. Intervals are bootstrap percentile intervals.",
+                "",
+                _md_table(["layer", "SAE", "latents", "tokens", *headers], body),
+            ]
+        )
+        + "\n"
+    )
+
+
+def plot_layers(rows: list[dict[str, Any]], out: str | Path | None = None) -> Figure:
+    """F̂, α̂ and d* of each layer (in the order measured), one panel each, colour by estimator,
+    intervals as bars."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained")
+    names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
+    x = np.arange(len(rows))
+    for ax, (key, what) in zip(
+        axes, (("n_features", "features F̂"), ("alpha", "sparsity α̂"), ("critical_width", "critical width d*"))
+    ):
+        for offset, n in zip((-0.08, 0.08), names):
+            y = np.array([r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            lo = np.array([r.get(f"{n}.{key}.low") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            hi = np.array([r.get(f"{n}.{key}.high") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            ax.errorbar(
+                x + offset,
+                y,
+                yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)],
+                fmt="o-",
+                color={"paper": "C0", "merged": "C3"}[n],
+                ms=4.5,
+                capsize=2,
+                lw=1,
+                label=n,
+            )
+        ax.set_xticks(x, [str(r["layer"]) for r in rows], rotation=30 if len(rows) > 6 else 0, fontsize=8)
+        ax.set_title(what, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("estimate")
+    axes[0].legend(fontsize=8, title="estimator", title_fontsize=8)
+    fig.suptitle("The teacher's features by depth", fontsize=11)
+    if out is not None:
+        fig.savefig(out, dpi=130)
+        plt.close(fig)
+    return fig
+
+
+def write_layers_report(
+    results: dict[str, MeasureResult], members: dict[str, str], out_dir: str | Path
+) -> dict[str, Path]:
+    """Write the comparison across layers (JSON, Markdown, plot) into ``out_dir``: ``results`` holds
+    each layer's measured SAE (its family's lead), ``members`` names it. Returns the paths."""
+    out = Path(out_dir)
+    layers = list(results)
+    rows = family_rows([results[k] for k in layers], [members[k] for k in layers])
+    for layer, row in zip(layers, rows):
+        row["layer"] = layer
+    estimator = str(results[layers[0]].config.get("estimator"))
+    paths = {"json": out / "layers.json", "markdown": out / "layers.md", "plot": out / "layers.png"}
+    paths["json"].write_text(
+        json.dumps(json_ready({"estimator": estimator, "layers": rows}), indent=1, allow_nan=False) + "\n"
+    )
+    paths["markdown"].write_text(layers_markdown(rows, estimator))
+    plot_layers(rows, paths["plot"])
     return paths

@@ -87,3 +87,20 @@ def test_missing_or_corrupt_file(tmp_path):
         measurement_from_sparsity(tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="n_tokens"):
         measurement_from_sparsity(write_sparsity(tmp_path / "s.safetensors", [0.1, 0.2, 0.0]), n_tokens=0)
+
+
+def test_predict_reads_a_sparsity_file(tmp_path, capsys):
+    import json
+
+    from pyfloor.cli import main
+
+    freq = frequencies()
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    write_sparsity(ckpt / "sparsity.safetensors", freq)
+    assert main(["predict", str(ckpt), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["measurement"]["n_features"] == int((freq > 1e-5).sum())
+    assert all(f["floor"] is None for f in summary["floors"])  # no importances in the file, no floors
+    assert main(["predict", str(ckpt / "sparsity.safetensors"), "--alive-threshold", "1e-3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["measurement"]["n_features"] == int((freq > 1e-3).sum())

@@ -87,6 +87,7 @@ def saved_teacher(tmp_path_factory, tiny_neox):
     tiny_neox.save_pretrained(path)
     vocab = {chr(97 + i % 26) + str(i // 26): i for i in range(97)}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="a0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="a0").save_pretrained(path)
     return path
 
@@ -165,3 +166,30 @@ def test_measure_command_reads_several_layers_of_a_sharded_teacher(saved_teacher
     assert "## Provenance" in (tmp_path / "both" / "layer-2" / "report.md").read_text()
     assert main(["measure", *common, *both[:2], *sae, "--out", str(tmp_path / "bad")]) == 2
     assert "give one --sae per layer" in capsys.readouterr().err
+
+
+def test_measure_command_streams_a_dataset_and_checks_the_sae_hook(saved_teacher, tiny_neox, tmp_path, capsys):
+    pytest.importorskip("datasets")
+    from pyfloor.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    vocab = [chr(97 + i % 26) + str(i // 26) for i in range(1, 97)]
+    rows = [{"text": " ".join(rng.choice(vocab, rng.integers(5, 40)))} for _ in range(60)]
+    (corpus / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    probe = TeacherSource(tiny_neox, 1, token_sequences(), batch_tokens=64)
+    sae = fitted_sae(probe, "gpt_neox.layers.1")
+    sae.metadata["hook_name"] = "blocks.2.hook_resid_pre"  # SAELens: the stream after block 1
+    sae.save(tmp_path / "sae.safetensors")
+    common = ["measure", "--model", str(saved_teacher), "--dataset", str(corpus), "--split", "train"]
+    common += ["--seq-len", "16", "--batch-tokens", "64", "--sae", str(tmp_path / "sae.safetensors")]
+    common += ["--bootstrap", "4", "--quiet", "--json", "--no-histograms"]
+    assert main([*common, "--layer", "1", "--out", str(tmp_path / "m")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["provenance"]["source"]["tokens"]["streamed"] and report["n_tokens"] > 0
+    assert main([*common, "--layer", "2", "--out", str(tmp_path / "wrong")]) == 1
+    err = capsys.readouterr().err
+    assert "'blocks.2.hook_resid_pre'" in err and "--ignore-hook" in err and not (tmp_path / "wrong").exists()
+    assert main([*common, "--layer", "2", "--ignore-hook", "--out", str(tmp_path / "anyway")]) == 0
+    assert "warning: sae: the SAE was trained on 'blocks.2.hook_resid_pre'" in capsys.readouterr().err
