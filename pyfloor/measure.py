@@ -45,6 +45,7 @@ from .features import (
 )
 from .floors import default_widths, prediction_summary
 from .histograms import FeatureHistograms, Histogram
+from .interop import SAELike, as_sae
 from .sae import SAE, Activation, sae_sha256
 from .sources import ActivationSource, ArraySource, Batch, SequenceSource
 from .stats import DEFAULT_ALIVE_THRESHOLD, CheckpointError, FeatureStats, Measurement
@@ -934,7 +935,7 @@ def _member_path(path: Path, index: int, members: int) -> Path:
 
 def measure(
     source: ActivationSource,
-    sae: SAE,
+    sae: SAELike,
     config: MeasureConfig | None = None,
     *,
     progress: bool = True,
@@ -952,7 +953,7 @@ def measure(
 
 def measure_family(
     source: ActivationSource,
-    saes: Sequence[SAE],
+    saes: Sequence[SAELike],
     config: MeasureConfig | None = None,
     *,
     progress: bool = True,
@@ -972,27 +973,28 @@ def measure_family(
     config = config or MeasureConfig()
     if not saes:
         raise ValueError("measure_family needs at least one SAE")
-    histories = list(fvu_histories) if fvu_histories is not None else [None] * len(saes)
-    if len(histories) != len(saes):
-        raise ValueError(f"fvu_histories has {len(histories)} entries for {len(saes)} SAEs")
-    reads = list(layers) if layers is not None else [None] * len(saes)
-    if len(reads) != len(saes):
-        raise ValueError(f"layers has {len(reads)} entries for {len(saes)} SAEs")
+    models = [as_sae(sae) for sae in saes]
+    histories = list(fvu_histories) if fvu_histories is not None else [None] * len(models)
+    if len(histories) != len(models):
+        raise ValueError(f"fvu_histories has {len(histories)} entries for {len(models)} SAEs")
+    reads = list(layers) if layers is not None else [None] * len(models)
+    if len(reads) != len(models):
+        raise ValueError(f"layers has {len(reads)} entries for {len(models)} SAEs")
     rank, world = rank_and_world()
-    for sae, layer in zip(saes, reads):
+    for sae, layer in zip(models, reads):
         d = source.width(layer)
         if d != sae.d_in:
             at = "" if layer is None else f" at {layer}"
             raise ValueError(f"the source yields activations of width {d}{at} but the SAE expects d_in = {sae.d_in}")
-    device = saes[0].W_enc.device
-    if any(sae.W_enc.device != device for sae in saes):
+    device = models[0].W_enc.device
+    if any(sae.W_enc.device != device for sae in models):
         raise ValueError(
-            f"the SAEs of one measurement must be on one device; found {sorted({str(s.W_enc.device) for s in saes})}"
+            f"the SAEs of one measurement must be on one device; found {sorted({str(s.W_enc.device) for s in models})}"
         )
     base = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
     members = [
-        _Member(sae, layer, config, source, rank, world, None if base is None else _member_path(base, i, len(saes)), h)
-        for i, (sae, layer, h) in enumerate(zip(saes, reads, histories))
+        _Member(sae, layer, config, source, rank, world, None if base is None else _member_path(base, i, len(models)), h)
+        for i, (sae, layer, h) in enumerate(zip(models, reads, histories))
     ]
     stream_positions = [_prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device) for m in members]
     positions = {(m.state.next_index, m.state.rounds) for m in members}
@@ -1093,7 +1095,7 @@ def _batch_acts(batch: Batch, layer: str | None, source: ActivationSource) -> Te
 
 def measure_layers(
     source: ActivationSource,
-    saes: Mapping[str, SAE | Sequence[SAE]],
+    saes: Mapping[str, SAELike | Sequence[SAELike]],
     config: MeasureConfig | None = None,
     *,
     progress: bool = True,
@@ -1109,7 +1111,7 @@ def measure_layers(
         raise ValueError(
             f"the source reads {', '.join(source.layer_names) or 'no named layers'}; no SAE can read {', '.join(unknown)}"
         )
-    groups = {name: [s] if isinstance(s, SAE) else list(s) for name, s in saes.items()}
+    groups = {name: list(s) if isinstance(s, (list, tuple)) else [s] for name, s in saes.items()}
     flat = [(name, sae) for name, group in groups.items() for sae in group]
     histories = None
     if fvu_histories is not None:

@@ -229,6 +229,22 @@ def test_encode_stats_takes_library_objects(make):
     np.testing.assert_array_equal(acc.result().fire_count, direct.fire_count)
 
 
+@pytest.mark.parametrize("make", [lambda: saelens_sae("standard"), sparsify_sae])
+def test_measure_takes_library_objects(make):
+    from pyfloor.interop import as_sae
+    from pyfloor.measure import MeasureConfig, measure
+    from pyfloor.sources import ArraySource
+
+    theirs = make()
+    x = rand(600, 12, seed=14)
+    config = MeasureConfig(bootstrap=4, histograms=False, estimator="paper")
+    direct = measure(ArraySource([x], 100), theirs, config, progress=False)
+    converted = measure(ArraySource([x], 100), as_sae(theirs), config, progress=False)
+    np.testing.assert_array_equal(direct.stats.fire_count, converted.stats.fire_count)
+    assert direct.stats.fire_count.sum() > 0 and direct.intervals == converted.intervals
+    assert direct.provenance["sae"]["metadata"]["library"] in ("saelens", "sparsify")
+
+
 @pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
 def test_saelens_state_dict_and_cfg(arch):
     from pyfloor.interop import as_sae, from_saelens
