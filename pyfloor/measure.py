@@ -993,7 +993,9 @@ def measure_family(
         )
     base = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
     members = [
-        _Member(sae, layer, config, source, rank, world, None if base is None else _member_path(base, i, len(models)), h)
+        _Member(
+            sae, layer, config, source, rank, world, None if base is None else _member_path(base, i, len(models)), h
+        )
         for i, (sae, layer, h) in enumerate(zip(models, reads, histories))
     ]
     stream_positions = [_prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device) for m in members]
