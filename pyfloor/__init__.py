@@ -68,6 +68,8 @@ _LAZY = {
 #: Submodules ``pyfloor.<name>`` reaches without an import of its own, whatever was imported before.
 _SUBMODULES = frozenset(
     {
+        "calibrate",
+        "distill",
         "distributed",
         "encode",
         "encode_types",
@@ -83,6 +85,7 @@ _SUBMODULES = frozenset(
         "sae",
         "sources",
         "stats",
+        "students",
         "theory",
         "tokens",
         "toy",
@@ -90,6 +93,8 @@ _SUBMODULES = frozenset(
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from . import calibrate as calibrate
+    from . import distill as distill
     from . import distributed as distributed
     from . import encode as encode
     from . import encode_types as encode_types
@@ -105,6 +110,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from . import sae as sae
     from . import sources as sources
     from . import tokens as tokens
+    from . import students as students
     from . import toy as toy
     from .encode import StatsAccumulator, encode_stats
     from .encode_types import BatchStats, SparseCodes

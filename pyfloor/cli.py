@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .family import FamilyMember
     from .sae import TrainStep
     from .sources import ArraySource, TeacherSource
+    from .tokens import Sequences
     from .toy import ExperimentSettings, ToyConfig
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
@@ -657,7 +658,6 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     from typing import get_args
 
     from . import sources
-    from .encode_types import SUPPORTED_DTYPES
 
     g = p.add_argument_group("activation source: a teacher (--model, --layer, and tokens) or --activations")
     g.add_argument("--model", help="Hugging Face causal LM: a local directory or a hub id")
@@ -674,6 +674,30 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
         default=_param_default(sources.TeacherSource, "site"),
         help="read the block's output or its MLP's",
     )
+    _add_token_args(g)
+    g.add_argument("--activations", nargs="+", type=Path, help=".npy or .safetensors activation files [N, d]")
+    g.add_argument("--activations-key", help="the tensor to read from --activations safetensors files holding several")
+    g.add_argument("--batch-tokens", type=_positive_int, default=_BATCH_TOKENS, help="tokens per batch")
+    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
+    g.add_argument(
+        "--device-map",
+        type=_device_map,
+        help="shard the teacher over this machine's devices: auto, balanced, balanced_low_0, sequential, or a "
+        "JSON map of module names to devices (cuda index, cpu, disk); needs accelerate",
+    )
+    g.add_argument("--offload-folder", type=Path, help="where --device-map puts the weights it offloads to disk")
+    g.add_argument(
+        "--whole-teacher",
+        action="store_true",
+        help="load every block of the teacher (default: only those up to the deepest --layer given as an index)",
+    )
+    _add_teacher_args(g)
+
+
+def _add_token_args(g: argparse._ArgumentGroup) -> None:
+    """Arguments that name a teacher's token stream: token files, text files or a dataset."""
+    from . import sources
+
     g.add_argument("--tokens", type=Path, help="pre-tokenized token file (.npy, or .bin of --bin-dtype)")
     g.add_argument(
         "--bin-dtype",
@@ -692,22 +716,12 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=_positive_int, default=_SEQ_LEN, help="tokens per sequence fed to the teacher")
     g.add_argument("--skip-tokens", type=_count, default=0, help="skip this many tokens of the token stream first")
     g.add_argument("--read-tokens", type=_positive_int, help="tokenize at most this many tokens of --text/--dataset")
-    g.add_argument("--activations", nargs="+", type=Path, help=".npy or .safetensors activation files [N, d]")
-    g.add_argument("--activations-key", help="the tensor to read from --activations safetensors files holding several")
-    g.add_argument("--batch-tokens", type=_positive_int, default=_BATCH_TOKENS, help="tokens per batch")
-    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
-    g.add_argument(
-        "--device-map",
-        type=_device_map,
-        help="shard the teacher over this machine's devices: auto, balanced, balanced_low_0, sequential, or a "
-        "JSON map of module names to devices (cuda index, cpu, disk); needs accelerate",
-    )
-    g.add_argument("--offload-folder", type=Path, help="where --device-map puts the weights it offloads to disk")
-    g.add_argument(
-        "--whole-teacher",
-        action="store_true",
-        help="load every block of the teacher (default: only those up to the deepest --layer given as an index)",
-    )
+
+
+def _add_teacher_args(g: argparse._ArgumentGroup) -> None:
+    """How a --model teacher is loaded: revision and dtype."""
+    from .encode_types import SUPPORTED_DTYPES
+
     g.add_argument("--revision", help="the teacher's hub revision (branch, tag or commit)")
     g.add_argument(
         "--dtype",
@@ -778,8 +792,19 @@ def _source_from_args(args: argparse.Namespace, device: torch.device) -> ArraySo
         keep_layers=keep,
         revision=args.revision,
     )
+    seqs = _sequences_from_args(args, tokenizer, streaming=True)
+    layers = args.layer[0] if len(args.layer) == 1 else args.layer
+    return sources.TeacherSource(
+        model, layers, seqs, args.batch_tokens, site=args.site, device=None if args.device_map else device
+    )
+
+
+def _sequences_from_args(args: argparse.Namespace, tokenizer: Any, *, streaming: bool) -> Sequences:
+    """The token sequences of --tokens, --text or --dataset (streamed if ``streaming``), after --skip-tokens."""
+    from . import sources
+
     budget = None if args.read_tokens is None else args.read_tokens + args.skip_tokens
-    seqs: sources.Sequences
+    seqs: Sequences
     if args.tokens is not None:
         seqs = sources.token_file_sequences(args.tokens, args.seq_len, bin_dtype=args.bin_dtype)
     elif args.text is not None:
@@ -792,14 +817,9 @@ def _source_from_args(args: argparse.Namespace, device: torch.device) -> ArraySo
             column=args.column,
             split=args.split,
             max_tokens=budget,
-            streaming=True,
+            streaming=streaming,
         )
-    if args.skip_tokens:
-        seqs = seqs.skip(args.skip_tokens)
-    layers = args.layer[0] if len(args.layer) == 1 else args.layer
-    return sources.TeacherSource(
-        model, layers, seqs, args.batch_tokens, site=args.site, device=None if args.device_map else device
-    )
+    return seqs.skip(args.skip_tokens) if args.skip_tokens else seqs
 
 
 def _finish_source_options(p: argparse.ArgumentParser) -> None:
@@ -1400,6 +1420,199 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+# -- distill and calibrate ---------------------------------------------------------------------------
+def _cmd_distill(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._io import json_ready
+    from .calibrate import observed_floor, plot_eval_curves
+    from .distill import DistillConfig, distill, split_train_eval
+    from .sources import load_teacher
+    from .students import make_students
+    from .tokens import TokenSequences
+
+    if sum(x is not None for x in (args.tokens, args.text, args.dataset)) != 1:
+        raise UsageError("distill needs exactly one token input: --tokens, --text or --dataset")
+    if args.read_tokens is not None and args.tokens is not None:
+        raise UsageError("--read-tokens goes with --text or --dataset, not --tokens")
+    checkpoint: Path = args.checkpoint or args.out / "checkpoint.safetensors"
+    with _usage(args, steps="--steps", temperature="--temperature", lr="--lr", warmup_steps="--warmup-steps"):
+        config = DistillConfig(
+            steps=args.steps,
+            temperature=args.temperature,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    device = _device(args)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    teacher, tokenizer = load_teacher(
+        args.model, gguf_file=args.gguf_file, device=device, dtype=dtype, revision=args.revision
+    )
+    seqs = _sequences_from_args(args, tokenizer, streaming=False)
+    if not isinstance(seqs, TokenSequences):  # streaming=False gives in-memory sequences
+        raise TypeError(f"expected token sequences in memory, got {type(seqs).__name__}")
+    train, held_out = split_train_eval(seqs, args.eval_tokens)
+    teacher_config: Any = getattr(teacher, "config", None)
+    if teacher_config is None:
+        raise ValueError(f"{args.model}: the teacher has no config to build students from")
+    students = make_students(teacher_config, args.widths, seed=args.seed)
+    _out_dir(args.out, args)
+    result = distill(
+        teacher,
+        students,
+        train,
+        held_out,
+        config,
+        batch_sequences=max(1, args.batch_tokens // args.seq_len),
+        devices=dict.fromkeys(students, device),
+        progress=_show_progress(args),
+    )
+    from .distributed import rank_and_world
+
+    if rank_and_world()[0] != 0:
+        return EXIT_OK
+    from .render import format_number, markdown_table
+
+    fits, floors = {}, {}
+    for w, student in result.students.items():
+        steps = [s for s, _ in student.eval_curve if s > 0]
+        losses = [v for s, v in student.eval_curve if s > 0]
+        observed = observed_floor(steps, losses)
+        fits[w] = observed.asymptote
+        floors[w] = {"paper": observed.paper, **dataclasses.asdict(observed.asymptote)}
+        student.student.save_pretrained(args.out / f"student-{w}")  # type: ignore[operator]
+    summary = json_ready({**result.to_dict(), "floors": floors})
+    _write_json(summary, args.out / "distill.json", args)
+    plot_eval_curves({w: s.eval_curve for w, s in result.students.items()}, fits, args.out / "eval_curves.png")
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    rows = [
+        [
+            f"{w:,}",
+            f"{result.students[w].n_parameters:,}",
+            f"{f['paper']:.5g}",
+            f"{f['l_inf']:.5g} [{format_number(f['low'], '.4g')}, {format_number(f['high'], '.4g')}]",
+            "yes" if f["flattened"] else f"no: {f['warning']}",
+        ]
+        for w, f in floors.items()
+    ]
+    print(
+        markdown_table(
+            ["d_S", "parameters", "floor: mean of last 10 %", "floor: asymptote [interval]", "flattened"], rows
+        )
+    )
+    print(f"wrote {args.out / 'distill.json'}, {args.out / 'eval_curves.png'} and the students under {args.out}")
+    return EXIT_OK
+
+
+def _add_distill_options(p: argparse.ArgumentParser) -> None:
+    from .distill import DistillConfig
+
+    def default(name: str) -> Any:
+        return _default(DistillConfig, name)
+
+    g = p.add_argument_group("teacher and tokens")
+    g.add_argument("--model", required=True, help="Hugging Face causal LM: a local directory or a hub id")
+    g.add_argument("--gguf-file", help="GGUF checkpoint inside the --model directory")
+    _add_teacher_args(g)
+    _add_token_args(g)
+    g.add_argument("--batch-tokens", type=_positive_int, default=16_384, help="tokens per training batch")
+    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda where available)")
+    p.add_argument("--widths", type=_positive_widths, required=True, help="student widths, comma-separated")
+    p.add_argument("--steps", type=_positive_int, default=default("steps"), help="training steps (batches)")
+    p.add_argument(
+        "--eval-tokens",
+        type=_positive_int,
+        default=65_536,
+        help="held-out tokens at the start of the stream, never trained on",
+    )
+    p.add_argument("--eval-every", type=_positive_int, default=default("eval_every"), help="steps between evals")
+    p.add_argument("--temperature", type=float, default=default("temperature"), help="distillation temperature T")
+    p.add_argument("--lr", type=float, default=default("lr"), help="AdamW peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=default("weight_decay"), help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=_count, default=default("warmup_steps"), help="linear warm-up steps")
+    p.add_argument("--seed", type=int, default=default("seed"), help="seed of the students' init and dropout")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("pyfloor-distill"), help="output directory")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUT/checkpoint.safetensors)")
+    p.add_argument(
+        "--checkpoint-every", type=_positive_int, default=default("checkpoint_every"), help="steps between checkpoints"
+    )
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    resume.add_argument("--overwrite", action="store_true", help="start over, replacing an existing checkpoint")
+    _add_output_options(p, json_help="print the JSON summary instead of the table")
+    p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import (
+        calibrate,
+        calibration_markdown,
+        floors_from_fits,
+        observed_floor,
+        predictor_table,
+        write_calibration_report,
+    )
+    from .stats import load_measurement
+
+    summary = json.loads((args.distill / "distill.json" if args.distill.is_dir() else args.distill).read_text())
+    curves = {int(w): s["eval_curve"] for w, s in summary["students"].items()}
+    observed_floors = {
+        w: observed_floor([s for s, _ in c if s > 0], [v for s, v in c if s > 0]) for w, c in curves.items()
+    }
+    if args.observed == "paper":
+        observed, intervals = {w: f.paper for w, f in observed_floors.items()}, None
+    else:
+        observed, intervals = floors_from_fits({w: f.asymptote for w, f in observed_floors.items()})
+    labels = args.label or [p.name if p.is_dir() else p.stem for p in args.measurement]
+    if len(labels) != len(args.measurement):
+        raise UsageError(f"--label names {len(labels)} measurements, --measurement gives {len(args.measurement)}")
+    predictions: dict[str, dict[int, float]] = {}
+    for label, path in zip(labels, args.measurement):
+        measurement = load_measurement(path / "measurement.json" if path.is_dir() else path)
+        prefix = f"{label}." if len(labels) > 1 else ""
+        predictions.update(predictor_table(measurement, sorted(observed), prefix=prefix))
+    result = calibrate(predictions, observed, observed_intervals=intervals)
+    _out_dir(args.out, args)
+    paths = write_calibration_report(result, args.out)
+    if args.json:
+        _print_json(json.loads(paths["json"].read_text()))
+    else:
+        print(calibration_markdown(result))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def _add_calibrate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("distill", type=Path, help="a distill output directory (or its distill.json)")
+    p.add_argument(
+        "--measurement",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="measure output directories (their measurement.json) or measurement files; several (layers, "
+        "estimators) are calibrated side by side",
+    )
+    p.add_argument("--label", nargs="+", help="a name for each --measurement (default: its directory name)")
+    p.add_argument(
+        "--observed",
+        choices=("asymptote", "paper"),
+        default="asymptote",
+        help="the observed floor: the fitted asymptote with its interval, or the paper's mean of the last 10 %%",
+    )
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("pyfloor-calibration"), help="output directory")
+    _add_output_options(p, json_help="print the JSON result instead of Markdown", progress=False)
+    p.set_defaults(func=_cmd_calibrate)
+
+
 # -- the parser ------------------------------------------------------------------------------------
 # name: (help, description, the function adding its options)
 _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
@@ -1449,6 +1662,27 @@ _COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]
             "One step per batch; the SAE is saved to --output every --checkpoint-every tokens and at the end."
         ),
         _add_train_sae_options,
+    ),
+    "distill": (
+        "distil a teacher into students of several widths in one loop and read off their floors",
+        (
+            "Distil a Hugging Face causal LM into students of its architecture at each --widths (hidden size d_S, "
+            "FFN 4·d_S, the same depth): each batch runs the teacher once and every student learns from its logits "
+            "(per-token KL at temperature T, AdamW with warm-up and cosine decay, gradient clip 1). The first "
+            "--eval-tokens tokens are held out for the eval curves. Writes distill.json (curves, each width's floor: "
+            "the fitted asymptote with its interval and the mean of the last 10 %% of evals), eval_curves.png and the "
+            "students; checkpoints to --resume from."
+        ),
+        _add_distill_options,
+    ),
+    "calibrate": (
+        "every predictor of one or more measurements against the floors of distilled students",
+        (
+            "Fit observed ≈ C·predicted + B for every floor predictor of each --measurement against the floors of a "
+            "distill run, with R², the leave-one-width-out error and the rank agreement of predicted and observed "
+            "floors. Writes calibration.json, calibration.md and calibration.png."
+        ),
+        _add_calibrate_options,
     ),
     "report": (
         "re-render the Markdown report of a measure run",

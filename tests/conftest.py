@@ -44,3 +44,18 @@ def tiny_neox():
     )
     torch.manual_seed(0)
     return transformers.GPTNeoXForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def saved_teacher(tmp_path_factory, tiny_neox):
+    """The tiny teacher saved as a Hugging Face model directory, with a tokenizer that loads offline."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    tokenizers = pytest.importorskip("tokenizers")
+    path = tmp_path_factory.mktemp("teacher")
+    tiny_neox.save_pretrained(path)
+    vocab = {chr(97 + i % 26) + str(i // 26): i for i in range(97)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="a0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="a0").save_pretrained(path)
+    return path
