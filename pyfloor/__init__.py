@@ -109,8 +109,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from . import report as report
     from . import sae as sae
     from . import sources as sources
-    from . import tokens as tokens
     from . import students as students
+    from . import tokens as tokens
     from . import toy as toy
     from .encode import StatsAccumulator, encode_stats
     from .encode_types import BatchStats, SparseCodes

@@ -33,7 +33,9 @@ def test_distill_then_calibrate(saved_teacher, tiny_neox, tmp_path, capsys):
     measure += ["--sae", str(tmp_path / "sae.safetensors"), "--out", str(tmp_path / "m"), "--quiet", "--bootstrap", "0"]
     assert main(measure) == 0
     capsys.readouterr()
-    assert main(["calibrate", str(out), "--measurement", str(tmp_path / "m"), "--out", str(tmp_path / "c"), "--json"]) == 0
+    assert (
+        main(["calibrate", str(out), "--measurement", str(tmp_path / "m"), "--out", str(tmp_path / "c"), "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["predictors"] and (tmp_path / "c" / "calibration.png").is_file()
     for p in result["predictors"].values():
