@@ -5,7 +5,9 @@ computes z = act((x − b_dec) @ W_enc + b_enc) tile by tile and folds each tile
 
 * per-latent statistics: fire count (z > 0), Σz, Σz², max z and, for ReLU/JumpReLU, the count of
   active values within the latent's margin band (z ≤ ``SAE.margins()``) — int32/fp32 partials
-  over a token tile, added atomically into int64/float64 (max: float32) totals;
+  over a token tile; counts and maxima added atomically into int64 (max: float32) totals (exact
+  in any order), Σz and Σz² stored at the tile's slot and added into float64 totals in tile order
+  by a second small kernel, so that a result has the same bits on every run;
 * optionally the sparse codes: top-k indices/values [N, k], or ReLU/JumpReLU codes in CSR form.
 
 The dense N × m pre-activation matrix is never written. Top-k keeps, per token, a candidate buffer
@@ -22,7 +24,7 @@ latent index).
 
 from __future__ import annotations
 
-import weakref
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -34,6 +36,8 @@ from pyfloor.encode_types import (
     BatchStats,
     EncodeSpec,
     InputPrecision,
+    KernelOptions,
+    Reduction,
     SparseCodes,
     check_activations,
 )
@@ -41,7 +45,7 @@ from pyfloor.sae import SAE, Activation
 
 from .bitonic import topk_desc
 
-__all__ = ["fused_batch_stats", "MAX_K", "MODES"]
+__all__ = ["fused_batch_stats", "MAX_K", "MODES", "PARTIAL_BYTES", "Reduction"]
 
 #: Largest k the top-k kernel handles (the sort width and scratch grow with it).
 MAX_K = 128
@@ -209,12 +213,84 @@ def _compact(
 
 
 @triton.jit
-def _add_stats(fire_ptr, sum_ptr, sq_ptr, max_ptr, idx, n_fired, z_sum, z_sq, z_max, mask):
-    """Atomically add counts (int64), sums (float64) and maxima (float32) into the totals at ``idx``."""
+def _add_counts(fire_ptr, max_ptr, idx, n_fired, z_max, mask):
+    """Atomically add counts (int64) and take maxima (float32) at ``idx``: both independent of the order."""
     tl.atomic_add(fire_ptr + idx, n_fired.to(tl.int64), mask=mask, sem="relaxed")
+    tl.atomic_max(max_ptr + idx, z_max, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _add_sums(sum_ptr, sq_ptr, idx, z_sum, z_sq, mask):
+    """ATOMIC_SUMS: atomically add float sums into the float64 totals, rounded in arrival order."""
     tl.atomic_add(sum_ptr + idx, z_sum.to(tl.float64), mask=mask, sem="relaxed")
     tl.atomic_add(sq_ptr + idx, z_sq.to(tl.float64), mask=mask, sem="relaxed")
-    tl.atomic_max(max_ptr + idx, z_max, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _tile_sums_by_row(
+    cand_ptr, slot_base, part_sum, part_sq, BLOCK_N: tl.constexpr, KP: tl.constexpr, CAP: tl.constexpr
+):
+    """Top-k: add each row's selected (index, z) entries (slots [0, KP) of its buffer) into the tile's
+    fp32 partials [M] at ``part_sum``/``part_sq``, one row after another, so always in row order.
+
+    A row selects each latent at most once, so one row's adds never collide; the barrier after each
+    row orders them against the next row's.
+    """
+    j = tl.arange(0, KP)
+    for r in range(0, BLOCK_N):
+        z, idx = _entry_parts(tl.load(cand_ptr + slot_base + r * CAP + j))
+        fired = z > 0.0
+        s = tl.load(part_sum + idx, mask=fired, other=0.0)
+        q = tl.load(part_sq + idx, mask=fired, other=0.0)
+        tl.store(part_sum + idx, s + z, mask=fired)
+        tl.store(part_sq + idx, q + z * z, mask=fired)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _reduce_partials_kernel(
+    part_sum_ptr, part_sq_ptr, sum_ptr, sq_ptr, T, M, BLOCK: tl.constexpr, UNROLL: tl.constexpr
+):
+    """Add the per-tile partials [T, M] (fp32) into the float64 totals [M], tile 0 first, one tile at a time.
+
+    Each latent's total is one program's running sum in token-tile order: the rounding is the same
+    on every run, and launching the tiles in several chunks (each continuing the running sum) or on
+    another grid does not change it. UNROLL tiles are loaded at a time (loads in flight; the adds
+    stay in order, and the +0.0 of a masked load changes no sum).
+    """
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < M
+    acc_sum = tl.load(sum_ptr + cols, mask=ok, other=0.0)
+    acc_sq = tl.load(sq_ptr + cols, mask=ok, other=0.0)
+    p_sum = part_sum_ptr + cols
+    p_sq = part_sq_ptr + cols
+    for t0 in range(0, T, UNROLL):
+        for i in tl.static_range(UNROLL):
+            here = ok & (tl.zeros([BLOCK], dtype=tl.int32) + (t0 + i) < T)
+            acc_sum += tl.load(p_sum + i * M, mask=here, other=0.0).to(tl.float64)
+            acc_sq += tl.load(p_sq + i * M, mask=here, other=0.0).to(tl.float64)
+        p_sum += UNROLL * M
+        p_sq += UNROLL * M
+    tl.store(sum_ptr + cols, acc_sum, mask=ok)
+    tl.store(sq_ptr + cols, acc_sq, mask=ok)
+
+
+@triton.jit
+def _fold_bias_kernel(w_ptr, b_enc_ptr, b_dec_ptr, out_ptr, D, M, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """out = b_enc − b_dec @ W_enc for BLOCK_M latents, accumulated in float64, stored as float32."""
+    cols = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = cols < M
+    ks = tl.arange(0, BLOCK_D)
+    acc = tl.zeros([BLOCK_M], dtype=tl.float64)
+    w_ptrs = w_ptr + ks[:, None] * M + cols[None, :]
+    for k0 in range(0, D, BLOCK_D):
+        k_ok = ks < D - k0
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & ok[None, :], other=0.0).to(tl.float32).to(tl.float64)
+        b = tl.load(b_dec_ptr + k0 + ks, mask=k_ok, other=0.0).to(tl.float32).to(tl.float64)
+        acc += tl.sum(w * b[:, None], axis=0)
+        w_ptrs += BLOCK_D * M
+    b_enc = tl.load(b_enc_ptr + cols, mask=ok, other=0.0).to(tl.float32).to(tl.float64)
+    tl.store(out_ptr + cols, (b_enc - acc).to(tl.float32), mask=ok)
 
 
 @triton.jit
@@ -227,6 +303,8 @@ def _encode_stats_kernel(
     fire_ptr,
     sum_ptr,
     sq_ptr,
+    part_sum_ptr,
+    part_sq_ptr,
     max_ptr,
     margin_ptr,
     margin_count_ptr,
@@ -244,6 +322,7 @@ def _encode_stats_kernel(
     stride_xn,
     MODE: tl.constexpr,
     STATS: tl.constexpr,
+    ATOMIC_SUMS: tl.constexpr,
     CODES: tl.constexpr,
     HALF_DOT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -260,15 +339,20 @@ def _encode_stats_kernel(
     (fp32 accumulation) and, in the same sweep:
 
     * MODE relu/jumprelu: z = act(pre) on latent-major tiles; with STATS, per-latent partials over
-      the token tile (int32 count, fp32 Σz, Σz², max) are added atomically into the
-      int64/float64/float32 totals;
+      the token tile (int32 counts, fp32 Σz, Σz², max);
       CODES = 1 stores each row's number of active latents in ``row_ptr`` [N]; CODES = 2 writes
-      the active (index, value) pairs at the CSR offsets ``row_ptr`` [N + 1] (a second launch).
+      the active (index, value) pairs at the CSR offsets ``row_ptr`` [N + 1] (a second launch),
+      never outside the row's range [row_ptr[r], row_ptr[r + 1]).
     * MODE topk: pre-activations above the row's threshold go to the row's candidate buffer
       (CAP slots of scratch), compacted to the best KP ≥ K by :func:`_compact` before it could
       overflow; after the sweep the best K give the codes [N, K] (CODES = 2) and, with STATS,
-      their atomic per-latent sums.
+      the tile's per-latent partials (:func:`_tile_sums_by_row`).
 
+    Counts are added atomically into int64 totals and maxima into float32 ones (both exact in
+    any order). The fp32 Σz and Σz² of token tile t go to row t of ``part_sum_ptr``/``part_sq_ptr``
+    [T, M] (top-k: rows zeroed by the launcher), which :func:`_reduce_partials_kernel` adds up in
+    tile order; with ATOMIC_SUMS they are added atomically into the float64 totals instead, whose
+    last bits then depend on the order the programs get there.
     With STATS, also adds the number of non-finite rows into ``nonfinite_ptr``.
     """
     pid = tl.program_id(0)
@@ -288,6 +372,7 @@ def _encode_stats_kernel(
             nnz = tl.zeros([BLOCK_N], dtype=tl.int32)
             if CODES == _WRITE_CODES:
                 start = tl.load(row_ptr + rows, mask=rows < N, other=0)
+                room = (tl.load(row_ptr + rows + 1, mask=rows < N, other=0) - start).to(tl.int32)
         for m0 in range(0, M, BLOCK_M):
             cols = m0 + tl.arange(0, BLOCK_M)
             pre = _pre_tile(
@@ -344,24 +429,22 @@ def _encode_stats_kernel(
                         mask=cols < M,
                         sem="relaxed",
                     )
-                    _add_stats(
-                        fire_ptr,
-                        sum_ptr,
-                        sq_ptr,
-                        max_ptr,
-                        cols,
-                        tl.sum(fired.to(tl.int32), axis=1),
-                        tl.sum(z, axis=1),
-                        tl.sum(z * z, axis=1),
-                        tl.max(z, axis=1),
-                        cols < M,
+                    _add_counts(
+                        fire_ptr, max_ptr, cols, tl.sum(fired.to(tl.int32), axis=1), tl.max(z, axis=1), cols < M
                     )
+                    if ATOMIC_SUMS:
+                        _add_sums(sum_ptr, sq_ptr, cols, tl.sum(z, axis=1), tl.sum(z * z, axis=1), cols < M)
+                    else:
+                        tl.store(part_sum_ptr + tile * M + cols, tl.sum(z, axis=1), mask=cols < M)
+                        tl.store(part_sq_ptr + tile * M + cols, tl.sum(z * z, axis=1), mask=cols < M)
                 if CODES == _WRITE_CODES:
-                    pos = start[None, :] + (nnz[None, :] + tl.cumsum(fired.to(tl.int32), axis=0) - 1).to(tl.int64)
+                    rank = nnz[None, :] + tl.cumsum(fired.to(tl.int32), axis=0) - 1
+                    pos = start[None, :] + rank.to(tl.int64)
+                    in_row = fired & (rank < room[None, :])  # a row never writes past its own range
                     tl.store(
-                        code_idx_ptr + pos, tl.broadcast_to(cols.to(tl.int64)[:, None], [BLOCK_M, BLOCK_N]), mask=fired
+                        code_idx_ptr + pos, tl.broadcast_to(cols.to(tl.int64)[:, None], [BLOCK_M, BLOCK_N]), mask=in_row
                     )
-                    tl.store(code_val_ptr + pos, z, mask=fired)
+                    tl.store(code_val_ptr + pos, z, mask=in_row)
                 if CODES != _NO_CODES:
                     nnz += tl.sum(fired.to(tl.int32), axis=0)
         if MODE == _TOPK:
@@ -379,13 +462,22 @@ def _encode_stats_kernel(
                 COMPACT_ROWS,
             )
             j = tl.arange(0, KP)
-            val, idx = _entry_parts(tl.load(cand_ptr + slot_base + local[:, None] * CAP + j[None, :]))
-            tl.debug_barrier()  # read before the next token tile refills the buffers
+            slots = cand_ptr + slot_base + local[:, None] * CAP + j[None, :]
+            val, idx = _entry_parts(tl.load(slots))
+            tl.debug_barrier()  # read before the buffers are overwritten (below, or by the next token tile)
             sel = ok[:, None] & (j[None, :] < K) & (j[None, :] < cnt[:, None])
             z = tl.where(sel, tl.maximum(val, 0.0), 0.0)
             if STATS:
                 fired = z > 0.0
-                _add_stats(fire_ptr, sum_ptr, sq_ptr, max_ptr, idx, fired, z, z * z, z, fired)
+                _add_counts(fire_ptr, max_ptr, idx, fired, z, fired)
+                if ATOMIC_SUMS:
+                    _add_sums(sum_ptr, sq_ptr, idx, z, z * z, fired)
+                else:
+                    tl.store(slots, _entry(z, idx))
+                    tl.debug_barrier()  # every row's selection is in its slots
+                    _tile_sums_by_row(
+                        cand_ptr, slot_base, part_sum_ptr + tile * M, part_sq_ptr + tile * M, BLOCK_N, KP, CAP
+                    )
             if CODES == _WRITE_CODES:
                 out = rows.to(tl.int64)[:, None] * K + j[None, :]
                 in_range = (rows < N)[:, None] & (j[None, :] < K)
@@ -396,22 +488,48 @@ def _encode_stats_kernel(
 
 
 # -- launcher --------------------------------------------------------------------------------------
-_FOLDED: weakref.WeakKeyDictionary[SAE, tuple[tuple[tuple[int, int], ...], Tensor]] = weakref.WeakKeyDictionary()
+#: Most bytes of per-tile partial sums (fp32 Σz and Σz², per token tile and latent) one launch holds;
+#: a batch that needs more runs in chunks of whole waves of token tiles, each reduced after its launch.
+PARTIAL_BYTES = 64 << 20
 
 
-def _folded_bias(sae: SAE) -> Tensor:
-    """b_enc − b_dec @ W_enc as float32, computed in float64; cached until the SAE's weights change."""
-    params = (sae.W_enc, sae.b_enc, sae.b_dec)
-    stamp = tuple((p.data_ptr(), p._version) for p in params)
-    hit = _FOLDED.get(sae)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    w, b_enc, b_dec = (p.detach() for p in params)
-    out = torch.empty(sae.n_latents, dtype=torch.float32, device=w.device)
-    step = max(1, 2**22 // sae.d_in)  # float64 copies of at most 32 MiB of W_enc at a time
-    for c in range(0, sae.n_latents, step):
-        out[c : c + step] = b_enc[c : c + step].double() - b_dec.double() @ w[:, c : c + step].double()
-    _FOLDED[sae] = (stamp, out)
+class _Encode(NamedTuple):
+    """What every launch of one encode shares: the operands as the kernel reads them, the totals it
+    adds into, the top-k scratch, the persistent grid size and the launch's constexprs and options."""
+
+    w: Tensor  # W_enc as multiplied (see _encoder_weights)
+    b_dec: Tensor
+    bias: Tensor  # b_enc, or with HALF_DOT b_enc − b_dec @ w
+    thr: Tensor
+    margin: Tensor
+    out: BatchStats
+    scratch: tuple[Tensor, Tensor, Tensor]  # top-k candidates, counts, thresholds
+    k: int
+    nprog: int
+    launch: dict[str, Any]
+
+
+def _encoder_weights(x: Tensor, sae: SAE, interp: bool) -> tuple[Tensor, bool]:
+    """W_enc as the kernel multiplies it, and whether x and it go to the dot as loaded (HALF_DOT).
+
+    16-bit activations with float32 weights: W_enc rounded to the activations' dtype, afresh on each
+    call (no cache can go stale; see :func:`fused_batch_stats`). bf16 dots are wrong in Triton's
+    interpreter, so there bf16 takes the upcast path, with the same rounded weights.
+    """
+    w = sae.W_enc.detach()
+    if x.dtype in _HALF and w.dtype == torch.float32:
+        w = w.to(x.dtype)
+    return w, w.dtype == x.dtype and x.dtype in _HALF and not (interp and x.dtype == torch.bfloat16)
+
+
+def _folded_bias(w: Tensor, sae: SAE) -> Tensor:
+    """b_enc − b_dec @ w as float32, accumulated in float64 (one read of w), on every call."""
+    d, m = w.shape
+    out = torch.empty(m, dtype=torch.float32, device=w.device)
+    block_m = 128
+    _fold_bias_kernel[(triton.cdiv(m, block_m),)](
+        w, sae.b_enc.detach(), sae.b_dec.detach(), out, d, m, BLOCK_D=32, BLOCK_M=block_m, num_warps=4
+    )
     return out
 
 
@@ -464,6 +582,103 @@ def _validate(x: Tensor, sae: SAE, activation: Activation, k: int | None) -> int
     return k
 
 
+def _prepare(
+    x: Tensor, sae: SAE, activation: Activation, k: int | None, knobs: KernelOptions, reduction: Reduction = "fixed"
+) -> _Encode:
+    """Operands, scratch, zeroed totals and launch settings of one encode of x [N > 0, d] (validated)
+    with the tuning ``knobs`` of :func:`fused_batch_stats` (absent or None: the defaults)."""
+    n, d = x.shape
+    m, dev = sae.n_latents, x.device
+    interp = _interpreting()
+    topk = activation == "topk"
+    bn = _check_pow2("block_n", knobs.get("block_n") or (64 if interp else 128))
+    bm = _check_pow2("block_m", knobs.get("block_m") or 128)
+    bk = _check_pow2("block_k", knobs.get("block_k") or 64)
+    bn, bm, bk = min(bn, _pow2_at_least(n)), min(bm, _pow2_at_least(m)), min(bk, _pow2_at_least(d))
+    kp = triton.next_power_of_2(k) if topk else 1
+    slots = knobs.get("buffer_slots") or triton.next_power_of_2(kp + 2 * bm)
+    cap = _check_pow2("buffer_slots", slots, lo=kp + bm) if topk else 1
+    rows_per_sort = min(bn, _check_pow2("compact_rows", knobs.get("compact_rows") or (bn if interp else 16), lo=1))
+    num_programs = knobs.get("num_programs")
+    if num_programs is None:
+        num_programs = 4 if interp else torch.cuda.get_device_properties(dev).multi_processor_count
+    nprog = max(1, min(int(num_programs), triton.cdiv(n, bn)))
+
+    w, half = _encoder_weights(x, sae, interp)
+    bias = _folded_bias(w, sae) if half else sae.b_enc.detach()
+    thr = sae.jumprelu_threshold().detach() if activation == "jumprelu" else bias
+    margins = sae.margins(activation)
+    margin = bias if margins is None else margins.contiguous()  # top-k: unused
+    out = BatchStats.zeros(m, dev)
+    if topk:
+        if nprog * bn * cap >= 2**31:
+            raise ValueError(f"top-k scratch of {nprog} programs × {bn} rows × {cap} slots overflows int32 offsets")
+        scratch = (
+            torch.empty(nprog * bn * cap, dtype=torch.int64, device=dev),
+            torch.empty(nprog * bn, dtype=torch.int32, device=dev),
+            torch.empty(nprog * bn, dtype=torch.float32, device=dev),
+        )
+    else:
+        scratch = (out.fire_count, out.fire_count, out.act_max)  # unused
+    launch: dict[str, Any] = dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, KP=kp, CAP=cap, COMPACT_ROWS=rows_per_sort)
+    launch.update(MODE=MODES[activation], ATOMIC_SUMS=reduction == "atomic", HALF_DOT=half)
+    launch["INPUT_PRECISION"] = knobs.get("input_precision", "ieee")
+    launch["num_warps"] = knobs.get("num_warps") or (8 if bn * bm >= 128 * 128 else 4)
+    launch["num_stages"] = knobs.get("num_stages") or 3
+    return _Encode(w, sae.b_dec.detach(), bias, thr, margin, out, scratch, k or 0, nprog, launch)
+
+
+def _launch(
+    enc: _Encode,
+    x: Tensor,
+    *,
+    stats: bool,
+    codes: int,
+    row: Tensor,
+    idx: Tensor,
+    val: Tensor,
+    part: tuple[Tensor, Tensor] | None = None,
+) -> None:
+    """One launch of the encode kernel over the rows of x (``part``: the [T, m] fp32 tile partials)."""
+    o = enc.out
+    part_sum, part_sq = part or (o.act_max, o.act_max)  # unused without STATS or with ATOMIC_SUMS
+    n, d = x.shape
+    grid = (max(1, min(enc.nprog, triton.cdiv(n, enc.launch["BLOCK_N"]))),)
+    _encode_stats_kernel[grid](
+        x,
+        enc.w,
+        enc.b_dec,
+        enc.bias,
+        enc.thr,
+        o.fire_count,
+        o.act_sum,
+        o.act_sq_sum,
+        part_sum,
+        part_sq,
+        o.act_max,
+        enc.margin,
+        o.margin_count,
+        o.n_nonfinite,
+        row,
+        idx,
+        val,
+        *enc.scratch,
+        n,
+        d,
+        enc.w.shape[1],
+        enc.k,
+        x.stride(0),
+        STATS=stats,
+        CODES=codes,
+        **enc.launch,
+    )
+
+
+def _write_csr(enc: _Encode, x: Tensor, offsets: Tensor, idx: Tensor, val: Tensor) -> None:
+    """ReLU/JumpReLU codes of x into idx/val at the CSR ``offsets`` [N + 1]: row r writes only [offsets[r], offsets[r + 1])."""
+    _launch(enc, x, stats=False, codes=_WRITE_CODES.value, row=offsets, idx=idx, val=val)
+
+
 def fused_batch_stats(
     x: Tensor,
     sae: SAE,
@@ -480,13 +695,15 @@ def fused_batch_stats(
     buffer_slots: int | None = None,
     compact_rows: int | None = None,
     input_precision: InputPrecision = "ieee",
+    reduction: Reduction = "fixed",
 ) -> BatchStats:
     """Per-latent statistics (and optionally codes) of activations x [N, d] in one fused pass.
 
     ``activation`` is 'relu', 'jumprelu' or 'topk' (with 1 <= k <= min(m, 128)). Returns the
     :class:`pyfloor.encode.BatchStats` that the torch reference returns: int64 fire counts, float64
-    Σz and Σz², float32 max, int64 margin-band counts (zeros for top-k), the number of non-finite rows, and with ``want_codes`` the codes
-    (top-k: k per token; ReLU/JumpReLU: CSR, found by a counting launch and a writing launch).
+    Σz and Σz², float32 max, int64 margin-band counts (zeros for top-k), the number of non-finite
+    rows, and with ``want_codes`` the codes (top-k: k per token; ReLU/JumpReLU: CSR, found by a
+    counting launch and a writing launch).
 
     Tuning knobs (defaults suit an H100; blocks are clamped to the problem): ``block_n`` tokens ×
     ``block_m`` latents per tile, ``block_k`` the reduction step over d, ``num_programs`` the
@@ -494,111 +711,88 @@ def fused_batch_stats(
     (a power of two >= KP + block_m, KP = k rounded up to a power of two; default the one >=
     KP + 2·block_m), ``compact_rows`` rows sorted at a time.
     ``input_precision`` of fp32 dots: 'ieee' (exact fp32, the default) or 'tf32' (faster on GPUs).
-    16-bit x and W_enc of the same dtype are multiplied as they are (fp32 accumulation), with b_dec
-    folded into the bias in float64.
+
+    Dtypes: 16-bit x and W_enc of the same dtype are multiplied as they are (fp32 accumulation),
+    with b_dec folded into the bias (b_enc − b_dec @ W_enc, float64, recomputed on every call).
+    16-bit x with float32 weights: W_enc is rounded to x's dtype (on every call) and multiplied
+    so, on tensor cores; the result is the reference's on the SAE with W_enc so rounded. Other
+    mixtures upcast both operands to float32.
+
+    Reproducibility (``reduction="fixed"``, the default): counts and maxima are exact in any order;
+    Σz and Σz² are fp32 partials per token tile, stored at the tile's slot and added in tile
+    order, so the same inputs and knobs give the same bits on every run, for any ``num_programs``.
+    Partials of at most :data:`PARTIAL_BYTES` (or one wave of tiles) are held at a time.
+    ``reduction="atomic"`` adds them with float64 atomics in arrival order instead.
 
     Raises
     ------
     ValueError
         For activations that are not [N, d_in] float32/float16/bfloat16 contiguous along d, SAE
         weights of another dtype or device or not contiguous, an activation/k the SAE cannot use
-        or k > 128, a tuning knob that is not a power of two in range, or top-k scratch that would
-        overflow int32 offsets.
+        or k > 128, a tuning knob that is not a power of two in range, an unknown
+        ``input_precision`` or ``reduction``, or top-k scratch that would overflow int32 offsets.
     RuntimeError
         For CPU tensors outside Triton's interpreter.
     """
     k = _validate(x, sae, activation, k)
     if input_precision not in ("ieee", "tf32", "tf32x3"):
         raise ValueError(f"input_precision must be 'ieee', 'tf32' or 'tf32x3'; got {input_precision!r}")
-    n, d = x.shape
-    m, dev = sae.n_latents, x.device
-    interp = _interpreting()
-    fire, s1, s2, mx, margin_count, nonfinite, _ = BatchStats.zeros(m, dev)
+    if reduction not in ("fixed", "atomic"):
+        raise ValueError(f"reduction must be 'fixed' or 'atomic'; got {reduction!r}")
+    n, m, dev = x.shape[0], sae.n_latents, x.device
     topk = activation == "topk"
     if n == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=dev)
         codes = SparseCodes(empty, empty.float(), torch.zeros(1, dtype=torch.int64, device=dev)) if want_codes else None
-        return BatchStats(fire, s1, s2, mx, margin_count, nonfinite, codes)
+        return BatchStats.zeros(m, dev)._replace(codes=codes)
+    knobs = KernelOptions(
+        block_n=block_n,
+        block_m=block_m,
+        block_k=block_k,
+        num_warps=num_warps,
+        num_stages=num_stages,
+        num_programs=num_programs,
+        buffer_slots=buffer_slots,
+        compact_rows=compact_rows,
+        input_precision=input_precision,
+    )
+    enc = _prepare(x, sae, activation, k, knobs, reduction)
+    out, bn, placeholder = enc.out, enc.launch["BLOCK_N"], enc.out.fire_count
+    topk_codes = want_codes and k is not None  # top-k (_validate gives an int k exactly then)
+    if topk_codes:
+        code_idx = torch.empty(n * enc.k, dtype=torch.int64, device=dev)
+        code_val = torch.empty(n * enc.k, dtype=torch.float32, device=dev)
+    row = torch.empty(n, dtype=torch.int64, device=dev) if want_codes and not topk else placeholder
 
-    bn = _check_pow2("block_n", block_n or (64 if interp else 128))
-    bm = _check_pow2("block_m", block_m or 128)
-    bk = _check_pow2("block_k", block_k or 64)
-    bn, bm, bk = min(bn, _pow2_at_least(n)), min(bm, _pow2_at_least(m)), min(bk, _pow2_at_least(d))
-    kp = triton.next_power_of_2(k) if topk else 1
-    cap = _check_pow2("buffer_slots", buffer_slots or triton.next_power_of_2(kp + 2 * bm), lo=kp + bm) if topk else 1
-    rows_per_sort = min(bn, _check_pow2("compact_rows", compact_rows or (bn if interp else 16), lo=1))
-    n_tiles = triton.cdiv(n, bn)
-    if num_programs is None:
-        num_programs = 4 if interp else torch.cuda.get_device_properties(dev).multi_processor_count
-    nprog = max(1, min(int(num_programs), n_tiles))
-
-    half = x.dtype == sae.W_enc.dtype and x.dtype in _HALF and not (interp and x.dtype == torch.bfloat16)
-    bias = _folded_bias(sae) if half else sae.b_enc.detach()
-    thr = sae.jumprelu_threshold().detach() if activation == "jumprelu" else bias
-    margins = sae.margins(activation)
-    margin = bias if margins is None else margins.contiguous()  # top-k: unused
-    if topk:
-        if nprog * bn * cap >= 2**31:
-            raise ValueError(f"top-k scratch of {nprog} programs × {bn} rows × {cap} slots overflows int32 offsets")
-        cand = torch.empty(nprog * bn * cap, dtype=torch.int64, device=dev)
-        row_cnt = torch.empty(nprog * bn, dtype=torch.int32, device=dev)
-        row_tau = torch.empty(nprog * bn, dtype=torch.float32, device=dev)
-    else:
-        cand, row_cnt, row_tau = fire, fire, mx  # unused
-    if want_codes and k is not None:  # top-k (_validate gives an int k exactly then)
-        code_idx = torch.empty(n * k, dtype=torch.int64, device=dev)
-        code_val = torch.empty(n * k, dtype=torch.float32, device=dev)
-        offsets = torch.arange(n + 1, dtype=torch.int64, device=dev) * k
-        row = fire  # unused
-    else:
-        code_idx, code_val = fire, mx  # written by the second ReLU launch below, if at all
-        row = torch.empty(n, dtype=torch.int64, device=dev) if want_codes else fire
-
-    def launch(stats: bool, codes: int, row_arg: Tensor, idx_arg: Tensor, val_arg: Tensor) -> None:
-        _encode_stats_kernel[(nprog,)](
-            x,
-            sae.W_enc.detach(),
-            sae.b_dec.detach(),
-            bias,
-            thr,
-            fire,
-            s1,
-            s2,
-            mx,
-            margin,
-            margin_count,
-            nonfinite,
-            row_arg,
-            idx_arg,
-            val_arg,
-            cand,
-            row_cnt,
-            row_tau,
-            n,
-            d,
-            m,
-            k or 0,
-            x.stride(0),
-            MODE=MODES[activation],
-            STATS=stats,
-            CODES=codes,
-            HALF_DOT=half,
-            INPUT_PRECISION=input_precision,
-            BLOCK_N=bn,
-            BLOCK_M=bm,
-            BLOCK_K=bk,
-            KP=kp,
-            CAP=cap,
-            COMPACT_ROWS=rows_per_sort,
-            num_warps=num_warps or (8 if bn * bm >= 128 * 128 else 4),
-            num_stages=num_stages or 3,
+    tiles = triton.cdiv(n, bn)
+    chunk = tiles if reduction == "atomic" else enc.nprog * max(1, PARTIAL_BYTES // (enc.nprog * m * 8))
+    partials = None if reduction == "atomic" else torch.empty(2, min(chunk, tiles), m, dtype=torch.float32, device=dev)
+    codes_mode = _WRITE_CODES if topk_codes else (_COUNT_ROWS if want_codes else _NO_CODES)
+    for lo in range(0, n, chunk * bn):
+        hi = min(n, lo + chunk * bn)
+        part = None
+        if partials is not None:
+            t = triton.cdiv(hi - lo, bn)
+            part = (partials[0, :t], partials[1, :t])
+            if topk:
+                partials[:, :t].zero_()
+        _launch(
+            enc,
+            x[lo:hi],
+            stats=True,
+            codes=codes_mode.value,
+            row=row[lo:hi] if row is not placeholder else row,
+            idx=code_idx[lo * enc.k :] if topk_codes else placeholder,
+            val=code_val[lo * enc.k :] if topk_codes else out.act_max,
+            part=part,
         )
-
-    codes_mode = _WRITE_CODES if (want_codes and topk) else (_COUNT_ROWS if want_codes else _NO_CODES)
-    launch(True, codes_mode.value, row, code_idx, code_val)
+        if part is not None:
+            _reduce_partials_kernel[(triton.cdiv(m, 256),)](
+                part[0], part[1], out.act_sum, out.act_sq_sum, part[0].shape[0], m, BLOCK=256, UNROLL=8, num_warps=2
+            )
     codes = None
-    if want_codes and topk:
-        codes = SparseCodes(code_idx, code_val, offsets)
+    if topk_codes:
+        codes = SparseCodes(code_idx, code_val, torch.arange(n + 1, dtype=torch.int64, device=dev) * enc.k)
     elif want_codes:
         offsets = torch.zeros(n + 1, dtype=torch.int64, device=dev)
         torch.cumsum(row, 0, out=offsets[1:])
@@ -606,6 +800,6 @@ def fused_batch_stats(
         code_idx = torch.empty(nnz, dtype=torch.int64, device=dev)
         code_val = torch.empty(nnz, dtype=torch.float32, device=dev)
         if nnz:
-            launch(False, _WRITE_CODES.value, offsets, code_idx, code_val)
+            _write_csr(enc, x, offsets, code_idx, code_val)
         codes = SparseCodes(code_idx, code_val, offsets)
-    return BatchStats(fire, s1, s2, mx, margin_count, nonfinite, codes)
+    return out._replace(codes=codes)

@@ -133,7 +133,9 @@ class StatsAccumulator:
     ``backend``: ``"auto"`` uses the Triton kernels for CUDA tensors and torch otherwise;
     ``"triton"`` forces the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``).
     ``kernel_options`` go to :func:`pyfloor.kernels.fused_batch_stats` (block sizes, warps, …;
-    see :class:`pyfloor.encode_types.KernelOptions`). ``chunk_tokens`` bounds the torch path's
+    see :class:`pyfloor.encode_types.KernelOptions`). There 16-bit activations with float32 SAE
+    weights are multiplied by W_enc rounded to the activations' dtype, on tensor cores (the torch
+    path multiplies in float32); the kernels' sums have the same bits on every run. ``chunk_tokens`` bounds the torch path's
     memory to O(chunk_tokens × n_latents).
 
     Raises

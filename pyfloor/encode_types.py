@@ -22,6 +22,7 @@ __all__ = [
     "EncodeSpec",
     "KernelOptions",
     "InputPrecision",
+    "Reduction",
     "check_activations",
 ]
 
@@ -32,11 +33,17 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 InputPrecision = Literal["ieee", "tf32", "tf32x3"]
 
 
+#: How the fused kernels add their float partial sums: in a fixed order (bit-identical run after run)
+#: or with float64 atomics in arrival order (the earlier kernels)
+Reduction = Literal["fixed", "atomic"]
+
+
 class KernelOptions(TypedDict, total=False):
     """Tuning knobs of :func:`pyfloor.kernels.fused_batch_stats` (every one optional; see there).
 
     Block sizes and ``buffer_slots``/``compact_rows`` are powers of two; ``num_programs`` is the
-    persistent grid size; ``num_warps``/``num_stages`` go to the Triton launch.
+    persistent grid size; ``num_warps``/``num_stages`` go to the Triton launch; ``reduction`` is
+    :data:`Reduction`.
     """
 
     block_n: int | None
@@ -47,6 +54,7 @@ class KernelOptions(TypedDict, total=False):
     num_programs: int | None
     buffer_slots: int | None
     compact_rows: int | None
+    reduction: Reduction
     input_precision: InputPrecision
 
 

@@ -99,7 +99,7 @@ def test_kernel_equals_reference(activation, k, dtype):
 
 
 @pytest.mark.parametrize("x_dtype, w_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)])
-def test_mixed_dtypes_are_upcast(x_dtype, w_dtype):
+def test_mixed_dtypes_match_the_reference(x_dtype, w_dtype):
     sae = make_sae(dtype=w_dtype)
     x = make_x(dtype=x_dtype)
     for activation, k in [("relu", None), ("topk", 9)]:
@@ -108,11 +108,30 @@ def test_mixed_dtypes_are_upcast(x_dtype, w_dtype):
         )
 
 
-@pytest.mark.parametrize("activation, k", MODES)
-def test_continuous_random_inputs(activation, k):
-    """Gaussian data, no exact ties: pre-activations are checked to stay clear of every boundary."""
-    g = torch.Generator().manual_seed(7)
-    d, m, n = 37, 150, 90
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_16bit_activations_multiply_fp32_weights_rounded_to_their_dtype(x_dtype):
+    """16-bit x with fp32 W_enc: the kernel multiplies W_enc rounded to x's dtype (tensor cores).
+
+    Weights off the 16-bit grid (dyadic + 2**-12): the result is the reference's on the SAE with
+    W_enc rounded, exactly (every pre-activation is exact in fp32), which differs from the unrounded one.
+    """
+    sae = make_sae()
+    with torch.no_grad():
+        sae.W_enc.add_(2.0**-12)
+    rounded = make_sae()
+    with torch.no_grad():
+        rounded.W_enc.copy_(sae.W_enc.to(x_dtype))
+    x = make_x(dtype=x_dtype)
+    for activation, k in [("relu", None), ("topk", 9)]:
+        got = fused_batch_stats(x, sae, activation, k, want_codes=True, **BLOCKS)
+        assert_batch_equal(got, reference(x, rounded, activation, k))
+    assert not torch.equal(reference(x, rounded, "relu").act_sum, reference(x, sae, "relu").act_sum)
+
+
+def continuous_case(activation, k, n=90, d=37, m=150, seed=7, scale_rows=None, scale=1.0):
+    """Gaussian SAE and activations (rows ``scale_rows`` multiplied by ``scale``), checked to stay
+    clear of every decision boundary (zero, the JumpReLU threshold, the k-th/(k+1)-th gap)."""
+    g = torch.Generator().manual_seed(seed)
     sae = SAE(d, m, "jumprelu" if activation == "jumprelu" else "relu")
     with torch.no_grad():
         for p in (sae.W_enc, sae.b_enc, sae.b_dec):
@@ -120,6 +139,8 @@ def test_continuous_random_inputs(activation, k):
         if sae.threshold is not None:
             sae.threshold.copy_(torch.rand(m, generator=g) * 0.3)
     x = torch.randn(n, d, generator=g)
+    if scale_rows is not None:
+        x[scale_rows] *= scale
     with torch.no_grad():
         pre = sae.pre_activations(x.double())
     edges = [pre, pre - sae.threshold.detach().double()] if activation == "jumprelu" else [pre]
@@ -127,8 +148,43 @@ def test_continuous_random_inputs(activation, k):
         top = pre.sort(dim=1, descending=True).values
         edges.append(top[:, k - 1] - top[:, k])
     assert min(float(e.abs().min()) for e in edges) > 1e-5, "test data too close to a boundary"
+    return sae, x
+
+
+@pytest.mark.parametrize("activation, k", MODES)
+def test_continuous_random_inputs(activation, k):
+    """Gaussian data, no exact ties: pre-activations are checked to stay clear of every boundary."""
+    sae, x = continuous_case(activation, k)
     got = fused_batch_stats(x, sae, activation, k, want_codes=True, block_n=16, block_m=32, block_k=16)
     assert_batch_equal(got, reference(x, sae, activation, k), rtol=1e-6, exact_values=False)
+
+
+@pytest.mark.parametrize("activation, k", MODES)
+def test_sums_are_bit_identical_whatever_order_the_tiles_finish_in(activation, k, monkeypatch):
+    """Float sums must not depend on the order programs add them (on a GPU: scheduling).
+
+    In the interpreter programs run one after another, so the grid size sets that order: with one
+    program the 5 token tiles arrive 0, 1, 2, 3, 4; with two, 0, 2, 4, 1, 3. The last tile's rows are
+    scaled by 2**16, so its sums dwarf the others' by ~2**32 and float64 additions round differently
+    in another order. Chunking the token tiles (a partial-sum budget of one wave) must not matter either.
+    """
+    from pyfloor.kernels import fused_encode
+
+    sae, x = continuous_case(activation, k, n=150, scale_rows=slice(128, None), scale=2.0**16)
+    ref = reference(x, sae, activation, k, want_codes=False)
+    first = fused_batch_stats(x, sae, activation, k, num_programs=1, **BLOCKS)
+    assert_batch_equal(first, ref, rtol=1e-6, exact_values=False)
+
+    def assert_same_bits(num_programs: int) -> None:
+        run = fused_batch_stats(x, sae, activation, k, num_programs=num_programs, **BLOCKS)
+        for field in ("fire_count", "act_sum", "act_sq_sum", "act_max", "margin_count", "n_nonfinite"):
+            assert torch.equal(getattr(run, field), getattr(first, field)), field
+
+    for num_programs in (1, 2, 3):
+        assert_same_bits(num_programs)
+    monkeypatch.setattr(fused_encode, "PARTIAL_BYTES", 1)  # chunks of one wave of token tiles
+    for num_programs in (1, 2):
+        assert_same_bits(num_programs)
 
 
 @pytest.mark.parametrize(
@@ -235,6 +291,31 @@ def test_public_encode_stats_dispatches_to_the_kernel(activation, k):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_csr_write_pass_stays_within_each_rows_offsets(activation):
+    """Offsets that undercount (one entry fewer per active row than the count pass found): each row
+    writes only its first entries into [offsets[r], offsets[r + 1]) and nothing lands in the guard beyond."""
+    from pyfloor.kernels import fused_encode
+
+    sae = make_sae(activation=activation)
+    x = make_x()
+    ref = reference(x, sae, activation).codes
+    counts = ref.offsets.diff()
+    assert (counts > 1).all(), "every row needs entries to cut"
+    short = torch.zeros_like(ref.offsets)
+    torch.cumsum(counts - 1, 0, out=short[1:])
+    nnz, guard = int(short[-1]), x.shape[0]
+    idx = torch.full((nnz + guard,), -7, dtype=torch.int64)
+    val = torch.full((nnz + guard,), -7.0)
+    enc = fused_encode._prepare(x, sae, activation, None, BLOCKS)
+    fused_encode._write_csr(enc, x, short, idx, val)
+    assert torch.all(idx[nnz:] == -7) and torch.all(val[nnz:] == -7.0), "writes past the last row's range"
+    for r in range(x.shape[0]):
+        lo, n_r = int(ref.offsets[r]), int(counts[r]) - 1
+        assert torch.equal(idx[short[r] : short[r + 1]], ref.indices[lo : lo + n_r]), r
+        assert torch.equal(val[short[r] : short[r + 1]], ref.values[lo : lo + n_r]), r
+
+
 def test_jumprelu_with_negative_thresholds_keeps_negative_latents_in_the_sums():
     """z = pre where pre > θ: with θ < 0 some z are negative; they are summed but never 'active'."""
     sae = make_sae(activation="jumprelu")
@@ -279,14 +360,23 @@ def test_rows_with_a_stride_are_read_in_place():
     assert_batch_equal(fused_batch_stats(x, sae, "topk", 5, want_codes=True, **BLOCKS), reference(x, sae, "topk", 5))
 
 
-def test_folded_bias_follows_in_place_weight_updates():
-    """fp16 inputs take the folded-bias path; changing b_dec in place must not reuse a stale fold."""
+@pytest.mark.parametrize("through_data", [False, True], ids=["in_place", "through_data"])
+def test_folded_bias_follows_in_place_weight_updates(through_data):
+    """fp16 inputs take the folded-bias path; changing b_dec or W_enc in place must not reuse a stale fold.
+
+    An update through ``.data`` changes neither the tensor's data_ptr nor its ``_version``.
+    """
     sae = make_sae(dtype=torch.float16)
     x = make_x(dtype=torch.float16)
     assert_batch_equal(fused_batch_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
-    with torch.no_grad():
-        sae.b_dec.add_(0.5)
-    assert_batch_equal(fused_batch_stats(x, sae, "relu", **BLOCKS), reference(x, sae, "relu", want_codes=False))
+    for p, step in ((sae.b_dec, 0.5), (sae.W_enc, 0.25)):
+        if through_data:
+            p.data.add_(step)
+        else:
+            with torch.no_grad():
+                p.add_(step)
+        got = fused_batch_stats(x, sae, "relu", **BLOCKS)
+        assert_batch_equal(got, reference(x, sae, "relu", want_codes=False))
 
 
 def _transposed_w_enc(sae: SAE) -> SAE:
