@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BETA_RANGE",
     "FLATTENED_FRACTION",
+    "MIN_FIT_POINTS",
     "Asymptote",
     "fit_asymptote",
     "paper_floor",
@@ -52,6 +53,8 @@ __all__ = [
     "plot_eval_curves",
 ]
 
+#: The fewest points of an eval curve :func:`fit_asymptote` takes (3 parameters and an error)
+MIN_FIT_POINTS = 5
 #: The decay exponents β the asymptote fit searches, log-spaced (β → 0 makes L∞ and A inseparable).
 BETA_RANGE: tuple[float, float] = (0.01, 10.0)
 #: A curve has flattened when the fitted drop still to come after its last step, L(t_last) − L∞, is at
@@ -357,8 +360,10 @@ def fit_asymptote(steps: ArrayLike, losses: ArrayLike, *, confidence: float = 0.
     conf = _checks.number(confidence, "confidence", low=0.0, high=1.0, low_open=True, high_open=True)
     t, y = _curve(steps, losses)
     n = t.size
-    if n < 5:
-        raise ValueError(f"fit_asymptote needs at least 5 eval points (3 parameters and an error); got {n}")
+    if n < MIN_FIT_POINTS:
+        raise ValueError(
+            f"fit_asymptote needs at least {MIN_FIT_POINTS} eval points (3 parameters and an error); got {n}"
+        )
     log_t = np.log(t / t[0])  # steps scaled to t/t_first: regressors in (0, 1], A at the first step
     grid_x = np.exp(-_BETA_GRID[:, None] * log_t[None, :])
     fit = _best_beta(log_t, grid_x, lambda x: _free_fits(x, y))

@@ -1435,6 +1435,14 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         raise UsageError("distill needs exactly one token input: --tokens, --text or --dataset")
     if args.read_tokens is not None and args.tokens is not None:
         raise UsageError("--read-tokens goes with --text or --dataset, not --tokens")
+    from .calibrate import MIN_FIT_POINTS
+
+    evals = -(-args.steps // args.eval_every)  # eval points after step 0, the last at --steps
+    if evals < MIN_FIT_POINTS:
+        raise UsageError(
+            f"--steps {args.steps} with --eval-every {args.eval_every} gives {evals} eval points after the start; "
+            f"the floor's asymptote fit needs at least {MIN_FIT_POINTS}"
+        )
     checkpoint: Path = args.checkpoint or args.out / "checkpoint.safetensors"
     with _usage(args, steps="--steps", temperature="--temperature", lr="--lr", warmup_steps="--warmup-steps"):
         config = DistillConfig(
