@@ -119,8 +119,9 @@ def make_students(
         raise ValueError(f"widths must not repeat; got {chosen}")
     configs = {w: student_config(teacher_config, w, ffn_ratio=ffn_ratio) for w in chosen}
     students: dict[int, PreTrainedModel] = {}
+    build: Any = AutoModelForCausalLM.from_config  # typed or not, depending on the installed transformers
     for w, config in configs.items():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            students[w] = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+            students[w] = build(config, dtype=dtype)
     return students
