@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["count", "number", "fraction", "one_of"]
+__all__ = ["count", "number", "fraction", "one_of", "resume_flags"]
 
 T = TypeVar("T")
 
@@ -83,3 +83,11 @@ def one_of(value: T, name: str, options: Iterable[T]) -> T:
     if isinstance(value, bool) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {value!r}")
     return value
+
+
+def resume_flags(resume: bool, overwrite: bool, checkpoint: object) -> None:
+    """ValueError unless ``resume`` has a ``checkpoint`` path and excludes ``overwrite``."""
+    if resume and checkpoint is None:
+        raise ValueError("resume needs a checkpoint path")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")

@@ -41,10 +41,11 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from . import _checks
-from ._io import CheckpointError, check_replaceable, json_ready, load_tagged, save_tagged
+from ._io import CheckpointError, json_ready, load_tagged, save_tagged
 from ._version import __version__
+from .checkpoints import prepare_checkpoint, rank_path
 from .distributed import all_reduce_, all_reduce_max_, rank_and_world
-from .sources import _input_device, check_token_ids
+from .sources import check_token_ids, input_device
 from .tokens import Chunk, StreamedSequences, TokenSequences
 
 __all__ = [
@@ -111,10 +112,7 @@ class DistillConfig:
         self.eval_every = _checks.count(self.eval_every, "eval_every", minimum=1)
         self.checkpoint_every = _checks.count(self.checkpoint_every, "checkpoint_every", minimum=1)
         self.seed = _checks.count(self.seed, "seed")
-        if self.resume and self.checkpoint is None:
-            raise ValueError("resume needs a checkpoint path")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other")
+        _checks.resume_flags(self.resume, self.overwrite, self.checkpoint)
 
     @property
     def warmup(self) -> int:
@@ -542,27 +540,6 @@ def _load(path: Path, run: _Run, members: list[_Student], fingerprint: dict[str,
     return _json_field(meta, "position", path)
 
 
-def _prepare(config: DistillConfig, path: Path | None, load: Callable[[Path], Any]) -> Any:
-    """Resume from (``load``), or make room for, this rank's checkpoint and return the stream
-    position a resumed one recorded; every rank fails if any one does."""
-    error: CheckpointError | None = None
-    position = None
-    try:
-        if path is not None and config.resume:
-            position = load(path)
-        elif path is not None and path.exists() and not config.overwrite:
-            raise CheckpointError(f"{path} already exists: resume it (resume), or start over (overwrite)")
-        elif path is not None:
-            check_replaceable(path, kind=CHECKPOINT_FORMAT, what="distillation checkpoint", overwrite=True)
-    except CheckpointError as exc:
-        error = exc
-    failed = torch.tensor([int(error is not None)])
-    all_reduce_max_(failed)
-    if int(failed):
-        raise error or CheckpointError("another rank could not use its checkpoint; see its error")
-    return position
-
-
 # -- the loop -------------------------------------------------------------------------------------------
 def _evaluate(teacher: nn.Module, members: list[_Student], held_out: TokenSequences, per: int, T: float) -> list[float]:
     """Each student's mean per-token KL over every loss position of ``held_out`` (read in order; the
@@ -570,7 +547,7 @@ def _evaluate(teacher: nn.Module, members: list[_Student], held_out: TokenSequen
     rank, world = rank_and_world()
     sums = torch.zeros(len(members), dtype=torch.float64)
     count = torch.zeros(1, dtype=torch.int64)
-    device = _input_device(teacher)
+    device = input_device(teacher)
     for m in members:
         m.model.eval()
     with torch.no_grad():
@@ -615,14 +592,6 @@ def _fingerprint(
     }
     normal: dict[str, Any] = json.loads(json.dumps(fingerprint))
     return normal
-
-
-def _checkpoint_path(config: DistillConfig) -> Path | None:
-    """This rank's checkpoint file: ``config.checkpoint``, with ``.rank{r}-of-{world}`` before its suffix under several ranks."""
-    if config.checkpoint is None:
-        return None
-    path, (rank, world) = Path(config.checkpoint), rank_and_world()
-    return path if world == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
 
 
 def _next_batch(batches: Iterator[Chunk], step: int, steps: int) -> Chunk:
@@ -742,17 +711,25 @@ def distill(
     for w, device in (devices or {}).items():
         students[w].to(torch.device(device))
     members = [_Student(w, students[w], config) for w in students]
-    if world > 1 and any(m.device.type == "cuda" and m.device != _input_device(teacher) for m in members):
+    if world > 1 and any(m.device.type == "cuda" and m.device != input_device(teacher) for m in members):
         raise ValueError("under torch.distributed every student must be on its rank's device (the teacher's)")
     teacher.eval()
     vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
     fingerprint = _fingerprint(teacher, members, train, eval, per, config)
-    path = _checkpoint_path(config)
+    path = None if config.checkpoint is None else rank_path(Path(config.checkpoint), rank, world)
     run = _Run()
-    position = _prepare(config, path, lambda p: _load(p, run, members, fingerprint, config.steps))
+    position = prepare_checkpoint(
+        path,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        kind=CHECKPOINT_FORMAT,
+        what="distillation checkpoint",
+        load=lambda p: _load(p, run, members, fingerprint, config.steps),
+        device=input_device(teacher),
+    )
     if isinstance(train, StreamedSequences) and position is not None:
         train.seek(run.next_index, position)
-    teacher_device = _input_device(teacher)
+    teacher_device = input_device(teacher)
     from tqdm.auto import tqdm
 
     bar = tqdm(

@@ -11,6 +11,7 @@ runs. F, L0, α, g and d* get percentile intervals; the floors get bias-correcte
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -28,8 +29,9 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from . import _checks, theory
-from ._io import check_replaceable, load_tagged, save_tagged
+from ._io import load_tagged, save_tagged
 from ._version import __version__
+from .checkpoints import prepare_checkpoint, rank_path
 from .distributed import all_reduce_, all_reduce_arrays, all_reduce_max_, rank_and_world
 from .encode import StatsAccumulator
 from .encode_types import BatchStats, SparseCodes
@@ -216,10 +218,7 @@ class MeasureConfig:
         _checks.count(self.bootstrap, "bootstrap")
         for name in ("check_every", "checkpoint_every", "histogram_every", "histogram_threads"):
             _checks.count(getattr(self, name), name, minimum=1)
-        if self.resume and self.checkpoint is None:
-            raise ValueError("resume needs a checkpoint path")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other")
+        _checks.resume_flags(self.resume, self.overwrite, self.checkpoint)
         _checks.fraction(self.alive_threshold, "alive_threshold")
         _checks.one_of(self.estimator, "estimator", ESTIMATORS)
         self.estimators()  # checks cosine and mass
@@ -622,10 +621,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _rank_path(path: Path, rank: int, world: int) -> Path:
-    return path if world == 1 else path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
-
-
 def _save_checkpoint(
     path: Path, state: _State, fingerprint: dict[str, Any], position: dict[str, int] | None = None
 ) -> None:
@@ -786,36 +781,6 @@ def _merged_sensitivity(
 
 
 # -- the loop -------------------------------------------------------------------------------------------
-def _everyone(ok: bool, device: torch.device) -> bool:
-    """Whether ``ok`` holds on every rank (one collective; just ``ok`` in a single process)."""
-    flag = torch.tensor([0 if ok else 1], device=device)
-    all_reduce_([flag])
-    return int(flag) == 0
-
-
-def _prepare_checkpoint(
-    config: MeasureConfig, state: _State, fingerprint: dict[str, Any], path: Path | None, device: torch.device
-) -> dict[str, int] | None:
-    """Resume from, or make room for, this rank's checkpoint, returning the stream position of a
-    resumed one (None if none); every rank fails if any one does."""
-    error: CheckpointError | None = None
-    position = None
-    try:
-        if config.resume:
-            if path is None:  # MeasureConfig refuses this; a config changed after construction may not
-                raise ValueError("resume needs a checkpoint path")
-            position = _load_checkpoint(path, state, fingerprint)
-        elif path is not None and path.exists() and not config.overwrite:
-            raise CheckpointError(f"{path} already exists: resume it, or start over with overwrite")
-        elif path is not None:
-            check_replaceable(path, kind=CHECKPOINT_FORMAT, what="measure checkpoint", overwrite=True)
-    except CheckpointError as exc:
-        error = exc
-    if not _everyone(error is None, device):
-        raise error or CheckpointError("another rank could not use its checkpoint; see its error")
-    return position
-
-
 class _Member:
     """One SAE of a measurement: the layer it reads (None: the source's only stream), its encoder,
     running sums, estimators, decoder pairs (found once, at the lowest cosine any estimator,
@@ -991,14 +956,25 @@ def measure_family(
         raise ValueError(
             f"the SAEs of one measurement must be on one device; found {sorted({str(s.W_enc.device) for s in models})}"
         )
-    base = None if config.checkpoint is None else _rank_path(Path(config.checkpoint), rank, world)
+    base = None if config.checkpoint is None else rank_path(Path(config.checkpoint), rank, world)
     members = [
         _Member(
             sae, layer, config, source, rank, world, None if base is None else _member_path(base, i, len(models)), h
         )
         for i, (sae, layer, h) in enumerate(zip(models, reads, histories))
     ]
-    stream_positions = [_prepare_checkpoint(config, m.state, m.fingerprint, m.ckpt, device) for m in members]
+    stream_positions = [
+        prepare_checkpoint(
+            m.ckpt,
+            resume=config.resume,
+            overwrite=config.overwrite,
+            kind=CHECKPOINT_FORMAT,
+            what="measure checkpoint",
+            load=functools.partial(_load_checkpoint, state=m.state, fingerprint=m.fingerprint),
+            device=device,
+        )
+        for m in members
+    ]
     positions = {(m.state.next_index, m.state.rounds) for m in members}
     if len(positions) > 1:
         raise CheckpointError(

@@ -44,6 +44,7 @@ __all__ = [
     "StreamedSequences",
     "run_until",
     "check_token_ids",
+    "input_device",
     "layer_list",
     "TokenSequences",
     "token_file_sequences",
@@ -361,7 +362,7 @@ class SequenceSource(ActivationSource):
         self.sequences = sequences
         self.batch_sequences = max(1, _check_batch_tokens(batch_tokens) // sequences.seq_len)
         self.batch_tokens = self.batch_sequences * sequences.seq_len
-        self.device = torch.device(device) if device is not None else _input_device(model)
+        self.device = torch.device(device) if device is not None else input_device(model)
         self.dtype = dtype
         self.widths = self._widths()
         self.d = self.widths[self.layer_names[0]]
@@ -458,7 +459,7 @@ class SequenceSource(ActivationSource):
             yield Batch(chunk.index, layers[self.layer_names[0]], layers)
 
 
-def _input_device(model: nn.Module) -> torch.device:
+def input_device(model: nn.Module) -> torch.device:
     """The device a model's token ids go to: its input embeddings' (the CPU for offloaded ones), else its first parameter's."""
     get_embeddings = getattr(model, "get_input_embeddings", None)
     embeddings = get_embeddings() if callable(get_embeddings) else None

@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["pyfloor.stats"],
     ["pyfloor.floors", "pyfloor.histograms", "pyfloor.calibrate"],
     ["pyfloor.sae", "pyfloor.distributed", "pyfloor.students"],
-    ["pyfloor.features", "pyfloor.family", "pyfloor.interop"],
+    ["pyfloor.features", "pyfloor.family", "pyfloor.interop", "pyfloor.checkpoints"],
     ["pyfloor.encode_types", "pyfloor.tokens"],
     ["pyfloor.kernels.bitonic"],
     ["pyfloor.kernels.fused_encode"],
