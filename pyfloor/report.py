@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._io import json_ready
 from .render import (
@@ -576,10 +577,31 @@ def family_rows(results: list[MeasureResult], labels: list[str]) -> list[dict[st
     return rows
 
 
+#: The colour of each estimator in the comparison plots
+_ESTIMATOR_COLORS = {"paper": "C0", "merged": "C3"}
+
+
+def _row_estimators(rows: list[dict[str, Any]]) -> list[str]:
+    """The estimators whose F, α and d* :func:`family_rows`' rows hold, in report order."""
+    return [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
+
+
+def _estimate_bars(
+    rows: list[dict[str, Any]], name: str, key: str
+) -> tuple[NDArray[np.float64], list[NDArray[np.float64]]]:
+    """Estimator ``name``'s ``key`` over the rows and its error bars to the interval's ends (the
+    estimate where a row has no interval); a percentile interval need not contain its estimate,
+    so the bars are clipped at it."""
+    y = np.array([r[f"{name}.{key}"] for r in rows], dtype=np.float64)
+    lo = np.array([r.get(f"{name}.{key}.low") or r[f"{name}.{key}"] for r in rows], dtype=np.float64)
+    hi = np.array([r.get(f"{name}.{key}.high") or r[f"{name}.{key}"] for r in rows], dtype=np.float64)
+    return y, [np.maximum(y - lo, 0), np.maximum(hi - y, 0)]
+
+
 def _estimate_columns(rows: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], list[str]]]:
     """Headers and a row's cells for F, α and d* (with intervals) by each estimator of
     :func:`family_rows`' rows, and the SAE's health."""
-    names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
+    names = _row_estimators(rows)
 
     def cell(row: dict[str, Any], key: str, fmt: str) -> str:
         lo, hi = row.get(f"{key}.low"), row.get(f"{key}.high")
@@ -622,23 +644,20 @@ def plot_family(rows: list[dict[str, Any]], out: str | Path | None = None, *, ax
     """F̂ (filled) and d* (open markers) against dictionary size, colour by estimator, one line per
     penalty group (``row["group"]``, e.g. "L1 0.1"; medians over its members of a size), intervals as bars."""
     ax, created = new_axes(ax, figsize=(6.8, 4.6))
-    names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
-    colors = {"paper": "C0", "merged": "C3"}
+    names = _row_estimators(rows)
     groups = list(dict.fromkeys(str(r.get("group", "")) for r in rows))
     dashes = ["-", "--", ":", "-."]
     x_all = np.array([r["n_latents"] for r in rows], dtype=np.float64)
     for n in names:
         for key, marker, what in (("n_features", "o", "F̂"), ("critical_width", "s", "d*")):
-            y = np.array([r[f"{n}.{key}"] for r in rows], dtype=np.float64)
-            lo = np.array([r.get(f"{n}.{key}.low") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
-            hi = np.array([r.get(f"{n}.{key}.high") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
-            ax.errorbar(  # a percentile interval need not contain its estimate: bars clipped at it
+            y, yerr = _estimate_bars(rows, n, key)
+            ax.errorbar(
                 x_all,
                 y,
-                yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)],
+                yerr=yerr,
                 fmt=marker,
-                color=colors[n],
-                mfc=colors[n] if key == "n_features" else "white",
+                color=_ESTIMATOR_COLORS[n],
+                mfc=_ESTIMATOR_COLORS[n] if key == "n_features" else "white",
                 ms=4.5,
                 capsize=2,
                 alpha=0.85,
@@ -651,7 +670,7 @@ def plot_family(rows: list[dict[str, Any]], out: str | Path | None = None, *, ax
                     sizes,
                     [np.median(y[mine & (x_all == v)]) for v in sizes],
                     ls=dashes[gi % len(dashes)],
-                    color=colors[n],
+                    color=_ESTIMATOR_COLORS[n],
                     lw=1,
                 )
     for gi, g in enumerate(groups):
@@ -729,21 +748,19 @@ def plot_layers(rows: list[dict[str, Any]], out: str | Path | None = None) -> Fi
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained")
-    names = [n for n in ("paper", "merged") if f"{n}.n_features" in rows[0]]
+    names = _row_estimators(rows)
     x = np.arange(len(rows))
     for ax, (key, what) in zip(
         axes, (("n_features", "features F̂"), ("alpha", "sparsity α̂"), ("critical_width", "critical width d*"))
     ):
         for offset, n in zip((-0.08, 0.08), names):
-            y = np.array([r[f"{n}.{key}"] for r in rows], dtype=np.float64)
-            lo = np.array([r.get(f"{n}.{key}.low") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
-            hi = np.array([r.get(f"{n}.{key}.high") or r[f"{n}.{key}"] for r in rows], dtype=np.float64)
+            y, yerr = _estimate_bars(rows, n, key)
             ax.errorbar(
                 x + offset,
                 y,
-                yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)],
+                yerr=yerr,
                 fmt="o-",
-                color={"paper": "C0", "merged": "C3"}[n],
+                color=_ESTIMATOR_COLORS[n],
                 ms=4.5,
                 capsize=2,
                 lw=1,
