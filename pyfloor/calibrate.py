@@ -42,6 +42,7 @@ __all__ = [
     "paper_floor",
     "ObservedFloor",
     "observed_floor",
+    "curve_floors",
     "floors_from_fits",
     "predictor_table",
     "PredictorCalibration",
@@ -430,6 +431,19 @@ def observed_floor(
 ) -> ObservedFloor:
     """:func:`paper_floor` and :func:`fit_asymptote` of one eval curve (errors as theirs)."""
     return ObservedFloor(paper_floor(losses, fraction), fit_asymptote(steps, losses, confidence=confidence))
+
+
+def curve_floors(
+    curves: Mapping[int, Sequence[tuple[int, float]]], *, fraction: float = 0.1, confidence: float = 0.95
+) -> dict[int, ObservedFloor]:
+    """:func:`observed_floor` of each width's eval curve, (step, loss) pairs, from its points after
+    step 0 (the untrained student's loss is no point of the decay)."""
+    return {
+        w: observed_floor(
+            [s for s, _ in curve if s > 0], [v for s, v in curve if s > 0], fraction=fraction, confidence=confidence
+        )
+        for w, curve in curves.items()
+    }
 
 
 def floors_from_fits(

@@ -1425,8 +1425,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     import torch
 
     from ._io import json_ready
-    from .calibrate import observed_floor, plot_eval_curves
+    from .calibrate import MIN_FIT_POINTS, curve_floors, plot_eval_curves
     from .distill import DistillConfig, distill, split_train_eval
+    from .distributed import rank_and_world
+    from .render import format_number, markdown_table
     from .sources import load_teacher
     from .students import make_students
     from .tokens import TokenSequences
@@ -1435,8 +1437,6 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         raise UsageError("distill needs exactly one token input: --tokens, --text or --dataset")
     if args.read_tokens is not None and args.tokens is not None:
         raise UsageError("--read-tokens goes with --text or --dataset, not --tokens")
-    from .calibrate import MIN_FIT_POINTS
-
     evals = -(-args.steps // args.eval_every)  # eval points after step 0, the last at --steps
     if evals < MIN_FIT_POINTS:
         raise UsageError(
@@ -1482,22 +1482,15 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         devices=dict.fromkeys(students, device),
         progress=_show_progress(args),
     )
-    from .distributed import rank_and_world
-
     if rank_and_world()[0] != 0:
         return EXIT_OK
-    from .render import format_number, markdown_table
-
-    fits, floors = {}, {}
+    observed = curve_floors({w: s.eval_curve for w, s in result.students.items()})
+    floors = {w: {"paper": f.paper, **dataclasses.asdict(f.asymptote)} for w, f in observed.items()}
     for w, student in result.students.items():
-        steps = [s for s, _ in student.eval_curve if s > 0]
-        losses = [v for s, v in student.eval_curve if s > 0]
-        observed = observed_floor(steps, losses)
-        fits[w] = observed.asymptote
-        floors[w] = {"paper": observed.paper, **dataclasses.asdict(observed.asymptote)}
         student.student.save_pretrained(args.out / f"student-{w}")  # type: ignore[operator]
     summary = json_ready({**result.to_dict(), "floors": floors})
     _write_json(summary, args.out / "distill.json", args)
+    fits = {w: f.asymptote for w, f in observed.items()}
     plot_eval_curves({w: s.eval_curve for w, s in result.students.items()}, fits, args.out / "eval_curves.png")
     if args.json:
         _print_json(summary)
@@ -1564,18 +1557,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import (
         calibrate,
         calibration_markdown,
+        curve_floors,
         floors_from_fits,
-        observed_floor,
         predictor_table,
         write_calibration_report,
     )
     from .stats import load_measurement
 
     summary = json.loads((args.distill / "distill.json" if args.distill.is_dir() else args.distill).read_text())
-    curves = {int(w): s["eval_curve"] for w, s in summary["students"].items()}
-    observed_floors = {
-        w: observed_floor([s for s, _ in c if s > 0], [v for s, v in c if s > 0]) for w, c in curves.items()
-    }
+    observed_floors = curve_floors({int(w): s["eval_curve"] for w, s in summary["students"].items()})
     if args.observed == "paper":
         observed, intervals = {w: f.paper for w, f in observed_floors.items()}, None
     else:
