@@ -377,9 +377,10 @@ class SequenceSource(ActivationSource):
 
     def _widths(self) -> dict[str, int]:
         """Each hooked layer's width, from one forward pass over two tokens."""
-        ids, mask = self.sequences.chunks(1).__next__()[1:]
+        first = next(iter(self.sequences.chunks(1)))
         with torch.no_grad():
-            return {name: int(out.shape[-1]) for name, out in self._forward(ids[:, :2], mask[:, :2]).items()}
+            outs = self._forward(first.ids[:, :2], first.mask[:, :2])
+        return {name: int(out.shape[-1]) for name, out in outs.items()}
 
     def width(self, layer: str | None = None) -> int:
         """The width of ``layer``'s activations (the first layer's if None)."""
