@@ -23,6 +23,7 @@ __all__ = [
     "KernelOptions",
     "InputPrecision",
     "Reduction",
+    "KernelDesign",
     "check_activations",
 ]
 
@@ -36,6 +37,11 @@ InputPrecision = Literal["ieee", "tf32", "tf32x3"]
 #: How the fused kernels add their float partial sums: in a fixed order (bit-identical run after run)
 #: or with float64 atomics in arrival order (the earlier kernels)
 Reduction = Literal["fixed", "atomic"]
+
+#: Which fused kernel encodes: 'flat' (ReLU/JumpReLU statistics: one flattened, pipelined loop over
+#: (token tile, latent tile), TMA loads), 'sweep' (every mode and the codes: a program sweeps all
+#: latents of its token tiles), or 'auto' (flat where it applies, else sweep)
+KernelDesign = Literal["auto", "flat", "sweep"]
 
 
 class KernelOptions(TypedDict, total=False):
@@ -56,6 +62,7 @@ class KernelOptions(TypedDict, total=False):
     compact_rows: int | None
     reduction: Reduction
     input_precision: InputPrecision
+    kernel: KernelDesign
 
 
 class SparseCodes(NamedTuple):

@@ -27,6 +27,9 @@ from pyfloor.kernels import MAX_K, fused_batch_stats
 from pyfloor.kernels.bitonic import topk_desc
 from pyfloor.sae import SAE
 
+# The flat kernel multiplies non-finite rows as they are (and drops them after): numpy's matmul warns
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")
+
 # Interpreter-friendly blocks that do not divide the shapes below (N=150, d=70, m=200).
 BLOCKS = dict(block_n=32, block_m=64, block_k=32)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -159,8 +162,11 @@ def test_continuous_random_inputs(activation, k):
     assert_batch_equal(got, reference(x, sae, activation, k), rtol=1e-6, exact_values=False)
 
 
-@pytest.mark.parametrize("activation, k", MODES)
-def test_sums_are_bit_identical_whatever_order_the_tiles_finish_in(activation, k, monkeypatch):
+@pytest.mark.parametrize(
+    "activation, k, kernel",
+    [("relu", None, "flat"), ("relu", None, "sweep"), ("jumprelu", None, "flat"), ("topk", 5, "auto")],
+)
+def test_sums_are_bit_identical_whatever_order_the_tiles_finish_in(activation, k, kernel, monkeypatch):
     """Float sums must not depend on the order programs add them (on a GPU: scheduling).
 
     In the interpreter programs run one after another, so the grid size sets that order: with one
@@ -172,19 +178,54 @@ def test_sums_are_bit_identical_whatever_order_the_tiles_finish_in(activation, k
 
     sae, x = continuous_case(activation, k, n=150, scale_rows=slice(128, None), scale=2.0**16)
     ref = reference(x, sae, activation, k, want_codes=False)
-    first = fused_batch_stats(x, sae, activation, k, num_programs=1, **BLOCKS)
+    first = fused_batch_stats(x, sae, activation, k, num_programs=1, kernel=kernel, **BLOCKS)
     assert_batch_equal(first, ref, rtol=1e-6, exact_values=False)
 
     def assert_same_bits(num_programs: int) -> None:
-        run = fused_batch_stats(x, sae, activation, k, num_programs=num_programs, **BLOCKS)
+        run = fused_batch_stats(x, sae, activation, k, num_programs=num_programs, kernel=kernel, **BLOCKS)
         for field in ("fire_count", "act_sum", "act_sq_sum", "act_max", "margin_count", "n_nonfinite"):
             assert torch.equal(getattr(run, field), getattr(first, field)), field
 
-    for num_programs in (1, 2, 3):
+    for num_programs in (1, 2, 3, 7):
         assert_same_bits(num_programs)
     monkeypatch.setattr(fused_encode, "PARTIAL_BYTES", 1)  # chunks of one wave of token tiles
     for num_programs in (1, 2):
         assert_same_bits(num_programs)
+
+
+# -- the flat kernel (ReLU/JumpReLU statistics) ------------------------------------------------------
+# d = 72, m = 200: 16-byte aligned rows in 16-bit and fp32 (TMA descriptors); d = 70: pointer loads.
+@pytest.mark.parametrize("d", [72, 70], ids=["tma", "pointers"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_flat_kernel_equals_reference(activation, dtype, d):
+    from pyfloor.kernels import fused_encode
+
+    sae = make_sae(d=d, activation=activation, dtype=dtype, seed=d)
+    x = make_x(d=d, dtype=dtype)
+    x[[0, 63, 149], [1, 2, 3]] = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=dtype)
+    enc = fused_encode._prepare(x, sae, activation, None, dict(BLOCKS, kernel="flat"))
+    assert enc.flat and enc.launch["TMA"] == (d == 72)
+    got = fused_batch_stats(x, sae, activation, kernel="flat", **BLOCKS)
+    assert int(got.n_nonfinite) == 3 and got.codes is None
+    assert_batch_equal(got, reference(x, sae, activation, want_codes=False))
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_flat_and_sweep_kernels_agree_on_continuous_inputs(activation):
+    sae, x = continuous_case(activation, None, n=150, d=40, m=150, seed=11)
+    ref = reference(x, sae, activation, want_codes=False)
+    for kernel in ("flat", "sweep"):
+        got = fused_batch_stats(x, sae, activation, kernel=kernel, block_n=32, block_m=32, block_k=16)
+        assert_batch_equal(got, ref, rtol=1e-6, exact_values=False)
+
+
+def test_auto_takes_the_flat_kernel_for_relu_statistics_only():
+    from pyfloor.kernels.fused_encode import _use_flat
+
+    assert _use_flat("auto", "relu", False) and _use_flat("auto", "jumprelu", False)
+    assert not _use_flat("auto", "relu", True) and not _use_flat("auto", "topk", False)
+    assert not _use_flat("sweep", "relu", False) and _use_flat("flat", "jumprelu", False)
 
 
 @pytest.mark.parametrize(
@@ -307,7 +348,7 @@ def test_csr_write_pass_stays_within_each_rows_offsets(activation):
     nnz, guard = int(short[-1]), x.shape[0]
     idx = torch.full((nnz + guard,), -7, dtype=torch.int64)
     val = torch.full((nnz + guard,), -7.0)
-    enc = fused_encode._prepare(x, sae, activation, None, BLOCKS)
+    enc = fused_encode._prepare(x, sae, activation, None, BLOCKS, want_codes=True)
     fused_encode._write_csr(enc, x, short, idx, val)
     assert torch.all(idx[nnz:] == -7) and torch.all(val[nnz:] == -7.0), "writes past the last row's range"
     for r in range(x.shape[0]):
@@ -403,6 +444,13 @@ def _transposed_w_enc(sae: SAE) -> SAE:
         (lambda s: fused_batch_stats(make_x(), s, "topk", 64, buffer_slots=64), ValueError, "buffer_slots"),
         (lambda s: fused_batch_stats(make_x(), s, "relu", input_precision="bf16"), ValueError, "input_precision"),
         (lambda s: fused_batch_stats(make_x().numpy(), s, "relu"), TypeError, "torch.Tensor"),
+        (lambda s: fused_batch_stats(make_x(), s, "relu", kernel="fast"), ValueError, "kernel must be"),
+        (lambda s: fused_batch_stats(make_x(), s, "topk", 5, kernel="flat"), ValueError, "statistics only"),
+        (
+            lambda s: fused_batch_stats(make_x(), s, "relu", want_codes=True, kernel="flat"),
+            ValueError,
+            "statistics only",
+        ),
     ],
 )
 def test_bad_input_is_named(call, exc, match):
