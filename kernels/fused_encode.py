@@ -10,9 +10,10 @@ compute z = act((x − b_dec) @ W_enc + b_enc) tile by tile and folds each tile 
   by a second small kernel, so that a result has the same bits on every run;
 * optionally the sparse codes: top-k indices/values [N, k], or ReLU/JumpReLU codes in CSR form.
 
-Two kernels do it: the flat kernel (:mod:`.flat`; ReLU/JumpReLU statistics, one flattened pipelined
-loop over (token tile, latent tile)) and the sweep kernel (:mod:`.sweep`; every mode and the codes,
-each program sweeping all latents of its token tiles); ``kernel=`` chooses (:data:`KernelDesign`).
+Three kernels do it: the flat kernel (:mod:`.flat`; ReLU/JumpReLU statistics, one flattened
+pipelined loop over (token tile, latent tile)), the select kernel (:mod:`.select`; top-k statistics
+and codes, candidate buffers cut by selection) and the sweep kernel (:mod:`.sweep`; the previous
+design: every mode and the codes); ``kernel=`` chooses (:data:`KernelDesign`).
 
 The dense N × m pre-activation matrix is never written. Top-k keeps, per token, a candidate buffer
 in a small per-program scratch area: a pre-activation enters it only if it beats the token's
@@ -49,6 +50,7 @@ from pyfloor.encode_types import (
 from pyfloor.sae import SAE, Activation
 
 from .flat import _flat_stats_kernel
+from .select import _select_kernel
 from .sweep import _encode_stats_kernel
 from .tiles import (
     _COUNT_ROWS,
@@ -62,8 +64,10 @@ from .tiles import (
 
 __all__ = ["fused_batch_stats", "MAX_K", "MODES", "PARTIAL_BYTES", "KernelDesign", "Reduction"]
 
-#: Largest k the top-k kernel handles (the sort width and scratch grow with it).
-MAX_K = 128
+#: Largest k the top-k kernels handle: the select kernel (the sort width and scratch grow with k) and
+#: the sweep kernel.
+MAX_K = 256
+SWEEP_MAX_K = 128
 _HALF = (torch.float16, torch.bfloat16)
 #: Token tiles of the flat kernel that take each latent tile in turn (they share it through L2).
 FLAT_GROUP = 8
@@ -85,11 +89,11 @@ class _Encode(NamedTuple):
     thr: Tensor
     margin: Tensor
     out: BatchStats
-    scratch: tuple[Tensor, Tensor, Tensor]  # top-k candidates, counts, thresholds
+    scratch: tuple[Tensor, ...]  # top-k candidates (entries; select: values, indices), counts, thresholds
     k: int
     nprog: int
     launch: dict[str, Any]
-    flat: bool  # the flat kernel (statistics only), else the sweep kernel
+    design: str  # 'flat', 'select' or 'sweep'
 
 
 def _encoder_weights(x: Tensor, sae: SAE, interp: bool) -> tuple[Tensor, bool]:
@@ -165,16 +169,19 @@ def _validate(x: Tensor, sae: SAE, activation: Activation, k: int | None) -> int
     return k
 
 
-def _use_flat(design: KernelDesign, activation: Activation, want_codes: bool) -> bool:
-    """Whether ``design`` means the flat kernel for this encode; ValueError where it was asked for and cannot."""
-    if design not in ("auto", "flat", "sweep"):
-        raise ValueError(f"kernel must be 'auto', 'flat' or 'sweep'; got {design!r}")
-    fits = activation != "topk" and not want_codes
-    if design == "flat" and not fits:
-        raise ValueError(
-            "the flat kernel computes ReLU/JumpReLU statistics only; use kernel='sweep' (or 'auto') for top-k or codes"
-        )
-    return fits and design != "sweep"
+def _design(design: KernelDesign, activation: Activation, want_codes: bool) -> str:
+    """The kernel that ``design`` means for this encode: 'flat', 'select' or 'sweep'; ValueError where
+    the one asked for cannot do it."""
+    if design not in ("auto", "flat", "select", "sweep"):
+        raise ValueError(f"kernel must be 'auto', 'flat', 'select' or 'sweep'; got {design!r}")
+    flat_fits = activation != "topk" and not want_codes
+    if design == "flat" and not flat_fits:
+        raise ValueError("the flat kernel computes ReLU/JumpReLU statistics only; use kernel='auto' for top-k or codes")
+    if design == "select" and activation != "topk":
+        raise ValueError("the select kernel computes top-k only; use kernel='auto' for ReLU/JumpReLU")
+    if design == "auto":
+        return "select" if activation == "topk" else "flat" if flat_fits else "sweep"
+    return design
 
 
 def _tma_ready(t: Tensor) -> bool:
@@ -198,15 +205,19 @@ def _prepare(
     m, dev = sae.n_latents, x.device
     interp = _interpreting()
     topk = activation == "topk"
-    flat = _use_flat(knobs.get("kernel") or "auto", activation, want_codes)
+    design = _design(knobs.get("kernel") or "auto", activation, want_codes)
+    flat = design == "flat"
     bn = _check_pow2("block_n", knobs.get("block_n") or (64 if interp else 128))
-    bm = _check_pow2("block_m", knobs.get("block_m") or 128)
+    bm = _check_pow2("block_m", knobs.get("block_m") or (64 if design == "select" else 128))
     bk = _check_pow2("block_k", knobs.get("block_k") or 64)
     bn, bm, bk = min(bn, _pow2_at_least(n)), min(bm, _pow2_at_least(m)), min(bk, _pow2_at_least(d))
     kp = triton.next_power_of_2(k) if topk else 1
     slots = knobs.get("buffer_slots") or triton.next_power_of_2(kp + 2 * bm)
     cap = _check_pow2("buffer_slots", slots, lo=kp + bm) if topk else 1
-    rows_per_sort = min(bn, _check_pow2("compact_rows", knobs.get("compact_rows") or (bn if interp else 16), lo=1))
+    if design == "sweep" and topk and kp > SWEEP_MAX_K:
+        raise ValueError(f"the sweep kernel supports k <= {SWEEP_MAX_K}; got k={k} (kernel='auto' takes up to {MAX_K})")
+    rows = bn if interp else 16 if kp <= 128 else 8  # rows sorted or selected at a time
+    rows_per_sort = min(bn, _check_pow2("compact_rows", knobs.get("compact_rows") or rows, lo=1))
     num_programs = knobs.get("num_programs")
     if num_programs is None:  # flat: two programs an SM (its 128 registers at 8 warps allow it)
         num_programs = 4 if interp else torch.cuda.get_device_properties(dev).multi_processor_count * (1 + flat)
@@ -222,8 +233,9 @@ def _prepare(
     if topk:
         if nprog * bn * cap >= 2**31:
             raise ValueError(f"top-k scratch of {nprog} programs × {bn} rows × {cap} slots overflows int32 offsets")
+        slot_dtypes = (torch.float32, torch.int32) if design == "select" else (torch.int64,)  # value, index / entry
         scratch = (
-            torch.empty(nprog * bn * cap, dtype=torch.int64, device=dev),
+            *(torch.empty(nprog * bn * cap, dtype=t, device=dev) for t in slot_dtypes),
             torch.empty(nprog * bn, dtype=torch.int32, device=dev),
             torch.empty(nprog * bn, dtype=torch.float32, device=dev),
         )
@@ -234,12 +246,16 @@ def _prepare(
     launch["INPUT_PRECISION"] = knobs.get("input_precision", "ieee")
     launch["num_warps"] = knobs.get("num_warps") or (8 if bn * bm >= 128 * 128 else 4)
     launch["num_stages"] = knobs.get("num_stages") or 3
-    if flat:
-        for name in ("KP", "CAP", "COMPACT_ROWS"):
-            del launch[name]
+    if design != "sweep":
         launch["TMA"] = _tma_ready(x) and _tma_ready(w) and max(bn, bm, bk) <= 256
+        del launch["COMPACT_ROWS"]
+    if flat:
+        del launch["KP"], launch["CAP"]
         launch["GROUP"] = FLAT_GROUP
-    return _Encode(w, sae.b_dec.detach(), bias, thr, margin, out, scratch, k or 0, nprog, launch, flat)
+    elif design == "select":
+        del launch["MODE"]
+        launch["ROWS"] = rows_per_sort
+    return _Encode(w, sae.b_dec.detach(), bias, thr, margin, out, scratch, k or 0, nprog, launch, design)
 
 
 def _launch(
@@ -288,17 +304,59 @@ def _launch(
     )
 
 
+def _operands(enc: _Encode, x: Tensor) -> tuple[Tensor | TensorDescriptor, Tensor | TensorDescriptor]:
+    """x and W_enc as the flat and select kernels read them: TMA descriptors of their tiles, or the tensors."""
+    c = enc.launch
+    if not c["TMA"]:
+        return x, enc.w
+    return (
+        TensorDescriptor.from_tensor(x, [c["BLOCK_N"], c["BLOCK_K"]]),
+        TensorDescriptor.from_tensor(enc.w, [c["BLOCK_K"], c["BLOCK_M"]]),
+    )
+
+
+def _launch_select(
+    enc: _Encode, x: Tensor, ok: Tensor, part: tuple[Tensor, Tensor] | None, codes: tuple[Tensor, Tensor] | None
+) -> None:
+    """One launch of the select kernel over the rows of x (``part``: the zeroed tile partials; ``codes``:
+    where the top-k indices and values go)."""
+    idx, val = codes or (enc.out.fire_count, enc.out.act_max)  # unused without CODES
+    o, c = enc.out, enc.launch
+    part_sum, part_sq = part or (o.act_max, o.act_max)  # unused with ATOMIC_SUMS
+    n, d = x.shape
+    xs, ws = _operands(enc, x)
+    _select_kernel[(max(1, min(enc.nprog, triton.cdiv(n, c["BLOCK_N"]))),)](
+        xs,
+        ws,
+        enc.b_dec,
+        enc.bias,
+        ok,
+        o.fire_count,
+        o.act_max,
+        part_sum,
+        part_sq,
+        o.act_sum,
+        o.act_sq_sum,
+        idx,
+        val,
+        *enc.scratch,
+        n,
+        d,
+        enc.w.shape[1],
+        enc.k,
+        x.stride(0),
+        CODES=codes is not None,
+        **c,
+    )
+
+
 def _launch_flat(enc: _Encode, x: Tensor, ok: Tensor, part: tuple[Tensor, Tensor] | None) -> None:
     """One launch of the flat kernel over the rows of x, whose finite rows ``ok`` flags (``part``: the tile partials)."""
     o, c = enc.out, enc.launch
     part_sum, part_sq = part or (o.act_max, o.act_max)  # unused with ATOMIC_SUMS
     n, d = x.shape
     m = enc.w.shape[1]
-    xs: Tensor | TensorDescriptor = x
-    ws: Tensor | TensorDescriptor = enc.w
-    if c["TMA"]:
-        xs = TensorDescriptor.from_tensor(x, [c["BLOCK_N"], c["BLOCK_K"]])
-        ws = TensorDescriptor.from_tensor(enc.w, [c["BLOCK_K"], c["BLOCK_M"]])
+    xs, ws = _operands(enc, x)
     tiles = triton.cdiv(n, c["BLOCK_N"]) * triton.cdiv(m, c["BLOCK_M"])
     _flat_stats_kernel[(min(enc.nprog, tiles),)](
         xs,
@@ -357,7 +415,7 @@ def fused_batch_stats(
 ) -> BatchStats:
     """Per-latent statistics (and optionally codes) of activations x [N, d] in one fused pass.
 
-    ``activation`` is 'relu', 'jumprelu' or 'topk' (with 1 <= k <= min(m, 128)). Returns the
+    ``activation`` is 'relu', 'jumprelu' or 'topk' (with 1 <= k <= min(m, 256); 128 for the sweep kernel). Returns the
     :class:`pyfloor.encode.BatchStats` that the torch reference returns: int64 fire counts, float64
     Σz and Σz², float32 max, int64 margin-band counts (zeros for top-k), the number of non-finite
     rows, and with ``want_codes`` the codes (top-k: k per token; ReLU/JumpReLU: CSR, found by a
@@ -392,7 +450,7 @@ def fused_batch_stats(
     ValueError
         For activations that are not [N, d_in] float32/float16/bfloat16 contiguous along d, SAE
         weights of another dtype or device or not contiguous, an activation/k the SAE cannot use
-        or k > 128, a tuning knob that is not a power of two in range, an unknown
+        or k > 256 (sweep: 128), a tuning knob that is not a power of two in range, an unknown
         ``input_precision``, ``reduction`` or ``kernel``, ``kernel="flat"`` for top-k or codes, or
         top-k scratch that would overflow int32 offsets.
     RuntimeError
@@ -430,9 +488,9 @@ def fused_batch_stats(
     row = torch.empty(n, dtype=torch.int64, device=dev) if want_codes and not topk else placeholder
 
     tiles = triton.cdiv(n, bn)
-    wave = 1 if enc.flat else enc.nprog  # sweep: whole waves of token tiles a launch
+    wave = 1 if enc.design == "flat" else enc.nprog  # sweep, select: whole waves of token tiles a launch
     chunk = tiles if reduction == "atomic" else wave * max(1, PARTIAL_BYTES // (wave * m * 8))
-    ok = _row_flags(x, out.n_nonfinite) if enc.flat else placeholder
+    ok = placeholder if enc.design == "sweep" else _row_flags(x, out.n_nonfinite)
     partials = None if reduction == "atomic" else torch.empty(2, min(chunk, tiles), m, dtype=torch.float32, device=dev)
     codes_mode = _WRITE_CODES if topk_codes else (_COUNT_ROWS if want_codes else _NO_CODES)
     for lo in range(0, n, chunk * bn):
@@ -443,8 +501,11 @@ def fused_batch_stats(
             part = (partials[0, :t], partials[1, :t])
             if topk:
                 partials[:, :t].zero_()
-        if enc.flat:
+        if enc.design == "flat":
             _launch_flat(enc, x[lo:hi], ok[lo:hi], part)
+        elif enc.design == "select":
+            codes_at = (code_idx[lo * enc.k :], code_val[lo * enc.k :]) if topk_codes else None
+            _launch_select(enc, x[lo:hi], ok[lo:hi], part, codes_at)
         else:
             _launch(
                 enc,

@@ -19,6 +19,7 @@ from .tiles import (
     _TOPK,
     _WRITE_CODES,
     _add_counts,
+    _add_row_sums,
     _add_sums,
     _entry,
     _entry_parts,
@@ -149,11 +150,7 @@ def _tile_sums_by_row(
     j = tl.arange(0, KP)
     for r in range(0, BLOCK_N):
         z, idx = _entry_parts(tl.load(cand_ptr + slot_base + r * CAP + j))
-        fired = z > 0.0
-        s = tl.load(part_sum + idx, mask=fired, other=0.0)
-        q = tl.load(part_sq + idx, mask=fired, other=0.0)
-        tl.store(part_sum + idx, s + z, mask=fired)
-        tl.store(part_sq + idx, q + z * z, mask=fired)
+        _add_row_sums(part_sum, part_sq, idx, z, z > 0.0)
         tl.debug_barrier()
 
 

@@ -58,24 +58,44 @@ def _entry_parts(e):
 
 
 @triton.jit
-def _key(e):
-    """Sort key of an entry: int64 ordered like (value descending, index ascending).
-
-    High word: the value's bits made order-preserving as a signed integer (−0 taken as +0, so that
-    it ties with +0 as in torch); low word: ~index, so the lower index wins a tie.
-    """
-    v, idx = _entry_parts(e)
+def _ordered_bits(v):
+    """int32 ordered like the float32 ``v`` as signed integers (−0 taken as +0, so that it ties with +0
+    as in torch): the bits, with a negative value's magnitude bits flipped."""
     bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
-    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (bits.to(tl.int64) << 32) | (~idx).to(tl.uint32, bitcast=True).to(tl.int64)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def _ordered_value(bits):
+    """The float32 of :func:`_ordered_bits` (its inverse)."""
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _sort_key(v, idx):
+    """int64 ordered like (value descending, index ascending): :func:`_ordered_bits` of the value in the
+    high word, ~index in the low word, so the lower index wins a tie."""
+    return (_ordered_bits(v).to(tl.int64) << 32) | (~idx).to(tl.uint32, bitcast=True).to(tl.int64)
+
+
+@triton.jit
+def _key_parts(key):
+    """(value float32, index int32) of a :func:`_sort_key` (its inverse)."""
+    return _ordered_value((key >> 32).to(tl.int32)), ~key.to(tl.int32)
+
+
+@triton.jit
+def _key(e):
+    """:func:`_sort_key` of an :func:`_entry`."""
+    v, idx = _entry_parts(e)
+    return _sort_key(v, idx)
 
 
 @triton.jit
 def _key_entry(key):
     """The entry a key was made from (inverse of :func:`_key`)."""
-    bits = (key >> 32).to(tl.int32)
-    bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return _entry(bits.to(tl.float32, bitcast=True), ~key.to(tl.int32))
+    v, idx = _key_parts(key)
+    return _entry(v, idx)
 
 
 @triton.jit
@@ -90,6 +110,16 @@ def _add_sums(sum_ptr, sq_ptr, idx, z_sum, z_sq, mask):
     """ATOMIC_SUMS: atomically add float sums into the float64 totals, rounded in arrival order."""
     tl.atomic_add(sum_ptr + idx, z_sum.to(tl.float64), mask=mask, sem="relaxed")
     tl.atomic_add(sq_ptr + idx, z_sq.to(tl.float64), mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _add_row_sums(part_sum, part_sq, idx, z, fired):
+    """Add one token's selected values z (at latents ``idx``, where ``fired``) into fp32 partials [M]: plain
+    loads and stores, so the caller orders the rows (a token selects a latent at most once)."""
+    s = tl.load(part_sum + idx, mask=fired, other=0.0)
+    q = tl.load(part_sq + idx, mask=fired, other=0.0)
+    tl.store(part_sum + idx, s + z, mask=fired)
+    tl.store(part_sq + idx, q + z * z, mask=fired)
 
 
 @triton.jit

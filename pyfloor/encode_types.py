@@ -39,9 +39,10 @@ InputPrecision = Literal["ieee", "tf32", "tf32x3"]
 Reduction = Literal["fixed", "atomic"]
 
 #: Which fused kernel encodes: 'flat' (ReLU/JumpReLU statistics: one flattened, pipelined loop over
-#: (token tile, latent tile), TMA loads), 'sweep' (every mode and the codes: a program sweeps all
-#: latents of its token tiles), or 'auto' (flat where it applies, else sweep)
-KernelDesign = Literal["auto", "flat", "sweep"]
+#: (token tile, latent tile), TMA loads), 'select' (top-k: candidate buffers cut by selection),
+#: 'sweep' (the previous design, every mode and the codes), or 'auto' (flat for ReLU/JumpReLU
+#: statistics, select for top-k, sweep for ReLU/JumpReLU codes)
+KernelDesign = Literal["auto", "flat", "select", "sweep"]
 
 
 class KernelOptions(TypedDict, total=False):

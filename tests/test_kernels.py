@@ -205,7 +205,7 @@ def test_flat_kernel_equals_reference(activation, dtype, d):
     x = make_x(d=d, dtype=dtype)
     x[[0, 63, 149], [1, 2, 3]] = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=dtype)
     enc = fused_encode._prepare(x, sae, activation, None, dict(BLOCKS, kernel="flat"))
-    assert enc.flat and enc.launch["TMA"] == (d == 72)
+    assert enc.design == "flat" and enc.launch["TMA"] == (d == 72)
     got = fused_batch_stats(x, sae, activation, kernel="flat", **BLOCKS)
     assert int(got.n_nonfinite) == 3 and got.codes is None
     assert_batch_equal(got, reference(x, sae, activation, want_codes=False))
@@ -220,12 +220,13 @@ def test_flat_and_sweep_kernels_agree_on_continuous_inputs(activation):
         assert_batch_equal(got, ref, rtol=1e-6, exact_values=False)
 
 
-def test_auto_takes_the_flat_kernel_for_relu_statistics_only():
-    from pyfloor.kernels.fused_encode import _use_flat
+def test_auto_takes_flat_for_relu_statistics_select_for_topk_and_sweep_for_relu_codes():
+    from pyfloor.kernels.fused_encode import _design
 
-    assert _use_flat("auto", "relu", False) and _use_flat("auto", "jumprelu", False)
-    assert not _use_flat("auto", "relu", True) and not _use_flat("auto", "topk", False)
-    assert not _use_flat("sweep", "relu", False) and _use_flat("flat", "jumprelu", False)
+    assert _design("auto", "relu", False) == _design("auto", "jumprelu", False) == "flat"
+    assert _design("auto", "relu", True) == _design("auto", "jumprelu", True) == "sweep"
+    assert _design("auto", "topk", False) == _design("auto", "topk", True) == "select"
+    assert _design("sweep", "topk", True) == "sweep" and _design("flat", "jumprelu", False) == "flat"
 
 
 @pytest.mark.parametrize(
@@ -233,26 +234,31 @@ def test_auto_takes_the_flat_kernel_for_relu_statistics_only():
     [
         (200, 1, {}),
         (200, 64, dict(buffer_slots=128, compact_rows=8)),  # smallest buffer: a compaction every tile
-        (200, MAX_K, {}),
+        (200, 128, {}),
+        (300, MAX_K, {}),
         (100, 100, {}),  # k = m, not a power of two
         (96, 96, dict(block_m=32)),  # k = m over three tiles
     ],
 )
-def test_topk_k_at_its_bounds(m, k, extra):
+@pytest.mark.parametrize("kernel", ["select", "sweep"])
+def test_topk_k_at_its_bounds(m, k, extra, kernel):
+    if kernel == "sweep" and k > 128:
+        pytest.skip("the sweep kernel stops at k = 128")
     sae = make_sae(m=m, seed=m + k)
     x = make_x(n=70, seed=k)
-    got = fused_batch_stats(x, sae, "topk", k, want_codes=True, **{**BLOCKS, **extra})
+    got = fused_batch_stats(x, sae, "topk", k, want_codes=True, kernel=kernel, **{**BLOCKS, **extra})
     assert_batch_equal(got, reference(x, sae, "topk", k))
 
 
-def test_topk_ties_go_to_the_lowest_index():
+@pytest.mark.parametrize("kernel", ["select", "sweep"])
+def test_topk_ties_go_to_the_lowest_index(kernel):
     """Latents in groups of identical columns: every value is tied several times over."""
     sae = make_sae(m=160, seed=3)
     with torch.no_grad():
         sae.W_enc.copy_(sae.W_enc[:, torch.arange(160) % 7])
         sae.b_enc.copy_(sae.b_enc[torch.arange(160) % 7])
     x = make_x(n=40)
-    got = fused_batch_stats(x, sae, "topk", 30, want_codes=True, **BLOCKS)
+    got = fused_batch_stats(x, sae, "topk", 30, want_codes=True, kernel=kernel, **BLOCKS)
     assert_batch_equal(got, reference(x, sae, "topk", 30))
     idx, val = got.codes.rows(30)
     tied = val[:, 1:] == val[:, :-1]
@@ -434,7 +440,8 @@ def _transposed_w_enc(sae: SAE) -> SAE:
         (lambda s: fused_batch_stats(make_x(), s.double(), "relu"), ValueError, "SAE weights must be"),
         (lambda s: fused_batch_stats(make_x(), s, "topk", 201), ValueError, "k <= n_latents"),
         (lambda s: fused_batch_stats(make_x(), s, "topk", 0), ValueError, "k <= n_latents"),
-        (lambda s: fused_batch_stats(make_x(), s, "topk", MAX_K + 1), ValueError, f"k <= {MAX_K}"),
+        (lambda s: fused_batch_stats(make_x(), make_sae(m=300), "topk", MAX_K + 1), ValueError, f"k <= {MAX_K}"),
+        (lambda s: fused_batch_stats(make_x(), make_sae(m=300), "topk", 129, kernel="sweep"), ValueError, "k <= 128"),
         (lambda s: fused_batch_stats(make_x(), s, "relu", 3), ValueError, "only meaningful for the top-k"),
         (lambda s: fused_batch_stats(make_x(), s, "gelu"), ValueError, "activation must be"),
         (lambda s: fused_batch_stats(make_x(), s, "jumprelu"), ValueError, "thresholds"),
