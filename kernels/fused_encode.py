@@ -17,8 +17,9 @@ design: every mode and the codes); ``kernel=`` chooses (:data:`KernelDesign`).
 
 The dense N × m pre-activation matrix is never written. Top-k keeps, per token, a candidate buffer
 in a small per-program scratch area: a pre-activation enters it only if it beats the token's
-current k-th best value, and the buffer is compacted to its best k by a bitonic top-k over packed
-(value, index) int64 keys whenever it could overflow (see ``benchmarks/KERNELS.md``).
+current k-th best value, and the buffer is cut to its best k whenever it could overflow (select
+kernel: by selection; sweep kernel: by a bitonic top-k of packed (value, index) keys; see
+``benchmarks/KERNELS.md``).
 
 Rows of x holding NaN or ±Inf are counted in ``n_nonfinite`` and left out of everything; their
 top-k codes are index −1, value 0 and their CSR rows are empty, as in the torch reference
