@@ -430,7 +430,7 @@ def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict
         atomic = small | {"reduction": "atomic"}
         configs = {
             "relu": [small, atomic, small | {"kernel": "sweep"}],
-            "topk": [small, atomic, small | {"compact_rows": 8}],
+            "topk": [small, atomic, small | {"kernel": "sweep"}],
         }
         shapes = [dict(n=64, d=48, m=96, k=8)]
         ragged = [dict(n=67, d=37, m=101)]
@@ -449,14 +449,21 @@ def plan(args, device: str) -> tuple[list[dict], list[dict], dict[str, list[dict
                 {"num_stages": 4},
                 {"block_n": 64, "num_warps": 4},
             ],
-            "topk": [{}, atomic, {"block_m": 64}, {"compact_rows": 8}, {"block_n": 64, "num_warps": 4}],
+            "topk": [
+                {},
+                atomic,
+                {"kernel": "sweep"},
+                {"block_m": 128},
+                {"compact_rows": 16},
+                {"block_n": 64, "num_warps": 4},
+            ],
         }
         if args.quick:
-            configs = {"relu": configs["relu"][:3], "topk": configs["topk"][:2]}
+            configs = {"relu": configs["relu"][:3], "topk": configs["topk"][:3]}
         shapes = [dict(n=65536, d=1024, m=32768, k=64), dict(n=65536, d=4096, m=65536, k=64)]
         ragged = [dict(n=4099, d=1040, m=5008), dict(n=1031, d=997, m=4999)]  # d % 16 == 0 (fast path), and not
         check_div16 = dict(n=2048, d=1024, m=4096)  # same specialisation as the timed shapes
-        ks = {"topk": [64, 128, 1]}
+        ks = {"topk": [64, 128, 256, 1]}
         if args.quick:
             ragged, ks = ragged[:1], {"topk": [64]}
     tasks = []
@@ -571,34 +578,36 @@ def offline(args) -> int:
     flat_c |= dict(BLOCK_N=128, BLOCK_M=128, BLOCK_K=64)
     fk, sk = flat._flat_stats_kernel, select._select_kernel
     sel_c = dict(ATOMIC_SUMS=False, CODES=False, HALF_DOT=True, TMA=True, INPUT_PRECISION="ieee")
-    sel_c |= dict(BLOCK_N=128, BLOCK_M=64, BLOCK_K=64, KP=64, CAP=256, ROWS=16)
+    sel_c |= dict(BLOCK_N=128, BLOCK_M=64, BLOCK_K=64, KP=64, CAP=256, ROWS=8)
+    cap = dict(maxnreg=128)  # the flat kernel's launch option at 8 warps
     variants = [
-        ("flat relu stats", fk, flat_c, 8),
-        ("flat relu atomic", fk, flat_c | dict(ATOMIC_SUMS=True), 8),
-        ("flat jumprelu stats", fk, flat_c | dict(MODE=1), 8),
-        ("flat relu pointers", fk, flat_c | dict(TMA=False), 8),
-        ("select topk64 stats", sk, sel_c, 8),
-        ("select topk64 atomic", sk, sel_c | dict(ATOMIC_SUMS=True), 8),
-        ("select topk64 codes", sk, sel_c | dict(CODES=True), 8),
-        ("select topk64 BLOCK_M 128", sk, sel_c | dict(BLOCK_M=128, CAP=512), 8),
-        ("select topk128 stats", sk, sel_c | dict(KP=128), 8),
-        ("select topk256 stats", sk, sel_c | dict(KP=256, CAP=512, ROWS=8), 8),
-        ("sweep relu stats", sweep._encode_stats_kernel, base, 8),
-        ("sweep relu atomic", sweep._encode_stats_kernel, base | dict(ATOMIC_SUMS=True), 8),
-        ("sweep jumprelu stats", sweep._encode_stats_kernel, base | dict(MODE=1), 8),
-        ("sweep relu CSR write", sweep._encode_stats_kernel, base | dict(STATS=False, CODES=2), 8),
-        ("sweep topk64 stats", sweep._encode_stats_kernel, topk, 8),
-        ("sweep topk64 atomic", sweep._encode_stats_kernel, topk | dict(ATOMIC_SUMS=True), 8),
-        ("row flags", tiles._row_flags_kernel, dict(BLOCK_N=64, BLOCK_K=64), 4),
-        ("reduce partials", tiles._reduce_partials_kernel, dict(BLOCK=256, UNROLL=8), 2),
-        ("fold bias", tiles._fold_bias_kernel, dict(BLOCK_D=32, BLOCK_M=128), 4),
+        ("flat relu stats", fk, flat_c, 8, cap),
+        ("flat relu atomic", fk, flat_c | dict(ATOMIC_SUMS=True), 8, cap),
+        ("flat jumprelu stats", fk, flat_c | dict(MODE=1), 8, cap),
+        ("flat relu pointers", fk, flat_c | dict(TMA=False), 8, cap),
+        ("flat relu, no cap", fk, flat_c, 8, {}),
+        ("select topk64 stats", sk, sel_c, 8, {}),
+        ("select topk64 atomic", sk, sel_c | dict(ATOMIC_SUMS=True), 8, {}),
+        ("select topk64 codes", sk, sel_c | dict(CODES=True), 8, {}),
+        ("select topk64 BLOCK_M 128", sk, sel_c | dict(BLOCK_M=128, CAP=512), 8, {}),
+        ("select topk128 stats", sk, sel_c | dict(KP=128), 8, {}),
+        ("select topk256 codes", sk, sel_c | dict(KP=256, CAP=512, ROWS=2, CODES=True), 8, {}),
+        ("sweep relu stats", sweep._encode_stats_kernel, base, 8, {}),
+        ("sweep relu atomic", sweep._encode_stats_kernel, base | dict(ATOMIC_SUMS=True), 8, {}),
+        ("sweep jumprelu stats", sweep._encode_stats_kernel, base | dict(MODE=1), 8, {}),
+        ("sweep relu CSR write", sweep._encode_stats_kernel, base | dict(STATS=False, CODES=2), 8, {}),
+        ("sweep topk64 stats", sweep._encode_stats_kernel, topk, 8, {}),
+        ("sweep topk64 atomic", sweep._encode_stats_kernel, topk | dict(ATOMIC_SUMS=True), 8, {}),
+        ("row flags", tiles._row_flags_kernel, dict(BLOCK_N=64, BLOCK_K=64), 4, {}),
+        ("reduce partials", tiles._reduce_partials_kernel, dict(BLOCK=256, UNROLL=8), 2, {}),
+        ("fold bias", tiles._fold_bias_kernel, dict(BLOCK_D=32, BLOCK_M=128), 4, {}),
     ]
     if args.quick:
         variants = [v for v in variants if v[0] in ("flat relu stats", "select topk64 stats", "sweep topk64 stats")]
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     print(f"triton {triton.__version__}, sm_90, num_stages 3")
     print(f"{'variant':<24}{'regs':>6}{'stack':>7}{'smem':>8}{'SASS':>7}" + "".join(f"{op:>8}" for op in SASS_OPS))
-    for name, kernel, consts, warps in variants:
+    for name, kernel, consts, warps, extra in variants:
         ptrs = {a: "*" + t for a, t in _PTR.items()}
         if consts.get("TMA"):  # descriptors of the tiles: x [BLOCK_N, BLOCK_K], W_enc [BLOCK_K, BLOCK_M]
             bn, bm, bk = consts["BLOCK_N"], consts["BLOCK_M"], consts["BLOCK_K"]
@@ -614,7 +623,7 @@ def offline(args) -> int:
         c = triton.compile(
             ASTSource(kernel, sig, consts, hints),
             target=GPUTarget("cuda", 90, 32),
-            options=dict(num_warps=warps, num_stages=3),
+            options=dict(num_warps=warps, num_stages=3, **extra),
         )
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(c.asm["cubin"])

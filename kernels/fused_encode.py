@@ -72,6 +72,8 @@ SWEEP_MAX_K = 128
 _HALF = (torch.float16, torch.bfloat16)
 #: Token tiles of the flat kernel that take each latent tile in turn (they share it through L2).
 FLAT_GROUP = 8
+#: Register cap of the flat kernel at 8 warps: 128 × 256 threads lets two programs share an SM.
+FLAT_MAX_REGISTERS = 128
 
 
 # -- launcher --------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def _prepare(
     cap = _check_pow2("buffer_slots", slots, lo=kp + bm) if topk else 1
     if design == "sweep" and topk and kp > SWEEP_MAX_K:
         raise ValueError(f"the sweep kernel supports k <= {SWEEP_MAX_K}; got k={k} (kernel='auto' takes up to {MAX_K})")
-    rows = bn if interp else 16 if kp <= 128 else 8  # rows sorted or selected at a time
+    rows = bn if interp else 16 if design == "sweep" else 8 if kp <= 128 else 2  # rows sorted or selected at a time
     rows_per_sort = min(bn, _check_pow2("compact_rows", knobs.get("compact_rows") or rows, lo=1))
     num_programs = knobs.get("num_programs")
     if num_programs is None:  # flat: two programs an SM (its 128 registers at 8 warps allow it)
@@ -245,7 +247,7 @@ def _prepare(
     launch: dict[str, Any] = dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, KP=kp, CAP=cap, COMPACT_ROWS=rows_per_sort)
     launch.update(MODE=MODES[activation], ATOMIC_SUMS=reduction == "atomic", HALF_DOT=half)
     launch["INPUT_PRECISION"] = knobs.get("input_precision", "ieee")
-    launch["num_warps"] = knobs.get("num_warps") or (8 if bn * bm >= 128 * 128 else 4)
+    launch["num_warps"] = knobs.get("num_warps") or (8 if bn * bm >= 128 * 64 else 4)
     launch["num_stages"] = knobs.get("num_stages") or 3
     if design != "sweep":
         launch["TMA"] = _tma_ready(x) and _tma_ready(w) and max(bn, bm, bk) <= 256
@@ -253,6 +255,8 @@ def _prepare(
     if flat:
         del launch["KP"], launch["CAP"]
         launch["GROUP"] = FLAT_GROUP
+        if launch["num_warps"] == 8 and not interp:  # two programs an SM (KERNELS.md §9)
+            launch["maxnreg"] = FLAT_MAX_REGISTERS
     elif design == "select":
         del launch["MODE"]
         launch["ROWS"] = rows_per_sort

@@ -165,42 +165,45 @@ def _select_kernel(
         ok = tl.load(ok_ptr + rows, mask=rows < N, other=0) != 0
         tau = tl.where(ok, float("-inf"), float("inf"))
         cnt = tl.zeros([BLOCK_N], dtype=tl.int32)
-        for m0 in range(0, M, BLOCK_M):
-            acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            for ki in range(k_tiles):
-                a, w = _load_operands(
-                    x_ptr,
-                    w_ptr,
-                    b_dec_ptr,
-                    tile,
-                    m0 // BLOCK_M,
-                    ki,
-                    N,
-                    D,
-                    M,
-                    stride_xn,
-                    HALF_DOT,
-                    TMA,
-                    BLOCK_N,
-                    BLOCK_M,
-                    BLOCK_K,
-                )
-                acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
-            halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_N, 2, HALF_M)), (0, 2, 1)))
-            for h in tl.static_range(2):
-                cols = m0 + h * HALF_M + tl.arange(0, HALF_M)
-                bias = tl.load(bias_ptr + cols, mask=cols < M, other=float("-inf")).to(tl.float32)
-                pre = halves[h] + bias[None, :]
-                cand = pre > tau[:, None]  # columns past M are −inf: never
-                at = slot_base + local[:, None] * CAP + cnt[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
-                tl.store(val_ptr + at, pre, mask=cand)
-                tl.store(idx_ptr + at, tl.broadcast_to(cols[None, :], [BLOCK_N, HALF_M]), mask=cand)
-                cnt += tl.sum(cand.to(tl.int32), axis=1)
-            if tl.max(cnt, axis=0) > CAP - BLOCK_M:  # the next tile could overflow some row
-                cnt, tau = _keep_best(
-                    val_ptr, idx_ptr, cnt_ptr, tau_ptr, slot_base, row_base, cnt, ok, K, BLOCK_N, CAP, ROWS
-                )
-        cnt, tau = _keep_best(val_ptr, idx_ptr, cnt_ptr, tau_ptr, slot_base, row_base, cnt, ok, K, BLOCK_N, CAP, ROWS)
+        m0 = 0
+        while m0 < M:  # segments of latent tiles, each ended by a cut (the last one: the final selection)
+            more = m0 < M
+            while more:  # the next tile cannot overflow any row
+                acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+                for ki in range(k_tiles):
+                    a, w = _load_operands(
+                        x_ptr,
+                        w_ptr,
+                        b_dec_ptr,
+                        tile,
+                        m0 // BLOCK_M,
+                        ki,
+                        N,
+                        D,
+                        M,
+                        stride_xn,
+                        HALF_DOT,
+                        TMA,
+                        BLOCK_N,
+                        BLOCK_M,
+                        BLOCK_K,
+                    )
+                    acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
+                halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_N, 2, HALF_M)), (0, 2, 1)))
+                for h in tl.static_range(2):
+                    cols = m0 + h * HALF_M + tl.arange(0, HALF_M)
+                    bias = tl.load(bias_ptr + cols, mask=cols < M, other=float("-inf")).to(tl.float32)
+                    pre = halves[h] + bias[None, :]
+                    cand = pre > tau[:, None]  # columns past M are −inf: never
+                    at = slot_base + local[:, None] * CAP + cnt[:, None] + tl.cumsum(cand.to(tl.int32), axis=1) - 1
+                    tl.store(val_ptr + at, pre, mask=cand)
+                    tl.store(idx_ptr + at, tl.broadcast_to(cols[None, :], [BLOCK_N, HALF_M]), mask=cand)
+                    cnt += tl.sum(cand.to(tl.int32), axis=1)
+                m0 += BLOCK_M
+                more = (m0 < M) & (tl.max(cnt, axis=0) <= CAP - BLOCK_M)
+            cnt, tau = _keep_best(
+                val_ptr, idx_ptr, cnt_ptr, tau_ptr, slot_base, row_base, cnt, ok, K, BLOCK_N, CAP, ROWS
+            )
 
         j = tl.arange(0, KP)
         for r0 in range(0, BLOCK_N, ROWS):  # counts and maxima (and atomic sums), ROWS rows at a time
