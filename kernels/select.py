@@ -36,8 +36,7 @@ _INT_MIN = tl.constexpr(-(2**31))
 def _kth_key(key, valid, K):
     """Per row of ``key`` [R, C] (int32), the largest t with at least K valid entries >= t: the K-th
     largest valid key (INT_MIN where a row holds fewer than K), found bit by bit from the sign down."""
-    R: tl.constexpr = key.shape[0]
-    t = tl.where(tl.sum((valid & (key >= 0)).to(tl.int32), axis=1) >= K, 0, tl.full([R], _INT_MIN, tl.int32))
+    t = tl.where(tl.sum((valid & (key >= 0)).to(tl.int32), axis=1) >= K, 0, _INT_MIN).to(tl.int32)
     for b in tl.static_range(31):
         trial = t | (1 << (30 - b))
         t = tl.where(tl.sum((valid & (key >= trial[:, None])).to(tl.int32), axis=1) >= K, trial, t)
