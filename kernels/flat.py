@@ -52,7 +52,8 @@ def _load_operands(x_ptr, w_ptr, b_dec_ptr, t, j, ki, N, D, M, stride_xn, HALF_D
             mask=(rows < N)[:, None] & (ks < D)[None, :],
             other=0.0,
         )
-        w = tl.load(w_ptr + ks[:, None] * M + cols[None, :], mask=(ks < D)[:, None] & (cols < M)[None, :], other=0.0)
+        w_rows = w_ptr + ks.to(tl.int64)[:, None] * M  # d·m may pass 2**31
+        w = tl.load(w_rows + cols[None, :], mask=(ks < D)[:, None] & (cols < M)[None, :], other=0.0)
     if not HALF_DOT:
         a = a.to(tl.float32) - tl.load(b_dec_ptr + ks, mask=ks < D, other=0.0).to(tl.float32)[None, :]
         w = w.to(tl.float32)

@@ -162,7 +162,7 @@ def _validate(x: Tensor, sae: SAE, activation: Activation, k: int | None) -> int
             raise ValueError(
                 f"the kernel needs a contiguous SAE.{name} (strides {p.stride()}); call .contiguous() on it"
             )
-    if x.shape[0] > 1 and x.shape[1] > 1 and x.stride(1) != 1:
+    if x.shape[1] > 1 and x.stride(1) != 1:
         raise ValueError(f"the kernel needs activations contiguous along d (strides {x.stride()}); pass x.contiguous()")
     if x.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
@@ -190,7 +190,14 @@ def _design(design: KernelDesign, activation: Activation, want_codes: bool) -> s
 def _tma_ready(t: Tensor) -> bool:
     """Whether a 2-d tensor can be read through a TMA descriptor: 16-byte aligned base and row stride, unit inner stride."""
     es = t.element_size()
-    return t.stride(-1) == 1 and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and (t.shape[1] * es) >= 16
+    rows_apart = t.stride(0) >= t.shape[1]  # not a broadcast (stride 0) or overlapping view
+    return (
+        t.stride(-1) == 1
+        and rows_apart
+        and (t.stride(0) * es) % 16 == 0
+        and t.data_ptr() % 16 == 0
+        and (t.shape[1] * es) >= 16
+    )
 
 
 def _prepare(
@@ -255,7 +262,7 @@ def _prepare(
     if flat:
         del launch["KP"], launch["CAP"]
         launch["GROUP"] = FLAT_GROUP
-        if launch["num_warps"] == 8 and not interp:  # two programs an SM (KERNELS.md §9)
+        if launch["num_warps"] == 8 and bn * bm <= 128 * 128 and not interp:  # two programs an SM (KERNELS.md §9)
             launch["maxnreg"] = FLAT_MAX_REGISTERS
     elif design == "select":
         del launch["MODE"]

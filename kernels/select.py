@@ -160,6 +160,7 @@ def _select_kernel(
     row_base = pid * BLOCK_N
     HALF_M: tl.constexpr = BLOCK_M // 2
     for tile in range(pid, n_t, tl.num_programs(0)):
+        tl.debug_barrier()  # the last token tile's reads of this program's buffers are done
         rows = tile * BLOCK_N + local
         ok = tl.load(ok_ptr + rows, mask=rows < N, other=0) != 0
         tau = tl.where(ok, float("-inf"), float("inf"))

@@ -220,6 +220,18 @@ def test_flat_and_sweep_kernels_agree_on_continuous_inputs(activation):
         assert_batch_equal(got, ref, rtol=1e-6, exact_values=False)
 
 
+def test_broadcast_rows_take_the_pointer_path():
+    """Rows that are one row repeated (stride 0) are no TMA descriptor's operand; they still encode right."""
+    from pyfloor.kernels.fused_encode import _tma_ready
+
+    sae = make_sae(d=72, dtype=torch.float16)
+    x = make_x(n=1, d=72, dtype=torch.float16).expand(40, 72)
+    assert not _tma_ready(x) and _tma_ready(x.contiguous())
+    for activation, k in [("relu", None), ("topk", 5)]:
+        got = fused_batch_stats(x, sae, activation, k, **BLOCKS)
+        assert_batch_equal(got, reference(x.contiguous(), sae, activation, k, want_codes=False))
+
+
 def test_auto_takes_flat_for_relu_statistics_select_for_topk_and_sweep_for_relu_codes():
     from pyfloor.kernels.fused_encode import _design
 
@@ -446,6 +458,11 @@ def _transposed_w_enc(sae: SAE) -> SAE:
         (lambda s: fused_batch_stats(make_x(), s, "gelu"), ValueError, "activation must be"),
         (lambda s: fused_batch_stats(make_x(), s, "jumprelu"), ValueError, "thresholds"),
         (lambda s: fused_batch_stats(make_x().T.contiguous().T, s, "relu"), ValueError, "contiguous along d"),
+        (
+            lambda s: fused_batch_stats(make_x(n=70, d=3)[:, 0].unsqueeze(0), s, "relu"),
+            ValueError,
+            "contiguous along d",
+        ),
         (lambda s: fused_batch_stats(make_x(), _transposed_w_enc(s), "relu"), ValueError, "contiguous SAE.W_enc"),
         (lambda s: fused_batch_stats(make_x(), s, "relu", block_m=48), ValueError, "block_m must be a power of two"),
         (lambda s: fused_batch_stats(make_x(), s, "topk", 64, buffer_slots=64), ValueError, "buffer_slots"),
