@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import _JUMPRELU, _add_counts, _add_sums
+from .tiles import _JUMPRELU, _add_counts, _add_sums, _halves
 
 
 @triton.jit
@@ -125,7 +125,7 @@ def _flat_stats_kernel(
         z_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
         z_sq = tl.zeros([BLOCK_M], dtype=tl.float32)
         z_max = tl.zeros([BLOCK_M], dtype=tl.float32)
-        halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+        halves = _halves(acc)
         for h in tl.static_range(2):
             pre = halves[h] + bias[:, None]
             rows = t * BLOCK_N + h * HALF + tl.arange(0, HALF)

@@ -251,22 +251,19 @@ def _prepare(
         )
     else:
         scratch = (out.fire_count, out.fire_count, out.act_max)  # unused
-    launch: dict[str, Any] = dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, KP=kp, CAP=cap, COMPACT_ROWS=rows_per_sort)
-    launch.update(MODE=MODES[activation], ATOMIC_SUMS=reduction == "atomic", HALF_DOT=half)
+    launch: dict[str, Any] = dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_K=bk, ATOMIC_SUMS=reduction == "atomic", HALF_DOT=half)
     launch["INPUT_PRECISION"] = knobs.get("input_precision", "ieee")
     launch["num_warps"] = knobs.get("num_warps") or (8 if bn * bm >= 128 * 64 else 4)
     launch["num_stages"] = knobs.get("num_stages") or 3
-    if design != "sweep":
-        launch["TMA"] = _tma_ready(x) and _tma_ready(w) and max(bn, bm, bk) <= 256
-        del launch["COMPACT_ROWS"]
-    if flat:
-        del launch["KP"], launch["CAP"]
-        launch["GROUP"] = FLAT_GROUP
+    tma = _tma_ready(x) and _tma_ready(w) and max(bn, bm, bk) <= 256
+    if design == "sweep":
+        launch.update(MODE=MODES[activation], KP=kp, CAP=cap, COMPACT_ROWS=rows_per_sort)
+    elif flat:
+        launch.update(MODE=MODES[activation], TMA=tma, GROUP=FLAT_GROUP)
         if launch["num_warps"] == 8 and bn * bm <= 128 * 128 and not interp:  # two programs an SM (KERNELS.md §9)
             launch["maxnreg"] = FLAT_MAX_REGISTERS
-    elif design == "select":
-        del launch["MODE"]
-        launch["ROWS"] = rows_per_sort
+    else:
+        launch.update(TMA=tma, KP=kp, CAP=cap, ROWS=rows_per_sort)
     return _Encode(w, sae.b_dec.detach(), bias, thr, margin, out, scratch, k or 0, nprog, launch, design)
 
 

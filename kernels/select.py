@@ -23,9 +23,11 @@ from .tiles import (
     _add_counts,
     _add_row_sums,
     _add_sums,
+    _halves,
     _key_parts,
     _ordered_bits,
     _ordered_value,
+    _publish_counts,
     _sort_key,
 )
 
@@ -86,9 +88,7 @@ def _keep_best(
     """
     local = tl.arange(0, BLOCK_N)
     slots = tl.arange(0, CAP)
-    tl.debug_barrier()  # the last reads of the counts are done
-    tl.store(cnt_ptr + row_base + local, cnt)
-    tl.debug_barrier()  # candidate stores and counts of every thread are visible
+    _publish_counts(cnt_ptr, row_base, cnt)
     for r0 in range(0, BLOCK_N, ROWS):
         r = r0 + tl.arange(0, ROWS)
         n = tl.load(cnt_ptr + row_base + r)
@@ -189,7 +189,7 @@ def _select_kernel(
                         BLOCK_K,
                     )
                     acc = tl.dot(a, w, acc, input_precision=INPUT_PRECISION)
-                halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_N, 2, HALF_M)), (0, 2, 1)))
+                halves = _halves(acc)
                 for h in tl.static_range(2):
                     cols = m0 + h * HALF_M + tl.arange(0, HALF_M)
                     bias = tl.load(bias_ptr + cols, mask=cols < M, other=float("-inf")).to(tl.float32)
@@ -206,16 +206,24 @@ def _select_kernel(
             )
 
         j = tl.arange(0, KP)
-        for r0 in range(0, BLOCK_N, ROWS):  # counts and maxima (and atomic sums), ROWS rows at a time
+        for r0 in range(0, BLOCK_N, ROWS):  # counts, maxima (atomic sums) and codes, ROWS rows at a time
             r = r0 + tl.arange(0, ROWS)
             at = slot_base + r[:, None] * CAP + j[None, :]
             held = j[None, :] < tl.load(cnt_ptr + row_base + r)[:, None]
             idx = tl.load(idx_ptr + at, mask=held, other=0)
-            z = tl.maximum(tl.load(val_ptr + at, mask=held, other=0.0), 0.0)
+            v = tl.load(val_ptr + at, mask=held, other=0.0)
+            z = tl.maximum(v, 0.0)
             fired = held & (z > 0.0)
             _add_counts(fire_ptr, max_ptr, idx, fired, z, fired)
             if ATOMIC_SUMS:
                 _add_sums(sum_ptr, sq_ptr, idx, z, z * z, fired)
+            if CODES:  # sorted: descending value, ties to the lower index; slots past a row's count stay last
+                v_s, i_s = _key_parts(topk_desc(tl.where(held, _sort_key(v, idx), _SENTINEL), KP))
+                token = tile * BLOCK_N + r
+                out = token.to(tl.int64)[:, None] * K + j[None, :]
+                in_range = (token < N)[:, None] & (j[None, :] < K)
+                tl.store(code_idx_ptr + out, tl.where(held, i_s.to(tl.int64), -1), mask=in_range)
+                tl.store(code_val_ptr + out, tl.where(held, tl.maximum(v_s, 0.0), 0.0), mask=in_range)
         if not ATOMIC_SUMS:
             for row in range(0, BLOCK_N):  # a row selects a latent at most once; rows in order
                 n_r = tl.load(cnt_ptr + row_base + row)
@@ -223,18 +231,3 @@ def _select_kernel(
                 i_r = tl.load(idx_ptr + slot_base + row * CAP + j, mask=j < n_r, other=0)
                 _add_row_sums(part_sum_ptr + tile * M, part_sq_ptr + tile * M, i_r, z_r, z_r > 0.0)
                 tl.debug_barrier()  # this row's adds land before the next row's
-        if CODES:
-            for r0 in range(0, BLOCK_N, ROWS):  # sorted, ROWS rows at a time
-                r = r0 + tl.arange(0, ROWS)
-                at_r = slot_base + r[:, None] * CAP + j[None, :]
-                held_r = j[None, :] < tl.load(cnt_ptr + row_base + r)[:, None]
-                keys = _sort_key(
-                    tl.load(val_ptr + at_r, mask=held_r, other=0.0), tl.load(idx_ptr + at_r, mask=held_r, other=0)
-                )
-                v_s, i_s = _key_parts(topk_desc(tl.where(held_r, keys, _SENTINEL), KP))
-                token = tile * BLOCK_N + r
-                live = j[None, :] < tl.load(cnt_ptr + row_base + r)[:, None]
-                out = token.to(tl.int64)[:, None] * K + j[None, :]
-                in_range = (token < N)[:, None] & (j[None, :] < K)
-                tl.store(code_idx_ptr + out, tl.where(live, i_s.to(tl.int64), -1), mask=in_range)
-                tl.store(code_val_ptr + out, tl.where(live, tl.maximum(v_s, 0.0), 0.0), mask=in_range)

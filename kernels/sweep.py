@@ -26,6 +26,7 @@ from .tiles import (
     _finite_rows,
     _key,
     _key_entry,
+    _publish_counts,
 )
 
 
@@ -116,9 +117,7 @@ def _compact(
     local = tl.arange(0, BLOCK_N)
     slots = tl.arange(0, CAP)
     top = tl.arange(0, KP)
-    tl.debug_barrier()  # reads of the counts from the last compaction are done
-    tl.store(row_cnt_ptr + row_base + local, cnt)
-    tl.debug_barrier()  # candidate stores and counts of every thread are visible
+    _publish_counts(row_cnt_ptr, row_base, cnt)
     for r0 in range(0, BLOCK_N, COMPACT_ROWS):
         r = r0 + tl.arange(0, COMPACT_ROWS)
         n = tl.load(row_cnt_ptr + row_base + r)

@@ -1,11 +1,13 @@
-"""Device functions and small kernels shared by the fused encode kernels (:mod:`.sweep`, :mod:`.flat`).
+"""Device functions and small kernels shared by the fused encode kernels (:mod:`.sweep`, :mod:`.flat`,
+:mod:`.select`).
 
 * constants: the MODE of each activation, the CODES modes of the sweep kernel, the empty-slot key;
 * :func:`_finite_rows` and :func:`_row_flags_kernel`: which token rows hold only finite values;
 * top-k candidate entries and their sort keys (:func:`_entry`, :func:`_key`, inverses);
 * the per-latent totals: atomic counts and maxima, float sums added atomically or reduced from
   per-tile partials in tile order (:func:`_reduce_partials_kernel`);
-* :func:`_fold_bias_kernel`: b_enc − b_dec @ W_enc for the 16-bit dot.
+* :func:`_fold_bias_kernel`: b_enc − b_dec @ W_enc for the 16-bit dot;
+* :func:`_halves` of a tile and :func:`_publish_counts` of per-row candidate counts.
 """
 
 from __future__ import annotations
@@ -110,6 +112,23 @@ def _add_sums(sum_ptr, sq_ptr, idx, z_sum, z_sq, mask):
     """ATOMIC_SUMS: atomically add float sums into the float64 totals, rounded in arrival order."""
     tl.atomic_add(sum_ptr + idx, z_sum.to(tl.float64), mask=mask, sem="relaxed")
     tl.atomic_add(sq_ptr + idx, z_sq.to(tl.float64), mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _halves(tile):
+    """The two halves of a 2-d ``tile`` along its last axis (columns [0, C/2) and [C/2, C)), as a pair."""
+    R: tl.constexpr = tile.shape[0]
+    C: tl.constexpr = tile.shape[1]
+    return tl.split(tl.permute(tl.reshape(tile, (R, 2, C // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _publish_counts(cnt_ptr, row_base, cnt):
+    """Store a program's per-row candidate counts ``cnt`` at ``cnt_ptr + row_base``, between barriers: every
+    earlier read of them is done before, and every thread's candidate stores and counts are visible after."""
+    tl.debug_barrier()
+    tl.store(cnt_ptr + row_base + tl.arange(0, cnt.shape[0]), cnt)
+    tl.debug_barrier()
 
 
 @triton.jit
